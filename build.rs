@@ -1,0 +1,24 @@
+//! Passes the nginx configuration that nginx-sys detected (OS, features, version)
+//! to the module as cfg values, as ngx-rust documents for out-of-tree modules.
+fn main() {
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_FEATURES_CHECK");
+    println!(
+        "cargo::rustc-check-cfg=cfg(ngx_feature, values({}))",
+        std::env::var("DEP_NGINX_FEATURES_CHECK").unwrap_or("any()".to_string())
+    );
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_FEATURES");
+    if let Ok(features) = std::env::var("DEP_NGINX_FEATURES") {
+        for feature in features.split(',').map(str::trim) {
+            println!("cargo::rustc-cfg=ngx_feature=\"{feature}\"");
+        }
+    }
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_OS_CHECK");
+    println!(
+        "cargo::rustc-check-cfg=cfg(ngx_os, values({}))",
+        std::env::var("DEP_NGINX_OS_CHECK").unwrap_or("any()".to_string())
+    );
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_OS");
+    if let Ok(os) = std::env::var("DEP_NGINX_OS") {
+        println!("cargo::rustc-cfg=ngx_os=\"{os}\"");
+    }
+}

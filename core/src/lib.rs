@@ -1,0 +1,15 @@
+//! tracker-core: the contract between the nginx module and the shipper.
+//!
+//! Everything here is plain Rust with no nginx dependency, so `cargo test` and fuzzers reach it:
+//! - [`ring`]: the shared-memory ring (layout, producer, consumer), see `docs/ring.md`;
+//! - [`event`]: the event schema and its MessagePack encoding, see `docs/event-schema.md`;
+//! - [`campaign`]: the campaigns file and the shared-memory campaign table;
+//! - [`landing`]: landing-URL macros (`{click_id}`, `{campaign}`, `{dim.NAME}`);
+//! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
+//! - [`id`]: 16-byte time-ordered event ids.
+pub mod campaign;
+pub mod event;
+pub mod id;
+pub mod input;
+pub mod landing;
+pub mod ring;

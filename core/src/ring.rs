@@ -1,0 +1,1052 @@
+//! The event ring: a file mapped in shared memory, written by every nginx worker (many
+//! producers, lock-free) and read by one shipper. The contract is in `docs/ring.md`.
+//!
+//! Layout: a 4096-byte header (magic, version, data size, producer and consumer cursors on
+//! separate cache lines, per-kind counters), then the data area. Positions are absolute,
+//! monotonically increasing u64 byte offsets; `pos % data_size` is the place in the data area.
+//! A record is a 16-byte header then the payload, padded to 16 bytes:
+//!   word0 (u64, atomic): state tag = `pos << 2 | state` (state: 1 = reserved, 2 = committed,
+//!                        3 = padding to the end of the data area); a stale tag from an earlier lap
+//!                        never matches the current position.
+//!   word1 (u64): writer pid << 32 | payload length.
+//! Producers reserve space with a CAS on the producer cursor, write word1, publish "reserved",
+//! copy the payload and publish "committed" (release). The consumer reads committed records in
+//! order, skips records of dead writers (reserved by a pid that no longer exists, or never
+//! tagged for a while), and advances the consumer cursor only when its caller acknowledges.
+//!
+//! Every access to the data area goes through `AtomicU64` (the payload is copied as 8-byte
+//! words with relaxed stores and loads), so a reader scanning a region that a producer is
+//! writing never races with a non-atomic access.
+//!
+//! Every process that maps the ring holds a shared `flock` on its file for as long as the
+//! mapping lives; the file is (re)initialized or resized only under an exclusive `flock`, that is
+//! when no other process has it open, so a mapping never sees its file change size under it.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
+
+/// Number of per-kind counter slots in the header (`event::Kind::index()` < COUNTER_KINDS).
+pub const COUNTER_KINDS: usize = 8;
+/// Size of the file header in bytes; the data area starts here.
+pub const HEADER_SIZE: usize = 4096;
+/// Largest payload accepted by [`Ring::write`].
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Smallest data area.
+pub const MIN_DATA_SIZE: u64 = 64 * 1024;
+
+/// The first 8 bytes of a ring file (`NGXTRKR1`, readable with `head -c 8`).
+pub const MAGIC: u64 = u64::from_ne_bytes(*b"NGXTRKR1");
+/// Layout version stored at offset 8; a file of another version is refused.
+pub const LAYOUT_VERSION: u32 = 1;
+/// How long [`Reader`] waits on a record that does not get committed before skipping it,
+/// unless [`Reader::with_stale_after`] says otherwise.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(2);
+/// A record reserved by a pid that no longer exists is skipped once it has been seen reserved
+/// for this long (or `stale_after`, if shorter). The grace keeps a reader in another pid
+/// namespace, where every writer pid looks dead, from skipping records still being copied.
+pub const DEAD_WRITER_GRACE: Duration = Duration::from_millis(10);
+
+const REC_HDR: u64 = 16;
+const STATE_RESERVED: u64 = 1;
+const STATE_COMMITTED: u64 = 2;
+const STATE_PADDING: u64 = 3;
+const PAGE: u64 = 4096;
+/// Positions must stay below 2^62 so that `pos << 2` keeps them whole (at 1 GB/s: 146 years).
+const MAX_POS: u64 = 1 << 62;
+
+#[derive(Debug)]
+pub enum RingError {
+    Io(std::io::Error),
+    /// The file is not a ring, or of another layout version: message says what.
+    Format(String),
+}
+impl std::fmt::Display for RingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RingError::Io(e) => write!(f, "{e}"),
+            RingError::Format(m) => f.write_str(m),
+        }
+    }
+}
+impl std::error::Error for RingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RingError::Io(e) => Some(e),
+            RingError::Format(_) => None,
+        }
+    }
+}
+impl From<io::Error> for RingError {
+    fn from(e: io::Error) -> RingError {
+        RingError::Io(e)
+    }
+}
+
+/// An I/O error with what was being done ("mmap of 1052672 bytes failed: ...").
+fn io_ctx(what: &str, e: io::Error) -> RingError {
+    RingError::Io(io::Error::new(e.kind(), format!("{what} failed: {e}")))
+}
+
+/// What [`RingFile::open_or_create`] found.
+#[derive(Debug, PartialEq)]
+pub enum Opened {
+    Created,
+    /// An existing ring with the requested size was reused (its cursors and events kept).
+    Reused,
+    /// An existing empty ring of another size was re-initialized to the requested size.
+    Resized,
+    /// An existing non-empty ring of another size was kept as it is, with this data size.
+    /// Also returned for an empty ring of another size that another process has open
+    /// (the size of a mapped file never changes).
+    KeptOtherSize(u64),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header layout
+// ---------------------------------------------------------------------------------------------
+
+/// The first 512 bytes of the file (the rest of the 4096-byte header is reserved, zero).
+/// Every field is atomic: other processes write it while we hold references to it.
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,        // 0
+    version: AtomicU32,      // 8
+    header_size: AtomicU32,  // 12
+    data_size: AtomicU64,    // 16
+    _r0: [AtomicU64; 5],     // 24..64
+    producer_pos: AtomicU64, // 64: own cache line
+    _r1: [AtomicU64; 7],
+    consumer_pos: AtomicU64, // 128: own cache line
+    _r2: [AtomicU64; 7],
+    written: [AtomicU64; COUNTER_KINDS],           // 192
+    dropped_full: [AtomicU64; COUNTER_KINDS],      // 256
+    dropped_too_large: [AtomicU64; COUNTER_KINDS], // 320
+    rejected: [AtomicU64; COUNTER_KINDS],          // 384
+    abandoned: AtomicU64,                          // 448
+    _r3: [AtomicU64; 7],                           // 456..512
+}
+
+const OFF_MAGIC: usize = std::mem::offset_of!(Header, magic);
+const OFF_VERSION: usize = std::mem::offset_of!(Header, version);
+const OFF_HEADER_SIZE: usize = std::mem::offset_of!(Header, header_size);
+const OFF_DATA_SIZE: usize = std::mem::offset_of!(Header, data_size);
+const OFF_PRODUCER: usize = std::mem::offset_of!(Header, producer_pos);
+const OFF_CONSUMER: usize = std::mem::offset_of!(Header, consumer_pos);
+
+const _: () = {
+    assert!(std::mem::size_of::<Header>() == 512);
+    assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
+    assert!(OFF_MAGIC == 0);
+    assert!(OFF_VERSION == 8);
+    assert!(OFF_HEADER_SIZE == 12);
+    assert!(OFF_DATA_SIZE == 16);
+    assert!(OFF_PRODUCER == 64);
+    assert!(OFF_CONSUMER == 128);
+    assert!(std::mem::offset_of!(Header, written) == 192);
+    assert!(std::mem::offset_of!(Header, dropped_full) == 256);
+    assert!(std::mem::offset_of!(Header, dropped_too_large) == 320);
+    assert!(std::mem::offset_of!(Header, rejected) == 384);
+    assert!(std::mem::offset_of!(Header, abandoned) == 448);
+    assert!(COUNTER_KINDS * 8 == 64);
+    assert!(HEADER_SIZE as u64 % PAGE == 0);
+    assert!(MIN_DATA_SIZE % PAGE == 0);
+    // A record of MAX_PAYLOAD must be accepted by the smallest ring (need <= size / 4).
+    assert!(REC_HDR + MAX_PAYLOAD as u64 <= MIN_DATA_SIZE * 2);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Ring arithmetic: small pure functions
+// ---------------------------------------------------------------------------------------------
+
+/// `n` rounded up to a multiple of 16.
+#[inline]
+fn round16(n: u64) -> u64 {
+    (n + 15) & !15
+}
+
+/// The word0 tag of a record at `pos` in `state`.
+#[inline]
+fn tag(pos: u64, state: u64) -> u64 {
+    (pos << 2) | state
+}
+
+/// Bytes a record of `len` payload bytes occupies, or None if it is too large: over
+/// MAX_PAYLOAD, or over a quarter of the data area (so that padding never wastes more than
+/// a quarter of the ring's worth of records at once).
+#[inline]
+fn record_need(len: usize, size: u64) -> Option<u64> {
+    if len > MAX_PAYLOAD {
+        return None;
+    }
+    let need = REC_HDR + round16(len as u64);
+    if need > size / 4 {
+        return None;
+    }
+    Some(need)
+}
+
+/// A reservation decided from a producer cursor: `[start - pad, start)` is padding up to
+/// the end of the data area (pad == 0: none), the record is `[start, end)`.
+#[derive(Debug, PartialEq)]
+struct Reservation {
+    pad: u64,
+    start: u64,
+    end: u64,
+}
+
+/// Where a record of `need` bytes goes when the producer cursor is `p` and the consumer
+/// cursor `c`; None when it does not fit (ring full). A record never straddles the end of the
+/// data area: if it would, the reservation includes padding to the end and the record starts
+/// at offset 0 of the next lap.
+#[inline]
+fn plan(p: u64, c: u64, size: u64, need: u64) -> Option<Reservation> {
+    let off = p % size;
+    let pad = if off + need > size { size - off } else { 0 };
+    let end = p + pad + need;
+    // `c` may be ahead of a stale `p`: the CAS on `p` then fails; never underflow here.
+    if end > c + size {
+        return None;
+    }
+    Some(Reservation { pad, start: p + pad, end })
+}
+
+/// The position of the next lap boundary after `pos` (where padding at `pos` ends).
+#[inline]
+fn lap_end(pos: u64, size: u64) -> u64 {
+    pos + (size - pos % size)
+}
+
+/// Whether a record header at offset `off` claiming `len` payload bytes is plausible: len
+/// within MAX_PAYLOAD and the record inside the data area.
+#[inline]
+fn record_fits(off: u64, len: u64, size: u64) -> bool {
+    len <= MAX_PAYLOAD as u64 && off + REC_HDR + round16(len) <= size
+}
+
+/// The data size [`RingFile::open_or_create`] uses for a requested one: rounded down to a
+/// multiple of 4096, at least MIN_DATA_SIZE.
+pub fn normalize_data_size(requested: u64) -> u64 {
+    (requested / PAGE * PAGE).max(MIN_DATA_SIZE)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file
+// ---------------------------------------------------------------------------------------------
+
+/// A mapped ring file (MAP_SHARED). Unmapped on drop. Mappings inherited across fork stay
+/// valid in the child.
+pub struct RingFile {
+    ring: Ring,
+    map_len: usize,
+    /// Holds the fd, and with it the shared flock that keeps others from resizing the file.
+    _file: File,
+}
+
+/// What a header says, read with pread (before mapping).
+#[derive(Debug)]
+enum Found {
+    /// Empty file or all-zero header: never initialized (or a crash during initialization).
+    Blank,
+    Valid { data_size: u64, producer: u64, consumer: u64 },
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock only takes an fd we own (kept open by `file`) and an operation flag.
+        let r = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Ok(false) when another open file description holds a conflicting lock.
+fn try_flock_exclusive(file: &File) -> io::Result<bool> {
+    match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads and checks the header. Never modifies the file.
+fn inspect(file: &File, path: &Path) -> Result<Found, RingError> {
+    let len = file.metadata().map_err(|e| io_ctx("fstat", e))?.len();
+    if len == 0 {
+        return Ok(Found::Blank);
+    }
+    let mut buf = [0u8; HEADER_SIZE];
+    let n = (len as usize).min(HEADER_SIZE);
+    file.read_exact_at(&mut buf[..n], 0).map_err(|e| io_ctx("read of the ring header", e))?;
+    if buf[..n].iter().all(|&b| b == 0) {
+        return Ok(Found::Blank);
+    }
+    let p = path_str(path);
+    if len < HEADER_SIZE as u64 {
+        return Err(RingError::Format(format!(
+            "{p} is not a tracker ring ({len} bytes, not empty, shorter than a ring header); \
+             refusing to overwrite it: remove it or use another path"
+        )));
+    }
+    let u64_at = |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap());
+    if u64_at(OFF_MAGIC) != MAGIC {
+        return Err(RingError::Format(format!(
+            "{p} is not a tracker ring (bad magic number); refusing to overwrite it: \
+             remove it or use another path"
+        )));
+    }
+    let version = u32_at(OFF_VERSION);
+    if version != LAYOUT_VERSION {
+        return Err(RingError::Format(format!(
+            "{p} is a tracker ring of layout version {version}, this build reads version \
+             {LAYOUT_VERSION}; ship its events with the matching shipper, then remove it"
+        )));
+    }
+    let header_size = u32_at(OFF_HEADER_SIZE);
+    let data_size = u64_at(OFF_DATA_SIZE);
+    let (producer, consumer) = (u64_at(OFF_PRODUCER), u64_at(OFF_CONSUMER));
+    if header_size as usize != HEADER_SIZE
+        || data_size < MIN_DATA_SIZE
+        || data_size % PAGE != 0
+        || producer % REC_HDR != 0
+        || consumer % REC_HDR != 0
+        || producer >= MAX_POS
+    {
+        return Err(RingError::Format(format!(
+            "{p} is a corrupt tracker ring (header size {header_size}, data size {data_size}, \
+             producer cursor {producer}, consumer cursor {consumer}); remove it"
+        )));
+    }
+    if len < HEADER_SIZE as u64 + data_size {
+        return Err(RingError::Format(format!(
+            "{p} is a truncated tracker ring ({len} bytes, its header says {}); remove it",
+            HEADER_SIZE as u64 + data_size
+        )));
+    }
+    Ok(Found::Valid { data_size, producer, consumer })
+}
+
+/// Checks cursors that no one can move (we hold the exclusive lock).
+fn check_cursors(path: &Path, data_size: u64, producer: u64, consumer: u64) -> Result<(), RingError> {
+    if consumer > producer || producer - consumer > data_size {
+        return Err(RingError::Format(format!(
+            "{} is a corrupt tracker ring (producer cursor {producer}, consumer cursor \
+             {consumer}, data size {data_size}); remove it",
+            path_str(path)
+        )));
+    }
+    Ok(())
+}
+
+/// Under the exclusive lock: creates, re-initializes or resizes the file as needed.
+fn init_exclusive(file: &File, path: &Path, size: u64) -> Result<Opened, RingError> {
+    let full = HEADER_SIZE as u64 + size;
+    match inspect(file, path)? {
+        Found::Blank => {
+            // Truncating to 0 first guarantees a zeroed data area.
+            file.set_len(0).map_err(|e| io_ctx("ftruncate", e))?;
+            file.set_len(full).map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
+            let mut h = [0u8; HEADER_SIZE];
+            h[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC.to_ne_bytes());
+            h[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&LAYOUT_VERSION.to_ne_bytes());
+            h[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].copy_from_slice(&(HEADER_SIZE as u32).to_ne_bytes());
+            h[OFF_DATA_SIZE..OFF_DATA_SIZE + 8].copy_from_slice(&size.to_ne_bytes());
+            file.write_all_at(&h, 0).map_err(|e| io_ctx("write of the ring header", e))?;
+            Ok(Opened::Created)
+        }
+        Found::Valid { data_size, producer, consumer } => {
+            check_cursors(path, data_size, producer, consumer)?;
+            if data_size == size {
+                Ok(Opened::Reused)
+            } else if producer == consumer {
+                // Empty, and no one else has it open: new data area, same cursors (positions
+                // keep growing), same counters. Shrinking to the header first zeroes the data.
+                file.set_len(HEADER_SIZE as u64).map_err(|e| io_ctx("ftruncate", e))?;
+                file.set_len(full).map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
+                file.write_all_at(&size.to_ne_bytes(), OFF_DATA_SIZE as u64)
+                    .map_err(|e| io_ctx("write of the ring header", e))?;
+                Ok(Opened::Resized)
+            } else {
+                Ok(Opened::KeptOtherSize(data_size))
+            }
+        }
+    }
+}
+
+impl RingFile {
+    /// For nginx: opens the file, creating and initializing it with a data area of `data_size`
+    /// bytes (rounded down to a multiple of 4096, at least MIN_DATA_SIZE) when absent or invalid-
+    /// and-empty. Never destroys unread events. File mode 0660.
+    ///
+    /// The file is initialized or resized only when no other process has it open (an
+    /// exclusive flock succeeds); otherwise an existing ring is mapped as it is (Reused or
+    /// KeptOtherSize).
+    pub fn open_or_create(path: &Path, data_size: u64) -> Result<(RingFile, Opened), RingError> {
+        let size = normalize_data_size(data_size);
+        let file = loop {
+            match OpenOptions::new().read(true).write(true).create_new(true).mode(0o660).open(path) {
+                Ok(f) => {
+                    // The umask may have removed group bits: apply the mode explicitly.
+                    f.set_permissions(Permissions::from_mode(0o660)).map_err(|e| io_ctx("fchmod", e))?;
+                    break f;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_ctx("open", e)),
+            }
+            match OpenOptions::new().read(true).write(true).open(path) {
+                Ok(f) => break f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
+                Err(e) => return Err(io_ctx("open", e)),
+            }
+        };
+        let mut blank_waits = 0;
+        loop {
+            if try_flock_exclusive(&file).map_err(|e| io_ctx("flock", e))? {
+                let outcome = init_exclusive(&file, path, size);
+                // Downgrade (not atomic: release then acquire). Mapped only after, with the
+                // size the header has then.
+                flock(&file, libc::LOCK_SH).map_err(|e| io_ctx("flock", e))?;
+                let outcome = outcome?;
+                let rf = RingFile::map(file, path)?;
+                let mapped = rf.ring.size;
+                let outcome = match outcome {
+                    Opened::KeptOtherSize(_) => Opened::KeptOtherSize(mapped),
+                    o if mapped == size => o,
+                    _ => Opened::KeptOtherSize(mapped),
+                };
+                return Ok((rf, outcome));
+            }
+            // Someone else has it open (or is initializing it): wait for a shared lock.
+            flock(&file, libc::LOCK_SH).map_err(|e| io_ctx("flock", e))?;
+            match inspect(&file, path)? {
+                Found::Valid { .. } => {
+                    let rf = RingFile::map(file, path)?;
+                    let mapped = rf.ring.size;
+                    let o = if mapped == size { Opened::Reused } else { Opened::KeptOtherSize(mapped) };
+                    return Ok((rf, o));
+                }
+                Found::Blank if blank_waits < 200 => {
+                    // Opened by someone who has not initialized it (yet): retry shortly.
+                    flock(&file, libc::LOCK_UN).map_err(|e| io_ctx("flock", e))?;
+                    blank_waits += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Found::Blank => {
+                    return Err(RingError::Format(format!(
+                        "{} is empty and held open by another process that does not initialize it",
+                        path_str(path)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// For the shipper: opens an existing ring; Format error if it is not one.
+    pub fn open_existing(path: &Path) -> Result<RingFile, RingError> {
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| io_ctx("open", e))?;
+        flock(&file, libc::LOCK_SH).map_err(|e| io_ctx("flock", e))?;
+        RingFile::map(file, path)
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Whether `path` still names the file this mapping is of (same device and inode). A
+    /// shipper can use it to notice that the file was removed and created again.
+    pub fn is_file_at(&self, path: &Path) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let mine = self._file.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(m.dev() == mine.dev() && m.ino() == mine.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Maps a valid ring; the caller holds at least a shared lock on `file`.
+    fn map(file: File, path: &Path) -> Result<RingFile, RingError> {
+        let data_size = match inspect(&file, path)? {
+            Found::Valid { data_size, .. } => data_size,
+            Found::Blank => {
+                return Err(RingError::Format(format!(
+                    "{} is not an initialized tracker ring (empty)",
+                    path_str(path)
+                )))
+            }
+        };
+        let map_len = usize::try_from(HEADER_SIZE as u64 + data_size)
+            .map_err(|_| RingError::Format(format!("{}: data size {data_size} too large", path_str(path))))?;
+        // SAFETY: a fresh shared mapping of `map_len` bytes of an fd we hold open; the kernel
+        // picks the address, so no existing memory is affected. `inspect` checked that the file
+        // is at least `map_len` bytes long, and the shared lock we hold keeps every process of
+        // ours from truncating it while mapped.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io_ctx(&format!("mmap of {map_len} bytes"), io::Error::last_os_error()));
+        }
+        let base = NonNull::new(addr.cast::<u8>()).expect("mmap returned null");
+        // SAFETY: HEADER_SIZE < map_len, so the data area pointer stays inside the mapping.
+        let data = unsafe { NonNull::new_unchecked(base.as_ptr().add(HEADER_SIZE)) };
+        let ring = Ring { hdr: base.cast::<Header>(), data, size: data_size };
+        Ok(RingFile { ring, map_len, _file: file })
+    }
+}
+
+impl Drop for RingFile {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `map`; `Ring` references borrow the
+        // RingFile, so none outlive this. The fd (and its lock) is closed after, when `_file`
+        // drops.
+        unsafe {
+            libc::munmap(self.ring.hdr.as_ptr().cast(), self.map_len);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ring
+// ---------------------------------------------------------------------------------------------
+
+/// The ring in a mapping. All methods take `&self`: it is shared between processes.
+pub struct Ring {
+    hdr: NonNull<Header>,
+    data: NonNull<u8>,
+    /// The data size of the mapping (fixed for the mapping's life).
+    size: u64,
+}
+
+// SAFETY: a Ring is a view over a shared mapping that is accessed only through atomics; it
+// holds no thread-local state, so it can be used and shared from any thread.
+unsafe impl Send for Ring {}
+// SAFETY: see Send: every access through `&Ring` is an atomic operation.
+unsafe impl Sync for Ring {}
+
+/// Why a write did not happen. Both are counted in the header (dropped_full / dropped_too_large).
+#[derive(Debug, PartialEq)]
+pub enum WriteError { Full, TooLarge }
+
+/// Where [`Ring::write_stalled`] calls its closure (test hook).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StallPoint {
+    /// After the CAS on the producer cursor, before anything is written at the record.
+    AfterCas,
+    /// After the "reserved" tag is published, before the payload is copied.
+    AfterReserved,
+}
+
+/// Counters and cursors, for stats and metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RingStats {
+    pub data_size: u64,
+    pub producer_pos: u64,
+    pub consumer_pos: u64,
+    pub written: [u64; COUNTER_KINDS],
+    pub dropped_full: [u64; COUNTER_KINDS],
+    pub dropped_too_large: [u64; COUNTER_KINDS],
+    /// Events not stored on purpose (e.g. unknown campaign with `tracker_unknown_campaign count`).
+    pub rejected: [u64; COUNTER_KINDS],
+    /// Records the consumer skipped because their writer died before committing.
+    pub abandoned: u64,
+}
+
+fn load_all(a: &[AtomicU64; COUNTER_KINDS]) -> [u64; COUNTER_KINDS] {
+    std::array::from_fn(|i| a[i].load(Relaxed))
+}
+
+impl Ring {
+    #[inline]
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with HEADER_SIZE >= size_of::<Header>() bytes, is page
+        // aligned, lives as long as `self` (owned by the RingFile we borrow), and Header is
+        // made only of atomics, valid for any bit pattern and meant for shared mutation.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// The atomic word at byte offset `off` of the data area.
+    #[inline]
+    fn word(&self, off: u64) -> &AtomicU64 {
+        assert!(off % 8 == 0 && off + 8 <= self.size, "ring word offset {off} out of range");
+        // SAFETY: checked just above: `off` is 8-aligned (the data area is page aligned) and
+        // the word lies inside the data area of the mapping, which lives as long as `self`.
+        // The data area is only ever accessed through AtomicU64 (by every process), so this
+        // reference never aliases a non-atomic access.
+        unsafe { &*self.data.as_ptr().add(off as usize).cast::<AtomicU64>() }
+    }
+
+    /// Copies `payload` into the data area at `off` as 8-byte words, zero-filling up to the
+    /// record's 16-byte boundary. The caller owns `[off, off + round16(len))`.
+    #[inline]
+    fn store_payload(&self, off: u64, payload: &[u8]) {
+        let words = round16(payload.len() as u64) / 8;
+        let mut i = 0u64;
+        let mut chunks = payload.chunks_exact(8);
+        for ch in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(ch);
+            self.word(off + i * 8).store(u64::from_ne_bytes(b), Relaxed);
+            i += 1;
+        }
+        let rem = chunks.remainder();
+        if !rem.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rem.len()].copy_from_slice(rem);
+            self.word(off + i * 8).store(u64::from_ne_bytes(b), Relaxed);
+            i += 1;
+        }
+        while i < words {
+            self.word(off + i * 8).store(0, Relaxed);
+            i += 1;
+        }
+    }
+
+    /// Copies `len` payload bytes at `off` out of the data area.
+    fn load_payload(&self, off: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut i = 0u64;
+        while out.len() < len {
+            let b = self.word(off + i * 8).load(Relaxed).to_ne_bytes();
+            let n = (len - out.len()).min(8);
+            out.extend_from_slice(&b[..n]);
+            i += 1;
+        }
+        out
+    }
+
+    /// Producer: stores one record for counter slot `kind`, never blocking. `pid`: the writer's
+    /// pid (for dead-writer detection). Returns the record's position. On Full/TooLarge the
+    /// matching counter is incremented.
+    ///
+    /// A `kind` >= COUNTER_KINDS is counted in the last slot.
+    #[inline]
+    pub fn write(&self, kind: usize, payload: &[u8], pid: u32) -> Result<u64, WriteError> {
+        self.write_inner(kind, payload, pid, None, || {})
+    }
+
+    /// Test hook: like [`Ring::write`], but calls `stall` at `at` (e.g. to block forever and be
+    /// killed there, leaving an abandoned record). Not for production use.
+    #[doc(hidden)]
+    pub fn write_stalled(
+        &self,
+        kind: usize,
+        payload: &[u8],
+        pid: u32,
+        at: StallPoint,
+        stall: impl FnOnce(),
+    ) -> Result<u64, WriteError> {
+        self.write_inner(kind, payload, pid, Some(at), stall)
+    }
+
+    #[inline(always)]
+    fn write_inner(
+        &self,
+        kind: usize,
+        payload: &[u8],
+        pid: u32,
+        at: Option<StallPoint>,
+        stall: impl FnOnce(),
+    ) -> Result<u64, WriteError> {
+        let h = self.header();
+        let k = kind.min(COUNTER_KINDS - 1);
+        let size = self.size;
+        let len = payload.len();
+        let Some(need) = record_need(len, size) else {
+            h.dropped_too_large[k].fetch_add(1, Relaxed);
+            return Err(WriteError::TooLarge);
+        };
+        let mut p = h.producer_pos.load(Acquire);
+        let res = loop {
+            // Acquire: the consumer's reads of the space it released happen before our writes.
+            let c = h.consumer_pos.load(Acquire);
+            let Some(res) = plan(p, c, size, need) else {
+                h.dropped_full[k].fetch_add(1, Relaxed);
+                return Err(WriteError::Full);
+            };
+            match h.producer_pos.compare_exchange_weak(p, res.end, AcqRel, Acquire) {
+                Ok(_) => break res,
+                Err(actual) => p = actual,
+            }
+        };
+        // [p, res.end) is ours alone until we tag it.
+        if at == Some(StallPoint::AfterCas) {
+            stall();
+            return self.finish_write(h, k, p, res, payload, pid, None::<fn()>);
+        }
+        self.finish_write(h, k, p, res, payload, pid, if at == Some(StallPoint::AfterReserved) { Some(stall) } else { None })
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn finish_write(
+        &self,
+        h: &Header,
+        k: usize,
+        p: u64,
+        res: Reservation,
+        payload: &[u8],
+        pid: u32,
+        stall_after_reserved: Option<impl FnOnce()>,
+    ) -> Result<u64, WriteError> {
+        let size = self.size;
+        let pid_word = (pid as u64) << 32;
+        if res.pad > 0 {
+            let off = p % size;
+            self.word(off + 8).store(pid_word | (res.pad - REC_HDR), Relaxed);
+            self.word(off).store(tag(p, STATE_PADDING), Release);
+        }
+        let q = res.start;
+        let off = q % size;
+        self.word(off + 8).store(pid_word | payload.len() as u64, Relaxed);
+        // Release: word1 is visible to whoever sees "reserved".
+        self.word(off).store(tag(q, STATE_RESERVED), Release);
+        if let Some(stall) = stall_after_reserved {
+            stall();
+        }
+        self.store_payload(off + REC_HDR, payload);
+        // Release: the payload is visible to whoever sees "committed".
+        self.word(off).store(tag(q, STATE_COMMITTED), Release);
+        h.written[k].fetch_add(1, Relaxed);
+        Ok(q)
+    }
+
+    /// Counts an event that was not stored on purpose.
+    pub fn count_rejected(&self, kind: usize) {
+        self.header().rejected[kind.min(COUNTER_KINDS - 1)].fetch_add(1, Relaxed);
+    }
+
+    pub fn stats(&self) -> RingStats {
+        let h = self.header();
+        let consumer_pos = h.consumer_pos.load(Acquire);
+        let producer_pos = h.producer_pos.load(Acquire);
+        RingStats {
+            data_size: self.size,
+            producer_pos,
+            consumer_pos,
+            written: load_all(&h.written),
+            dropped_full: load_all(&h.dropped_full),
+            dropped_too_large: load_all(&h.dropped_too_large),
+            rejected: load_all(&h.rejected),
+            abandoned: h.abandoned.load(Relaxed),
+        }
+    }
+
+    pub fn data_size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn consumer_pos(&self) -> u64 {
+        self.header().consumer_pos.load(Acquire)
+    }
+
+    pub fn producer_pos(&self) -> u64 {
+        self.header().producer_pos.load(Acquire)
+    }
+
+    /// Consumer: acknowledges everything before `pos` (a record end returned by the reader).
+    /// Only moves forward; producers may then reuse the space.
+    ///
+    /// Clamped to the producer cursor (a position past it would let producers overwrite
+    /// unread records).
+    pub fn commit(&self, pos: u64) {
+        let h = self.header();
+        let pos = pos.min(h.producer_pos.load(Acquire));
+        // Release: our reads of the records before `pos` happen before a producer's writes
+        // over them (producers load the consumer cursor with Acquire).
+        h.consumer_pos.fetch_max(pos, Release);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The consumer
+// ---------------------------------------------------------------------------------------------
+
+/// One record as read: `pos` where it starts, `end` the position after it (what to commit),
+/// and the payload, copied out of the ring.
+#[derive(Debug, PartialEq)]
+pub struct Record { pub pos: u64, pub end: u64, pub payload: Vec<u8> }
+
+/// What the reader found at its position.
+#[derive(Debug, PartialEq)]
+pub enum Read {
+    Record(Record),
+    /// Nothing committed yet at this position (caught up, or a writer still writing).
+    Empty,
+    /// Records of dead writers skipped from `from` to `to` (counted in `abandoned`).
+    Skipped { from: u64, to: u64 },
+}
+
+/// A position the reader is waiting on, since when, with what tag there.
+#[derive(Debug)]
+struct Stuck {
+    pos: u64,
+    word0: u64,
+    since: Instant,
+    /// The producer cursor when the wait (re)started.
+    producer: u64,
+}
+
+/// The single consumer. Reads ahead of the committed cursor: the caller commits positions
+/// only after its sink has the events, so a crash re-reads from the last commit.
+pub struct Reader<'r> {
+    ring: &'r Ring,
+    pos: u64,
+    stale_after: Duration,
+    stuck: Option<Stuck>,
+}
+
+impl<'r> Reader<'r> {
+    /// Starts at the ring's consumer cursor.
+    pub fn new(ring: &'r Ring) -> Reader<'r> {
+        Reader { ring, pos: ring.consumer_pos(), stale_after: DEFAULT_STALE_AFTER, stuck: None }
+    }
+
+    /// How long a record may stay uncommitted (reserved by a live writer, or never tagged)
+    /// before it is skipped as abandoned. Default [`DEFAULT_STALE_AFTER`] (2 s).
+    pub fn with_stale_after(mut self, stale_after: Duration) -> Reader<'r> {
+        self.stale_after = stale_after;
+        self
+    }
+
+    /// The position of the next read.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn next(&mut self) -> Read {
+        let ring = self.ring;
+        let h = ring.header();
+        let size = ring.size;
+        loop {
+            // Records before the consumer cursor are acknowledged (and may be overwritten):
+            // never read behind it.
+            let c = h.consumer_pos.load(Acquire);
+            if self.pos < c {
+                self.pos = c;
+                self.stuck = None;
+            }
+            let pp = h.producer_pos.load(Acquire);
+            let pos = self.pos;
+            if pos >= pp {
+                self.stuck = None;
+                return Read::Empty;
+            }
+            let off = pos % size;
+            // Acquire: pairs with the writer's Release tag stores (word1, payload visible).
+            let w0 = ring.word(off).load(Acquire);
+            if w0 == tag(pos, STATE_PADDING) {
+                let next = lap_end(pos, size);
+                if off != 0 && next <= pp {
+                    self.pos = next;
+                    self.stuck = None;
+                    continue;
+                }
+            } else if w0 == tag(pos, STATE_COMMITTED) {
+                let len = ring.word(off + 8).load(Relaxed) & 0xffff_ffff;
+                let end = pos + REC_HDR + round16(len);
+                if record_fits(off, len, size) && end <= pp {
+                    let payload = ring.load_payload(off + REC_HDR, len as usize);
+                    self.pos = end;
+                    self.stuck = None;
+                    return Read::Record(Record { pos, end, payload });
+                }
+            } else if w0 == tag(pos, STATE_RESERVED) {
+                let w1 = ring.word(off + 8).load(Relaxed);
+                let (pid, len) = ((w1 >> 32) as u32, w1 & 0xffff_ffff);
+                let end = pos + REC_HDR + round16(len);
+                if record_fits(off, len, size) && end <= pp {
+                    let waited = self.waited(pos, w0, pp);
+                    let grace = DEAD_WRITER_GRACE.min(self.stale_after);
+                    if waited >= self.stale_after || (waited >= grace && !pid_alive(pid)) {
+                        return self.skip(pos, end);
+                    }
+                    return Read::Empty;
+                }
+            }
+            // A stale tag (the writer has not tagged yet, or died before tagging) or an
+            // implausible header: wait, then resynchronize.
+            if self.waited(pos, w0, pp) < self.stale_after {
+                return Read::Empty;
+            }
+            return self.recover(pos);
+        }
+    }
+
+    /// How long the reader has been looking at tag `w0` at `pos` (zero the first time).
+    fn waited(&mut self, pos: u64, w0: u64, pp: u64) -> Duration {
+        match &self.stuck {
+            Some(s) if s.pos == pos && s.word0 == w0 => s.since.elapsed(),
+            _ => {
+                self.stuck = Some(Stuck { pos, word0: w0, since: Instant::now(), producer: pp });
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn skip(&mut self, from: u64, to: u64) -> Read {
+        self.ring.header().abandoned.fetch_add(1, Relaxed);
+        self.pos = to;
+        self.stuck = None;
+        Read::Skipped { from, to }
+    }
+
+    /// After `stale_after` at a position without a valid tag: skip to the first later position
+    /// that carries its own tag (the next record written after the dead one), or, if there is
+    /// none and no producer moved during the wait, to the producer cursor.
+    fn recover(&mut self, pos: u64) -> Read {
+        let ring = self.ring;
+        let pp = ring.header().producer_pos.load(Acquire);
+        let mut q = pos + REC_HDR;
+        while q < pp {
+            let w = ring.word(q % ring.size).load(Acquire);
+            if w >> 2 == q && w & 3 != 0 {
+                return self.skip(pos, q);
+            }
+            q += REC_HDR;
+        }
+        let Some(stuck) = self.stuck.as_mut() else { return Read::Empty };
+        if pp == stuck.producer {
+            return self.skip(pos, pp);
+        }
+        // Producers moved but nothing after `pos` is tagged yet: wait once more.
+        stuck.producer = pp;
+        stuck.since = Instant::now();
+        Read::Empty
+    }
+}
+
+/// Whether process `pid` may still exist (true when unknown).
+fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled; nothing is
+    // sent, no memory is touched.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round16_rounds_up() {
+        assert_eq!(round16(0), 0);
+        assert_eq!(round16(1), 16);
+        assert_eq!(round16(15), 16);
+        assert_eq!(round16(16), 16);
+        assert_eq!(round16(17), 32);
+    }
+
+    #[test]
+    fn tags_encode_position_and_state() {
+        assert_eq!(tag(0, STATE_RESERVED), 1);
+        assert_eq!(tag(16, STATE_COMMITTED), 66);
+        assert_eq!(tag(32, STATE_PADDING) >> 2, 32);
+        assert_ne!(tag(16, STATE_COMMITTED), tag(16 + 65536, STATE_COMMITTED));
+    }
+
+    #[test]
+    fn record_need_and_too_large() {
+        let size = 1 << 20;
+        assert_eq!(record_need(0, size), Some(16));
+        assert_eq!(record_need(1, size), Some(32));
+        assert_eq!(record_need(16, size), Some(32));
+        assert_eq!(record_need(MAX_PAYLOAD, size), Some(16 + MAX_PAYLOAD as u64));
+        assert_eq!(record_need(MAX_PAYLOAD + 1, size), None);
+        // A quarter of the data area at most.
+        let small = MIN_DATA_SIZE;
+        assert_eq!(record_need((small / 4 - 16) as usize, small), Some(small / 4));
+        assert_eq!(record_need((small / 4 - 15) as usize, small), None);
+    }
+
+    #[test]
+    fn plan_without_padding() {
+        assert_eq!(plan(0, 0, 4096, 32), Some(Reservation { pad: 0, start: 0, end: 32 }));
+        // Exactly to the end of the data area: no padding.
+        assert_eq!(plan(4064, 4064, 4096, 32), Some(Reservation { pad: 0, start: 4064, end: 4096 }));
+        // Later lap.
+        assert_eq!(plan(3 * 4096 + 16, 3 * 4096, 4096, 32), Some(Reservation { pad: 0, start: 12304, end: 12336 }));
+    }
+
+    #[test]
+    fn plan_with_padding() {
+        // 4080 + 32 > 4096: pad 16, record at the next lap's offset 0.
+        assert_eq!(plan(4080, 4080, 4096, 32), Some(Reservation { pad: 16, start: 4096, end: 4128 }));
+        assert_eq!(plan(8192 + 4000, 8192 + 4000, 4096, 112), Some(Reservation { pad: 96, start: 12288, end: 12400 }));
+    }
+
+    #[test]
+    fn plan_full() {
+        // Exactly full fits; one more byte does not.
+        assert_eq!(plan(4064, 0, 4096, 32), Some(Reservation { pad: 0, start: 4064, end: 4096 }));
+        assert_eq!(plan(4080, 0, 4096, 32), None);
+        assert_eq!(plan(4096, 0, 4096, 16), None);
+        // Padding counts against the space.
+        assert_eq!(plan(4080, 16, 4096, 32), None);
+        assert_eq!(plan(4080, 32, 4096, 32), Some(Reservation { pad: 16, start: 4096, end: 4128 }));
+        // A consumer cursor ahead of a stale producer cursor does not underflow.
+        assert!(plan(0, 64, 4096, 32).is_some());
+    }
+
+    #[test]
+    fn lap_end_and_fits() {
+        assert_eq!(lap_end(4080, 4096), 4096);
+        assert_eq!(lap_end(4096, 4096), 8192);
+        assert_eq!(lap_end(5000, 4096), 8192);
+        assert!(record_fits(0, 0, 4096));
+        assert!(record_fits(4064, 16, 4096));
+        assert!(!record_fits(4064, 17, 4096));
+        assert!(!record_fits(0, MAX_PAYLOAD as u64 + 1, 1 << 30));
+    }
+
+    #[test]
+    fn normalize() {
+        assert_eq!(normalize_data_size(0), MIN_DATA_SIZE);
+        assert_eq!(normalize_data_size(MIN_DATA_SIZE + 4095), MIN_DATA_SIZE);
+        assert_eq!(normalize_data_size(1 << 20), 1 << 20);
+        assert_eq!(normalize_data_size((1 << 20) + 100), 1 << 20);
+    }
+
+    #[test]
+    fn magic_reads_as_text() {
+        assert_eq!(&MAGIC.to_ne_bytes(), b"NGXTRKR1");
+    }
+
+    #[test]
+    fn pid_alive_checks() {
+        assert!(pid_alive(std::process::id()));
+        assert!(pid_alive(0)); // unknown: never "dead"
+        // A child that has exited and been reaped is dead.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+    }
+}

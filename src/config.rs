@@ -1,0 +1,522 @@
+//! Directives: the one command table, the configuration structs and their handlers.
+//! Every bad value fails `nginx -t` with a message naming the directive (nginx adds file:line).
+
+use core::ffi::{c_char, c_void};
+use core::{mem, ptr};
+use std::path::PathBuf;
+
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_parse_size, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::{ngx_conf_log_error, ngx_string};
+use tracker_core::event::Kind;
+use tracker_core::input::IpMode;
+use tracker_core::ring::{Opened, RingFile};
+
+use crate::{campaigns, handler, Module};
+
+/// Most dimensions one location records (`tracker_dimension`).
+pub const MAX_DIMENSIONS: usize = 32;
+
+/// http-level configuration: the ring and the campaign store.
+#[derive(Default)]
+pub struct MainConf {
+    pub ring: Option<RingFile>,
+    pub campaigns: Option<campaigns::Store>,
+    /// Where the first `tracker` location was declared, to report a missing `tracker_ring`.
+    pub first_use: Option<String>,
+}
+
+/// What a tracker location answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Response {
+    Gif,
+    Redirect,
+    Empty,
+}
+
+/// The event a tracker location records.
+pub struct Tracker {
+    pub kind: Kind,
+    pub event_type: Vec<u8>,
+    pub response: Response,
+}
+
+/// `tracker_unknown_campaign`: what a pixel does with an event whose campaign is unknown,
+/// invalid or inactive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unknown {
+    Store,
+    Count,
+}
+
+/// `tracker_ring_full`: the answer when the ring has no room for the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingFull {
+    Serve,
+    Unavailable,
+}
+
+pub struct Dimension {
+    pub name: Vec<u8>,
+    pub value: *mut ngx_http_complex_value_t,
+}
+
+/// Location-level configuration (also merged down from http and server levels).
+pub struct LocConf {
+    pub tracker: Option<Tracker>,
+    pub campaign_id: *mut ngx_http_complex_value_t,
+    pub click_id: *mut ngx_http_complex_value_t,
+    pub value: *mut ngx_http_complex_value_t,
+    pub video_event: *mut ngx_http_complex_value_t,
+    pub watch_time: *mut ngx_http_complex_value_t,
+    /// None: not set at this level (inherited as a whole, like `add_header`).
+    pub dimensions: Option<Vec<Dimension>>,
+    pub ip: Option<IpMode>,
+    /// Some(empty) is `tracker_fallback_url off`.
+    pub fallback_url: Option<Vec<u8>>,
+    pub unknown_campaign: Option<Unknown>,
+    pub ring_full: Option<RingFull>,
+}
+
+impl Default for LocConf {
+    fn default() -> Self {
+        LocConf {
+            tracker: None,
+            campaign_id: ptr::null_mut(),
+            click_id: ptr::null_mut(),
+            value: ptr::null_mut(),
+            video_event: ptr::null_mut(),
+            watch_time: ptr::null_mut(),
+            dimensions: None,
+            ip: None,
+            fallback_url: None,
+            unknown_campaign: None,
+            ring_full: None,
+        }
+    }
+}
+
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+const fn command(
+    name: ngx_str_t,
+    type_: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    conf: usize,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+pub static mut COMMANDS: [ngx_command_t; 14] = [
+    command(ngx_string!("tracker_ring"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_ring, NGX_HTTP_MAIN_CONF_OFFSET),
+    command(ngx_string!("tracker_campaigns"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_campaigns, NGX_HTTP_MAIN_CONF_OFFSET),
+    command(ngx_string!("tracker"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12, set_tracker, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_campaign_id"), ANY_LEVEL | NGX_CONF_TAKE1, set_campaign_id, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_dimension"), ANY_LEVEL | NGX_CONF_TAKE2, set_dimension, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_ip"), ANY_LEVEL | NGX_CONF_TAKE1, set_ip, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_click_id"), ANY_LEVEL | NGX_CONF_TAKE1, set_click_id, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_value"), ANY_LEVEL | NGX_CONF_TAKE1, set_value, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_video_event"), ANY_LEVEL | NGX_CONF_TAKE1, set_video_event, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_watch_time"), ANY_LEVEL | NGX_CONF_TAKE1, set_watch_time, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_fallback_url"), ANY_LEVEL | NGX_CONF_TAKE1, set_fallback_url, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_unknown_campaign"), ANY_LEVEL | NGX_CONF_TAKE1, set_unknown_campaign, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_ring_full"), ANY_LEVEL | NGX_CONF_TAKE1, set_ring_full, NGX_HTTP_LOC_CONF_OFFSET),
+    ngx_command_t::empty(),
+];
+
+/// The directive's arguments (0 is its name).
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a directive handler.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+    // SAFETY: nginx sets `cf.args` to the array of the directive's words before calling it.
+    unsafe { (*(*cf).args).as_slice() }
+}
+
+fn bytes(s: &ngx_str_t) -> &[u8] {
+    s.as_bytes()
+}
+
+fn text(s: &ngx_str_t) -> String {
+    String::from_utf8_lossy(s.as_bytes()).into_owned()
+}
+
+fn fail(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
+    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
+    NGX_CONF_ERROR
+}
+
+/// Parses an nginx size ("64m") as `ngx_parse_size` does.
+fn parse_size(s: &ngx_str_t) -> Option<u64> {
+    let mut copy = *s;
+    // SAFETY: ngx_parse_size only reads `len` bytes of the string.
+    let n = unsafe { ngx_parse_size(&mut copy) };
+    (n > 0).then_some(n as u64)
+}
+
+unsafe extern "C" fn set_ring(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
+    let mcf = unsafe { &mut *conf.cast::<MainConf>() };
+    let a = unsafe { args(cf) };
+    if mcf.ring.is_some() {
+        return fail(cf, "\"tracker_ring\" directive is duplicate");
+    }
+    let path = PathBuf::from(text(&a[1]));
+    if !path.is_absolute() {
+        return fail(cf, &format!("\"tracker_ring\" path \"{}\" must be absolute", path.display()));
+    }
+    let Some(size) = parse_size(&a[2]) else {
+        return fail(cf, &format!("invalid ring size \"{}\" in \"tracker_ring\" directive", text(&a[2])));
+    };
+    if size < tracker_core::ring::MIN_DATA_SIZE {
+        return fail(cf, &format!(
+            "ring size \"{}\" in \"tracker_ring\" directive is too small, the minimum is {}k",
+            text(&a[2]),
+            tracker_core::ring::MIN_DATA_SIZE / 1024
+        ));
+    }
+    match RingFile::open_or_create(&path, size) {
+        Ok((ring, opened)) => {
+            if let Opened::KeptOtherSize(kept) = opened {
+                ngx::ngx_conf_log_error!(
+                    ngx::ffi::NGX_LOG_WARN, cf,
+                    "\"tracker_ring\" \"{}\" holds unread events: keeping its size of {} bytes until it is empty",
+                    path.display(), kept
+                );
+            }
+            mcf.ring = Some(ring);
+            NGX_CONF_OK
+        }
+        Err(e) => fail(cf, &format!("\"tracker_ring\" \"{}\": {}", path.display(), e)),
+    }
+}
+
+unsafe extern "C" fn set_campaigns(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
+    let mcf = unsafe { &mut *conf.cast::<MainConf>() };
+    let a = unsafe { args(cf) };
+    if mcf.campaigns.is_some() {
+        return fail(cf, "\"tracker_campaigns\" directive is duplicate");
+    }
+    let path = text(&a[1]);
+    let zone = bytes(&a[2]);
+    let Some(spec) = zone.strip_prefix(b"zone=") else {
+        return fail(cf, &format!("invalid parameter \"{}\" in \"tracker_campaigns\" directive, it must be \"zone=NAME:SIZE\"", text(&a[2])));
+    };
+    let Some(colon) = spec.iter().rposition(|&c| c == b':') else {
+        return fail(cf, &format!("invalid zone \"{}\" in \"tracker_campaigns\" directive, it must be \"zone=NAME:SIZE\"", text(&a[2])));
+    };
+    let (name, size) = (&spec[..colon], &spec[colon + 1..]);
+    let size_str = ngx_str_t { len: size.len(), data: size.as_ptr() as *mut u8 };
+    let Some(size) = parse_size(&size_str).filter(|&s| s >= 8 * 4096) else {
+        return fail(cf, &format!("invalid zone size \"{}\" in \"tracker_campaigns\" directive, the minimum is 32k", String::from_utf8_lossy(size)));
+    };
+    if name.is_empty() {
+        return fail(cf, "empty zone name in \"tracker_campaigns\" directive");
+    }
+    match campaigns::Store::configure(cf, &path, name, size as usize) {
+        Ok(store) => {
+            mcf.campaigns.insert(store).attach();
+            NGX_CONF_OK
+        }
+        Err(msg) => fail(cf, &format!("\"tracker_campaigns\" \"{path}\": {msg}")),
+    }
+}
+
+unsafe extern "C" fn set_tracker(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.tracker.is_some() {
+        return fail(cf, "\"tracker\" directive is duplicate");
+    }
+    let event_type = bytes(&a[1]).to_vec();
+    if event_type.is_empty()
+        || event_type.len() > 64
+        || !event_type.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+    {
+        return fail(cf, &format!("invalid event type \"{}\" in \"tracker\" directive, it must be 1-64 characters of [A-Za-z0-9_-]", text(&a[1])));
+    }
+    let kind = Kind::of_type(&String::from_utf8_lossy(&event_type));
+    let mut response = match kind {
+        Kind::Click => Response::Redirect,
+        _ => Response::Gif,
+    };
+    if a.len() == 3 {
+        response = match bytes(&a[2]) {
+            b"response=gif" => Response::Gif,
+            b"response=redirect" => Response::Redirect,
+            b"response=empty" => Response::Empty,
+            _ => {
+                return fail(cf, &format!(
+                    "invalid parameter \"{}\" in \"tracker\" directive, it must be \"response=gif\", \"response=redirect\" or \"response=empty\"",
+                    text(&a[2])
+                ))
+            }
+        };
+    }
+    lcf.tracker = Some(Tracker { kind, event_type, response });
+
+    // SAFETY: the http core module's location configuration exists in every location context.
+    let clcf = unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) };
+    let Some(clcf) = clcf else { return NGX_CONF_ERROR };
+    clcf.handler = Some(handler::handler);
+
+    // SAFETY: `cf` is valid; main conf exists for every http context.
+    if let Some(mcf) = Module::main_conf_mut(unsafe { &*cf }) {
+        if mcf.first_use.is_none() {
+            // SAFETY: conf_file and its name are set while a file is parsed.
+            let (file, line) = unsafe { ((*(*cf).conf_file).file.name, (*(*cf).conf_file).line) };
+            mcf.first_use = Some(format!("{}:{}", text(&file), line));
+        }
+    }
+    NGX_CONF_OK
+}
+
+/// Compiles a directive argument into a complex value (variables and text).
+///
+/// # Safety
+/// `cf` is the configuration being parsed; `value` lives as long as the configuration.
+pub unsafe fn compile(cf: *mut ngx_conf_t, value: *mut ngx_str_t) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: allocating a zeroed complex value from the configuration pool.
+    let cv = unsafe { ngx::ffi::ngx_pcalloc((*cf).pool, mem::size_of::<ngx_http_complex_value_t>()) }
+        .cast::<ngx_http_complex_value_t>();
+    if cv.is_null() {
+        return None;
+    }
+    // SAFETY: a zeroed ccv is the documented initial state.
+    let mut ccv: ngx_http_compile_complex_value_t = unsafe { mem::zeroed() };
+    ccv.cf = cf;
+    ccv.value = value;
+    ccv.complex_value = cv;
+    // SAFETY: ccv is fully initialized; nginx logs its own error on failure.
+    (unsafe { ngx_http_compile_complex_value(&mut ccv) } == 0).then_some(cv)
+}
+
+unsafe fn set_cv(
+    cf: *mut ngx_conf_t,
+    slot: &mut *mut ngx_http_complex_value_t,
+    name: &str,
+) -> *mut c_char {
+    if !slot.is_null() {
+        return fail(cf, &format!("\"{name}\" directive is duplicate"));
+    }
+    // SAFETY: args live in the configuration pool for the configuration's lifetime.
+    let value: &mut ngx_str_t = unsafe { &mut (*(*cf).args).as_slice_mut()[1] };
+    if value.len == 0 {
+        return fail(cf, &format!("empty value in \"{name}\" directive"));
+    }
+    // SAFETY: see above.
+    match unsafe { compile(cf, value) } {
+        Some(cv) => {
+            *slot = cv;
+            NGX_CONF_OK
+        }
+        None => NGX_CONF_ERROR,
+    }
+}
+
+macro_rules! cv_setter {
+    ($fn:ident, $field:ident, $name:literal) => {
+        unsafe extern "C" fn $fn(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+            // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
+            let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+            // SAFETY: called from a directive handler.
+            unsafe { set_cv(cf, &mut lcf.$field, $name) }
+        }
+    };
+}
+
+cv_setter!(set_campaign_id, campaign_id, "tracker_campaign_id");
+cv_setter!(set_click_id, click_id, "tracker_click_id");
+cv_setter!(set_value, value, "tracker_value");
+cv_setter!(set_video_event, video_event, "tracker_video_event");
+cv_setter!(set_watch_time, watch_time, "tracker_watch_time");
+
+unsafe extern "C" fn set_dimension(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    let name = bytes(&a[1]).to_vec();
+    if name.is_empty() || name.len() > 64 || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+        return fail(cf, &format!("invalid dimension name \"{}\" in \"tracker_dimension\" directive, it must be 1-64 characters of [A-Za-z0-9_]", text(&a[1])));
+    }
+    let dims = lcf.dimensions.get_or_insert_with(Vec::new);
+    if dims.iter().any(|d| d.name == name) {
+        return fail(cf, &format!("duplicate dimension \"{}\" in \"tracker_dimension\" directive", text(&a[1])));
+    }
+    if dims.len() >= MAX_DIMENSIONS {
+        return fail(cf, &format!("too many dimensions in \"tracker_dimension\" directive, the maximum is {MAX_DIMENSIONS}"));
+    }
+    // SAFETY: args live in the configuration pool.
+    let value: &mut ngx_str_t = unsafe { &mut (*(*cf).args).as_slice_mut()[2] };
+    // SAFETY: called from a directive handler.
+    match unsafe { compile(cf, value) } {
+        Some(cv) => {
+            dims.push(Dimension { name, value: cv });
+            NGX_CONF_OK
+        }
+        None => NGX_CONF_ERROR,
+    }
+}
+
+unsafe extern "C" fn set_ip(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.ip.is_some() {
+        return fail(cf, "\"tracker_ip\" directive is duplicate");
+    }
+    lcf.ip = Some(match bytes(&a[1]) {
+        b"full" => IpMode::Full,
+        b"anonymize" => IpMode::Anonymize,
+        b"off" => IpMode::Off,
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_ip\" directive, it must be \"full\", \"anonymize\" or \"off\"", text(&a[1]))),
+    });
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_fallback_url(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.fallback_url.is_some() {
+        return fail(cf, "\"tracker_fallback_url\" directive is duplicate");
+    }
+    let url = bytes(&a[1]);
+    if url == b"off" {
+        lcf.fallback_url = Some(Vec::new());
+        return NGX_CONF_OK;
+    }
+    let s = String::from_utf8_lossy(url);
+    if let Err(e) = tracker_core::landing::Template::parse(&s) {
+        return fail(cf, &format!("invalid URL \"{s}\" in \"tracker_fallback_url\" directive: {}", e.0));
+    }
+    lcf.fallback_url = Some(url.to_vec());
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_unknown_campaign(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.unknown_campaign.is_some() {
+        return fail(cf, "\"tracker_unknown_campaign\" directive is duplicate");
+    }
+    lcf.unknown_campaign = Some(match bytes(&a[1]) {
+        b"store" => Unknown::Store,
+        b"count" => Unknown::Count,
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_unknown_campaign\" directive, it must be \"store\" or \"count\"", text(&a[1]))),
+    });
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_ring_full(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.ring_full.is_some() {
+        return fail(cf, "\"tracker_ring_full\" directive is duplicate");
+    }
+    lcf.ring_full = Some(match bytes(&a[1]) {
+        b"serve" => RingFull::Serve,
+        b"503" => RingFull::Unavailable,
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_ring_full\" directive, it must be \"serve\" or \"503\"", text(&a[1]))),
+    });
+    NGX_CONF_OK
+}
+
+/// Compiles a default like `$arg_cid` for a location that set nothing.
+unsafe fn default_cv(cf: *mut ngx_conf_t, text: &'static [u8]) -> *mut ngx_http_complex_value_t {
+    // SAFETY: allocate the string in the configuration pool so nginx may keep pointers to it.
+    let s = unsafe { ngx::ffi::ngx_pnalloc((*cf).pool, text.len()) }.cast::<u8>();
+    if s.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: `s` has room for `text.len()` bytes.
+    unsafe { ptr::copy_nonoverlapping(text.as_ptr(), s, text.len()) };
+    // SAFETY: the pool outlives the configuration; compile reads `len` bytes.
+    let value = unsafe { ngx::ffi::ngx_palloc((*cf).pool, mem::size_of::<ngx_str_t>()) }.cast::<ngx_str_t>();
+    if value.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: value points to pool memory for one ngx_str_t.
+    unsafe { value.write(ngx_str_t { len: text.len(), data: s }) };
+    // SAFETY: called during configuration merge with a valid cf.
+    unsafe { compile(cf, value) }.unwrap_or(ptr::null_mut())
+}
+
+macro_rules! merge_cv {
+    ($cf:expr, $conf:expr, $prev:expr, $field:ident, $default:literal) => {
+        if $conf.$field.is_null() {
+            $conf.$field = if $prev.$field.is_null() {
+                // SAFETY: merge runs with a valid cf.
+                unsafe { default_cv($cf, $default) }
+            } else {
+                $prev.$field
+            };
+            if $conf.$field.is_null() {
+                return NGX_CONF_ERROR;
+            }
+        }
+    };
+}
+
+/// Merges a location's settings with the enclosing level; unset values get their defaults.
+///
+/// # Safety
+/// Called by nginx with this module's location confs.
+pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut LocConf) -> *mut c_char {
+    // SAFETY: nginx passes two distinct, valid location confs of this module.
+    let (prev, conf) = unsafe { (&mut *prev, &mut *conf) };
+    merge_cv!(cf, conf, prev, campaign_id, b"$arg_cid");
+    merge_cv!(cf, conf, prev, click_id, b"$arg_click_id");
+    merge_cv!(cf, conf, prev, value, b"$arg_value");
+    merge_cv!(cf, conf, prev, video_event, b"$arg_event");
+    merge_cv!(cf, conf, prev, watch_time, b"$arg_watch_time");
+    if conf.dimensions.is_none() {
+        conf.dimensions = Some(
+            prev.dimensions
+                .as_ref()
+                .map(|d| d.iter().map(|d| Dimension { name: d.name.clone(), value: d.value }).collect())
+                .unwrap_or_default(),
+        );
+    }
+    conf.ip = conf.ip.or(prev.ip).or(Some(IpMode::Anonymize));
+    if conf.fallback_url.is_none() {
+        conf.fallback_url = Some(prev.fallback_url.clone().unwrap_or_default());
+    }
+    conf.unknown_campaign = conf.unknown_campaign.or(prev.unknown_campaign).or(Some(Unknown::Store));
+    conf.ring_full = conf.ring_full.or(prev.ring_full).or(Some(RingFull::Serve));
+    NGX_CONF_OK
+}
+
+/// After the http block: a tracker location needs a ring.
+///
+/// # Safety
+/// Called by nginx in postconfiguration with a valid cf.
+pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
+    // SAFETY: cf is valid during postconfiguration.
+    let Some(mcf) = Module::main_conf_mut(unsafe { &*cf }) else { return Err(()) };
+    if let (None, Some(at)) = (&mcf.ring, &mcf.first_use) {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG, cf,
+            "\"tracker\" is used at {at} but no \"tracker_ring\" is configured in the http block"
+        );
+        return Err(());
+    }
+    Ok(())
+}

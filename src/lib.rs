@@ -1,0 +1,85 @@
+//! ngx_http_tracker_module: ad and event tracking locations inside nginx.
+//!
+//! A thin FFI skin over `tracker-core`: directives and configuration (`config`), the campaign
+//! store in a shared zone (`campaigns`), the content handler (`handler`), the responses
+//! (`response`), the `$tracker_*` variables (`variables`) and per-worker state (`worker`).
+//! The directive reference is `docs/directives.md`.
+
+mod campaigns;
+mod config;
+mod handler;
+mod response;
+mod variables;
+mod worker;
+
+use core::ptr::addr_of;
+
+use ngx::core::Status;
+use ngx::ffi::{ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module object is a static that nginx only writes while loading the
+        // configuration (index fields), before any request is handled.
+        unsafe { &*addr_of!(ngx_http_tracker_module) }
+    }
+
+    unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        variables::add(cf).into()
+    }
+
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        match config::check_main(cf) {
+            Ok(()) => Status::NGX_OK.into(),
+            Err(()) => Status::NGX_ERROR.into(),
+        }
+    }
+}
+
+/// Merges location configurations; defaults need `cf` to compile `$arg_*` values, which the
+/// `Merge` trait does not give, hence a plain callback.
+unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut core::ffi::c_void,
+    conf: *mut core::ffi::c_void,
+) -> *mut core::ffi::c_char {
+    // SAFETY: nginx passes this module's location confs.
+    unsafe { config::merge_loc_conf(cf, prev.cast(), conf.cast()) }
+}
+
+// SAFETY: MainConf is the type create_main_conf allocates for this module.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = config::MainConf;
+}
+
+// SAFETY: LocConf is the type create_loc_conf allocates for this module.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = config::LocConf;
+}
+
+static NGX_HTTP_TRACKER_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: Some(Module::preconfiguration),
+    postconfiguration: Some(Module::postconfiguration),
+    create_main_conf: Some(Module::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(merge_loc_conf),
+};
+
+ngx::ngx_modules!(ngx_http_tracker_module);
+
+#[used]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_tracker_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(NGX_HTTP_TRACKER_MODULE_CTX) as _,
+    // SAFETY: taking the address of the static command table; nginx reads it at load time.
+    commands: unsafe { &raw mut config::COMMANDS[0] },
+    type_: NGX_HTTP_MODULE as _,
+    ..ngx_module_t::default()
+};

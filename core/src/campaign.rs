@@ -4,10 +4,67 @@
 //! kept for later use (budget fields) and ignored here. The table is an immutable byte image
 //! built by [`build_table`] and read in place by [`TableView`]: open addressing over u32
 //! offsets, so lookups are O(1) and position-independent (any mapping address works).
+//!
+//! Table image (all integers little-endian):
+//!
+//! ```text
+//! header   magic u32 (the bytes "TRKC"), version u32 (1), count u32,
+//!          nbuckets u32 (a power of two, >= 2 * count, >= 8), total_len u32 (image length)
+//! buckets  nbuckets x u32: 0 = empty, else the offset of an entry from the image start
+//! entries  id_len u16, status u8 (0 active, 1 paused, 2 ended), reserved u8, url_len u32,
+//!          id bytes, url bytes, zero padding to a multiple of 4
+//! ```
+//!
+//! A campaign is in the bucket `fnv1a64(id) & (nbuckets - 1)` or, by linear probing, in one of
+//! the following buckets before the next empty one.
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+use crate::input::valid_campaign_id;
+use crate::landing::Template;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status { Active, Paused, Ended }
+
+impl Status {
+    /// The file's spelling: "active", "paused", "ended".
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Paused => "paused",
+            Status::Ended => "ended",
+        }
+    }
+
+    fn of_name(s: &str) -> Option<Status> {
+        match s {
+            "active" => Some(Status::Active),
+            "paused" => Some(Status::Paused),
+            "ended" => Some(Status::Ended),
+            _ => None,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Status::Active => 0,
+            Status::Paused => 1,
+            Status::Ended => 2,
+        }
+    }
+
+    fn of_code(c: u8) -> Option<Status> {
+        match c {
+            0 => Some(Status::Active),
+            1 => Some(Status::Paused),
+            2 => Some(Status::Ended),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Campaign {
@@ -21,15 +78,191 @@ pub struct Campaign {
 #[derive(Debug, PartialEq)]
 pub struct FileError { pub line: usize, pub message: String }
 
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for FileError {}
+
 /// Parses and validates a campaigns file: JSON syntax, required fields, id charset
 /// (`input::valid_campaign_id`), status, landing URL (`landing::Template::parse`), duplicate ids.
-pub fn parse_file(text: &str) -> Result<Vec<Campaign>, FileError> { unimplemented!() }
+///
+/// Messages: `object 3: missing field "id"`, `object 3: invalid id "a b": ...`,
+/// `campaign "c1": missing field "landing_url"`, `campaign "c1": status: ...`,
+/// `campaign "c1": landing_url: <reason>`, `campaign "c1": duplicate id (first at line 2)`;
+/// JSON syntax errors give serde_json's message and line.
+pub fn parse_file(text: &str) -> Result<Vec<Campaign>, FileError> {
+    let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
+    let mut out: Vec<Campaign> = Vec::with_capacity(raws.len());
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(raws.len());
+    let mut lines = LineCounter::new(text);
+    for (i, raw) in raws.iter().enumerate() {
+        let line = lines.line_of(raw.get());
+        let n = i + 1;
+        let fail = |message: String| FileError { line, message };
+        let obj: Map<String, Value> = match serde_json::from_str(raw.get()) {
+            Ok(obj) => obj,
+            Err(_) => return Err(fail(format!("object {n}: not a JSON object"))),
+        };
+        let id = match obj.get("id") {
+            None => return Err(fail(format!("object {n}: missing field \"id\""))),
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(fail(format!("object {n}: id: must be a string"))),
+        };
+        if !valid_campaign_id(id.as_bytes()) {
+            return Err(fail(format!(
+                "object {n}: invalid id {id:?}: must be 1-64 characters of [A-Za-z0-9_.:-]"
+            )));
+        }
+        let what = format!("campaign \"{id}\"");
+        let status = match obj.get("status") {
+            None => return Err(fail(format!("{what}: missing field \"status\""))),
+            Some(Value::String(s)) => match Status::of_name(s) {
+                Some(st) => st,
+                None => {
+                    return Err(fail(format!(
+                        "{what}: status: {s:?} is not one of \"active\", \"paused\", \"ended\""
+                    )))
+                }
+            },
+            Some(_) => return Err(fail(format!("{what}: status: must be a string"))),
+        };
+        let landing_url = match obj.get("landing_url") {
+            None => return Err(fail(format!("{what}: missing field \"landing_url\""))),
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(fail(format!("{what}: landing_url: must be a string"))),
+        };
+        if let Err(e) = Template::parse(landing_url) {
+            return Err(fail(format!("{what}: landing_url: {}", e.0)));
+        }
+        if let Some(&first) = seen.get(id.as_str()) {
+            return Err(fail(format!("{what}: duplicate id (first at line {first})")));
+        }
+        seen.insert(id.clone(), line);
+        out.push(Campaign { id: id.clone(), status, landing_url: landing_url.clone() });
+    }
+    if table_size(&out) > u32::MAX as usize {
+        return Err(FileError { line: 1, message: "too many campaigns: the table would exceed 4 GiB".into() });
+    }
+    Ok(out)
+}
+
+/// serde_json's message without its " at line L column C" tail (the line goes to `FileError`).
+fn json_error(e: &serde_json::Error) -> FileError {
+    let full = e.to_string();
+    let tail = format!(" at line {} column {}", e.line(), e.column());
+    let message = match full.strip_suffix(&tail) {
+        Some(m) => format!("{m} (column {})", e.column()),
+        None => full,
+    };
+    FileError { line: e.line().max(1), message }
+}
+
+/// Line numbers of slices of a text, for slices met in increasing order (linear overall).
+struct LineCounter<'t> {
+    text: &'t str,
+    at: usize,
+    line: usize,
+}
+
+impl<'t> LineCounter<'t> {
+    fn new(text: &'t str) -> Self {
+        LineCounter { text, at: 0, line: 1 }
+    }
+
+    /// The 1-based line where `part` starts; `part` must borrow from the text (else: line 1).
+    fn line_of(&mut self, part: &str) -> usize {
+        let off = (part.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
+        if off > self.text.len() {
+            return 1;
+        }
+        if off < self.at {
+            self.at = 0;
+            self.line = 1;
+        }
+        let bytes = self.text.as_bytes();
+        self.line += bytes[self.at..off].iter().filter(|&&c| c == b'\n').count();
+        self.at = off;
+        self.line
+    }
+}
+
+const MAGIC: u32 = u32::from_le_bytes(*b"TRKC");
+/// Version of the table image layout.
+pub const TABLE_VERSION: u32 = 1;
+const HEADER_LEN: usize = 20;
+const ENTRY_HEAD: usize = 8;
+const MIN_BUCKETS: usize = 8;
+
+fn nbuckets_for(count: usize) -> usize {
+    count.saturating_mul(2).max(MIN_BUCKETS).checked_next_power_of_two().unwrap_or(usize::MAX)
+}
+
+fn entry_len(c: &Campaign) -> usize {
+    (ENTRY_HEAD + c.id.len() + c.landing_url.len() + 3) & !3
+}
+
+/// FNV-1a, 64 bits.
+fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
 
 /// The number of bytes [`build_table`] needs for these campaigns.
-pub fn table_size(campaigns: &[Campaign]) -> usize { unimplemented!() }
+pub fn table_size(campaigns: &[Campaign]) -> usize {
+    let entries: usize = campaigns.iter().map(entry_len).fold(0, usize::saturating_add);
+    HEADER_LEN
+        .saturating_add(nbuckets_for(campaigns.len()).saturating_mul(4))
+        .saturating_add(entries)
+}
 
 /// Builds the table image into `out` (cleared first). `out.len() == table_size(campaigns)` after.
-pub fn build_table(campaigns: &[Campaign], out: &mut Vec<u8>) { unimplemented!() }
+///
+/// The campaigns should come from [`parse_file`] (unique ids of at most 64 bytes, a table under
+/// 4 GiB). With duplicate ids, lookups find the first. Panics if the image would not fit u32
+/// offsets (impossible for `parse_file` output).
+pub fn build_table(campaigns: &[Campaign], out: &mut Vec<u8>) {
+    let total = table_size(campaigns);
+    assert!(total <= u32::MAX as usize, "campaign table over 4 GiB");
+    let nbuckets = nbuckets_for(campaigns.len());
+    out.clear();
+    out.reserve(total);
+    for v in [MAGIC, TABLE_VERSION, campaigns.len() as u32, nbuckets as u32, total as u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let buckets_at = out.len();
+    out.resize(buckets_at + 4 * nbuckets, 0);
+    let mask = nbuckets - 1;
+    for c in campaigns {
+        let off = out.len();
+        let id = c.id.as_bytes();
+        let url = c.landing_url.as_bytes();
+        let id_len = u16::try_from(id.len()).expect("campaign id over 65535 bytes");
+        out.extend_from_slice(&id_len.to_le_bytes());
+        out.push(c.status.code());
+        out.push(0);
+        out.extend_from_slice(&(url.len() as u32).to_le_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(url);
+        out.resize(off + entry_len(c), 0);
+        let mut b = (fnv1a64(id) as usize) & mask;
+        loop {
+            let slot = buckets_at + 4 * b;
+            if out[slot..slot + 4] == [0; 4] {
+                out[slot..slot + 4].copy_from_slice(&(off as u32).to_le_bytes());
+                break;
+            }
+            b = (b + 1) & mask;
+        }
+    }
+    debug_assert_eq!(out.len(), total);
+}
 
 /// A campaign found in a table.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,11 +271,333 @@ pub struct CampaignRef<'a> { pub status: Status, pub landing_url: &'a [u8] }
 /// Reads a table image in place. All offsets are bounds-checked: a corrupt or torn image gives
 /// wrong answers or None, never a panic (the module re-checks a sequence number around lookups).
 #[derive(Clone, Copy)]
-pub struct TableView<'a> { /* implementation-defined */ _b: &'a [u8] }
+pub struct TableView<'a> {
+    /// The image, cut to its total_len.
+    image: &'a [u8],
+    count: usize,
+    nbuckets: usize,
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    let end = at.checked_add(4)?;
+    let s = b.get(at..end)?;
+    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
 
 impl<'a> TableView<'a> {
-    /// None when the image is not a table (bad magic or sizes).
-    pub fn new(image: &'a [u8]) -> Option<TableView<'a>> { unimplemented!() }
-    pub fn len(&self) -> usize { unimplemented!() }
-    pub fn get(&self, id: &[u8]) -> Option<CampaignRef<'a>> { unimplemented!() }
+    /// None when the image is not a table (bad magic or sizes). The image may be longer than
+    /// the table (only its first total_len bytes are read).
+    pub fn new(image: &'a [u8]) -> Option<TableView<'a>> {
+        if read_u32(image, 0)? != MAGIC || read_u32(image, 4)? != TABLE_VERSION {
+            return None;
+        }
+        let count = read_u32(image, 8)? as usize;
+        let nbuckets = read_u32(image, 12)? as usize;
+        let total = read_u32(image, 16)? as usize;
+        if !nbuckets.is_power_of_two() || nbuckets < MIN_BUCKETS || count > nbuckets / 2 {
+            return None;
+        }
+        if total > image.len() || HEADER_LEN.checked_add(nbuckets.checked_mul(4)?)? > total {
+            return None;
+        }
+        Some(TableView { image: &image[..total], count, nbuckets })
+    }
+
+    /// The number of campaigns.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn get(&self, id: &[u8]) -> Option<CampaignRef<'a>> {
+        let image = self.image;
+        let mask = self.nbuckets.wrapping_sub(1);
+        let mut b = (fnv1a64(id) as usize) & mask;
+        for _ in 0..self.nbuckets {
+            let off = read_u32(image, HEADER_LEN + 4 * b)? as usize;
+            if off == 0 {
+                return None;
+            }
+            if let Some((eid, status, url)) = entry_at(image, off) {
+                if eid == id {
+                    return Some(CampaignRef { status: Status::of_code(status)?, landing_url: url });
+                }
+            }
+            b = (b + 1) & mask;
+        }
+        None
+    }
+}
+
+/// The (id, status code, url) of the entry at `off`, if it lies within the image.
+fn entry_at(image: &[u8], off: usize) -> Option<(&[u8], u8, &[u8])> {
+    let head = image.get(off..off.checked_add(ENTRY_HEAD)?)?;
+    let id_len = u16::from_le_bytes([head[0], head[1]]) as usize;
+    let status = head[2];
+    let url_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let id_at = off + ENTRY_HEAD;
+    let url_at = id_at.checked_add(id_len)?;
+    let end = url_at.checked_add(url_len)?;
+    let id = image.get(id_at..url_at)?;
+    let url = image.get(url_at..end)?;
+    Some((id, status, url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: &str, status: Status, url: &str) -> Campaign {
+        Campaign { id: id.into(), status, landing_url: url.into() }
+    }
+
+    fn err(text: &str) -> FileError {
+        parse_file(text).expect_err("accepted")
+    }
+
+    #[test]
+    fn parses_a_file() {
+        let text = r#"[
+  {"id": "summer-sale", "status": "active",
+   "landing_url": "https://shop.example.com/summer?pub={dim.publisher}&click={click_id}",
+   "budget": {"daily": 100}, "note": null},
+  {"id": "b.2:x_y", "status": "paused", "landing_url": "http://b.example.com/"},
+  {"id": "c", "status": "ended", "landing_url": "https://c.example.com/{campaign}"}
+]"#;
+        let list = parse_file(text).unwrap();
+        assert_eq!(
+            list,
+            vec![
+                c("summer-sale", Status::Active, "https://shop.example.com/summer?pub={dim.publisher}&click={click_id}"),
+                c("b.2:x_y", Status::Paused, "http://b.example.com/"),
+                c("c", Status::Ended, "https://c.example.com/{campaign}"),
+            ]
+        );
+        assert_eq!(parse_file("[]").unwrap(), vec![]);
+        assert_eq!(parse_file(" \n[\n]\n").unwrap(), vec![]);
+        // Escaped id spelling is the same id.
+        assert_eq!(parse_file(r#"[{"id":"\u0061","status":"active","landing_url":"https://a/"}]"#).unwrap()[0].id, "a");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"},\n  {\"id\": \"b\", \"status\": \"active\" \"landing_url\": \"https://b.example.com/\"}\n]\n");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("expected"), "{e}");
+        assert!(!e.message.contains("at line"), "{e}");
+        let e = err("{\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"}\n");
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.message.contains("sequence"), "{e}");
+        assert_eq!(err("").line, 1);
+        assert_eq!(err("\n\n[").line, 3);
+        assert_eq!(err("[1,\n2,\n]").line, 3);
+        assert_eq!(err("[] x").line, 1);
+    }
+
+    #[test]
+    fn validation_errors_name_the_object_line() {
+        let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"},\n  {\"id\": \"b\", \"status\": \"active\"}\n]\n");
+        assert_eq!((e.line, e.message.as_str()), (3, "campaign \"b\": missing field \"landing_url\""));
+        let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"ftp://a.example.com/\"}\n]");
+        assert_eq!(e.line, 2);
+        assert!(e.message.starts_with("campaign \"a\": landing_url: scheme must be http or https"), "{e}");
+        let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"},\n  {\"id\": \"b\", \"status\": \"active\", \"landing_url\": \"https://{dim.publisher}.example.com/\"}\n]");
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("host"), "{e}");
+        let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/?x={bogus}\"}\n]");
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("unknown macro \"{bogus}\""), "{e}");
+        let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"},\n  {\"id\": \"b\", \"status\": \"active\", \"landing_url\": \"https://b.example.com/\"},\n  {\"id\": \"a\", \"status\": \"paused\", \"landing_url\": \"https://c.example.com/\"}\n]");
+        assert_eq!((e.line, e.message.as_str()), (4, "campaign \"a\": duplicate id (first at line 2)"));
+        let e = err("[\n  {\"id\": \"a\", \"status\": \"running\", \"landing_url\": \"https://a.example.com/\"}\n]");
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("status") && e.message.contains("running"), "{e}");
+        let e = err("[\n  {\"id\": \"a b/c\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"}\n]");
+        assert_eq!(e.line, 2);
+        assert!(e.message.starts_with("object 1: invalid id \"a b/c\""), "{e}");
+        let e = err("[\n{\"id\":\"a\",\"status\":\"active\",\"landing_url\":\"https://a/\"},\n\n\n  {\"status\": \"active\"}]");
+        assert_eq!((e.line, e.message.as_str()), (5, "object 2: missing field \"id\""));
+        let e = err("[{\"id\":\"a\",\"status\":\"active\",\"landing_url\":\"https://a/\"}, 3]");
+        assert_eq!((e.line, e.message.as_str()), (1, "object 2: not a JSON object"));
+        let e = err("[{\"id\": 5}]");
+        assert_eq!(e.message, "object 1: id: must be a string");
+        let e = err("[{\"id\": \"x\", \"status\": 1}]");
+        assert_eq!(e.message, "campaign \"x\": status: must be a string");
+        let e = err("[{\"id\": \"x\"}]");
+        assert_eq!(e.message, "campaign \"x\": missing field \"status\"");
+        let e = err("[{\"id\": \"x\", \"status\": \"active\", \"landing_url\": null}]");
+        assert_eq!(e.message, "campaign \"x\": landing_url: must be a string");
+        let e = err(&format!("[{{\"id\": \"{}\", \"status\": \"active\", \"landing_url\": \"https://a/\"}}]", "x".repeat(65)));
+        assert!(e.message.contains("invalid id"));
+        assert_eq!(e.to_string(), format!("line 1: {}", e.message));
+    }
+
+    #[test]
+    fn table_finds_100k_campaigns() {
+        let list: Vec<Campaign> = (0..100_000)
+            .map(|i| {
+                let status = [Status::Active, Status::Paused, Status::Ended][i % 3];
+                c(&format!("camp-{i}"), status, &format!("https://l{i}.example.com/{{click_id}}?n={}", "x".repeat(i % 7)))
+            })
+            .collect();
+        let mut image = vec![1, 2, 3];
+        build_table(&list, &mut image);
+        assert_eq!(image.len(), table_size(&list));
+        assert_eq!(image.len() % 4, 0);
+        let t = TableView::new(&image).unwrap();
+        assert_eq!(t.len(), 100_000);
+        for cmp in &list {
+            let got = t.get(cmp.id.as_bytes()).unwrap_or_else(|| panic!("{} not found", cmp.id));
+            assert_eq!(got.status, cmp.status);
+            assert_eq!(got.landing_url, cmp.landing_url.as_bytes());
+        }
+        for i in 0..100_000 {
+            assert_eq!(t.get(format!("absent-{i}").as_bytes()), None);
+        }
+        assert_eq!(t.get(b"camp-100000"), None);
+        assert_eq!(t.get(b"camp-1 "), None);
+        assert_eq!(t.get(b""), None);
+        // Header fields.
+        assert_eq!(&image[0..4], b"TRKC");
+        let nb = u32::from_le_bytes(image[12..16].try_into().unwrap()) as usize;
+        assert!(nb.is_power_of_two() && nb >= 200_000);
+        // A longer buffer (zone) still reads.
+        image.extend_from_slice(&[0xff; 64]);
+        assert!(TableView::new(&image).unwrap().get(b"camp-7").is_some());
+    }
+
+    #[test]
+    fn empty_and_small_tables() {
+        let mut image = Vec::new();
+        build_table(&[], &mut image);
+        assert_eq!(image.len(), table_size(&[]));
+        assert_eq!(image.len(), HEADER_LEN + 4 * MIN_BUCKETS);
+        let t = TableView::new(&image).unwrap();
+        assert_eq!(t.len(), 0);
+        assert!(t.is_empty());
+        assert_eq!(t.get(b"a"), None);
+        assert_eq!(t.get(b""), None);
+
+        let list = [c("a", Status::Paused, "https://a/"), c("b", Status::Active, "")];
+        build_table(&list, &mut image);
+        let t = TableView::new(&image).unwrap();
+        assert_eq!(t.get(b"a"), Some(CampaignRef { status: Status::Paused, landing_url: b"https://a/" }));
+        assert_eq!(t.get(b"b"), Some(CampaignRef { status: Status::Active, landing_url: b"" }));
+        assert_eq!(t.get(b"c"), None);
+    }
+
+    #[test]
+    fn rejects_non_tables() {
+        let mut image = Vec::new();
+        build_table(&[c("a", Status::Active, "https://a/")], &mut image);
+        assert!(TableView::new(&image).is_some());
+        assert!(TableView::new(&[]).is_none());
+        assert!(TableView::new(&image[..image.len() - 1]).is_none(), "shorter than total_len");
+        let mut bad = image.clone();
+        bad[0] = b'X';
+        assert!(TableView::new(&bad).is_none(), "magic");
+        let mut bad = image.clone();
+        bad[4] = 2;
+        assert!(TableView::new(&bad).is_none(), "version");
+        let mut bad = image.clone();
+        bad[12] = 12;
+        assert!(TableView::new(&bad).is_none(), "nbuckets not a power of two");
+        let mut bad = image.clone();
+        bad[12..16].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        assert!(TableView::new(&bad).is_none(), "buckets beyond the image");
+        let mut bad = image.clone();
+        bad[8..12].copy_from_slice(&100u32.to_le_bytes());
+        assert!(TableView::new(&bad).is_none(), "count over nbuckets / 2");
+    }
+
+    /// xorshift64*, for the corruption test.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+    }
+
+    #[test]
+    fn corrupt_images_never_panic() {
+        let list: Vec<Campaign> =
+            (0..50).map(|i| c(&format!("c{i}"), Status::Active, &format!("https://x{i}.example/"))).collect();
+        let mut good = Vec::new();
+        build_table(&list, &mut good);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let probes: Vec<Vec<u8>> = (0..60).map(|i| format!("c{i}").into_bytes()).collect();
+        for round in 0..20_000 {
+            let mut img = good.clone();
+            match round % 4 {
+                0 => {
+                    // Flip a few random bytes anywhere.
+                    for _ in 0..(1 + rng.next() % 8) {
+                        let at = (rng.next() as usize) % img.len();
+                        img[at] = rng.next() as u8;
+                    }
+                }
+                1 => {
+                    // Point buckets at random offsets.
+                    for _ in 0..(1 + rng.next() % 8) {
+                        let b = (rng.next() as usize) % 128;
+                        let v = match rng.next() % 3 {
+                            0 => rng.next() as u32,
+                            1 => (img.len() as u32).wrapping_sub((rng.next() % 16) as u32),
+                            _ => (rng.next() % img.len() as u64) as u32,
+                        };
+                        img[HEADER_LEN + 4 * b..HEADER_LEN + 4 * b + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                2 => {
+                    // Torn: truncated, with header claiming the full length fixed up.
+                    let cut = HEADER_LEN + (rng.next() as usize) % (img.len() - HEADER_LEN);
+                    img.truncate(cut);
+                    let total = img.len() as u32;
+                    img[16..20].copy_from_slice(&total.to_le_bytes());
+                }
+                _ => {
+                    // Random bytes behind a valid header.
+                    for b in img[HEADER_LEN..].iter_mut() {
+                        *b = rng.next() as u8;
+                    }
+                    // Entry lengths at their maximum.
+                    if rng.next() & 1 == 0 {
+                        for b in img[HEADER_LEN + 512..].iter_mut() {
+                            *b = 0xff;
+                        }
+                    }
+                }
+            }
+            if let Some(t) = TableView::new(&img) {
+                for p in &probes {
+                    let _ = t.get(p);
+                }
+                let _ = t.get(b"");
+                let _ = t.len();
+            }
+        }
+        // Pure random images, some with a valid magic and version.
+        for _ in 0..20_000 {
+            let len = (rng.next() % 300) as usize;
+            let mut img: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if len >= 20 && rng.next() & 1 == 0 {
+                img[0..4].copy_from_slice(b"TRKC");
+                img[4..8].copy_from_slice(&1u32.to_le_bytes());
+                img[12..16].copy_from_slice(&8u32.to_le_bytes());
+                img[8..12].copy_from_slice(&((rng.next() % 5) as u32).to_le_bytes());
+                img[16..20].copy_from_slice(&(len as u32).to_le_bytes());
+            }
+            if let Some(t) = TableView::new(&img) {
+                for p in &probes[..5] {
+                    let _ = t.get(p);
+                }
+            }
+        }
+    }
 }

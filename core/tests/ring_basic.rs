@@ -140,7 +140,7 @@ fn ring_wraparound_many_laps_with_padding() {
                         last_end = r.end;
                         next_read += 1;
                         ring.commit(r.end);
-                        if half == 0 && next_read % 16 == 0 {
+                        if half == 0 && next_read & 15 == 0 {
                             break;
                         }
                     }

@@ -6,6 +6,7 @@ mod ring_common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,18 @@ fn ring_child() {
     let rf = RingFile::open_existing(Path::new(&path)).unwrap();
     let ring = rf.ring();
     let pid = std::process::id();
+    // Never outlive a parent that stopped consuming (or died).
+    let deadline = Instant::now() + Duration::from_secs(60);
     let write_all = |from: u32, to: u32| {
         for seq in from..to {
             let p = payload(id, seq, len_for(id, seq, 200));
             loop {
                 match ring.write(id as usize % 5, &p, pid) {
                     Ok(_) => break,
-                    Err(WriteError::Full) => thread::yield_now(),
+                    Err(WriteError::Full) => {
+                        assert!(Instant::now() < deadline, "ring full for too long");
+                        thread::yield_now()
+                    }
                     Err(e) => panic!("{e:?}"),
                 }
             }
@@ -41,10 +47,9 @@ fn ring_child() {
             let at = if role == "stall_cas" { StallPoint::AfterCas } else { StallPoint::AfterReserved };
             let p = payload(id, n, 100);
             let _ = ring.write_stalled(0, &p, pid, at, || {
-                println!("STALLED");
-                loop {
-                    thread::sleep(Duration::from_secs(60));
-                }
+                println!("RING-CHILD-STALLED");
+                thread::sleep(Duration::from_secs(60));
+                std::process::exit(3);
             });
             unreachable!();
         }
@@ -52,8 +57,31 @@ fn ring_child() {
     }
 }
 
-fn spawn(role: &str, path: &Path, id: u32, n: u32) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+/// A child process, killed and reaped on drop (so a failing test leaves none behind).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn(role: &str, path: &Path, id: u32, n: u32) -> Proc {
+    Proc(Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "ring_child", "--nocapture", "--test-threads=1"])
         .env("RING_CHILD", role)
         .env("RING_PATH", path)
@@ -61,20 +89,20 @@ fn spawn(role: &str, path: &Path, id: u32, n: u32) -> Child {
         .env("RING_N", n.to_string())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap())
 }
 
-fn wait_for_stalled(child: &mut Child) {
+fn wait_for_stalled(child: &mut Proc) {
     let out = child.stdout.take().unwrap();
     for line in BufReader::new(out).lines() {
-        if line.unwrap().trim() == "STALLED" {
+        if line.unwrap().ends_with("RING-CHILD-STALLED") {
             return;
         }
     }
     panic!("child exited before stalling: {:?}", child.wait());
 }
 
-fn wait_ok(mut child: Child) {
+fn wait_ok(mut child: Proc) {
     let st = child.wait().unwrap();
     assert!(st.success(), "child failed: {st:?}");
 }
@@ -89,7 +117,7 @@ struct Consumed {
 fn consume(reader: &mut Reader, ring: &tracker_core::ring::Ring, expected: usize, ids: usize) -> Consumed {
     let mut c = Consumed { seqs: vec![Vec::new(); ids], skips: Vec::new() };
     let mut n = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while n < expected {
         match reader.next() {
             Read::Record(r) => {
@@ -113,7 +141,7 @@ fn ring_procs_many_writers_exactly_once() {
     let (rf, _) = RingFile::open_or_create(&path, 256 * 1024).unwrap();
     let ring = rf.ring();
     const N: u32 = 30_000;
-    let children: Vec<Child> = (0..3).map(|id| spawn("writer", &path, id, N)).collect();
+    let children: Vec<Proc> = (0..3).map(|id| spawn("writer", &path, id, N)).collect();
     let mut reader = Reader::new(ring);
     let c = consume(&mut reader, ring, 3 * N as usize, 3);
     for ch in children {
@@ -143,7 +171,7 @@ fn ring_procs_writer_killed_after_reserve() {
     let mut staller = spawn("stall_reserved", &path, 3, PRE);
     wait_for_stalled(&mut staller);
     let stalled_at = ring.producer_pos() - (16 + 112);
-    let writers: Vec<Child> = (1..3).map(|id| spawn("writer", &path, id, N)).collect();
+    let writers: Vec<Proc> = (1..3).map(|id| spawn("writer", &path, id, N)).collect();
     // Other producers keep writing meanwhile (until the ring is full).
     thread::sleep(Duration::from_millis(100));
     staller.kill().unwrap();
@@ -193,7 +221,7 @@ fn ring_procs_writer_killed_after_cas() {
     let mut staller = spawn("stall_cas", &path, 3, PRE);
     wait_for_stalled(&mut staller);
     let stalled_at = ring.producer_pos() - (16 + 112);
-    let writers: Vec<Child> = (1..3).map(|id| spawn("writer", &path, id, N)).collect();
+    let writers: Vec<Proc> = (1..3).map(|id| spawn("writer", &path, id, N)).collect();
     thread::sleep(Duration::from_millis(50));
     staller.kill().unwrap();
     staller.wait().unwrap();
@@ -233,7 +261,6 @@ fn ring_procs_restart() {
     let c = consume(&mut reader, ring, 200, 2);
     assert_eq!(c.seqs[0], (0..200).collect::<Vec<_>>());
     let committed = ring.consumer_pos();
-    drop(reader);
     drop(rf);
 
     // Second "nginx" while no shipper runs.

@@ -18,13 +18,17 @@ fn ring_threads_exactly_once_in_order() {
     assert_eq!(o, Opened::Created);
     let ring = rf.ring();
     let done = AtomicBool::new(false);
+    // The real pid: a writer preempted mid-record must not look dead.
+    let me = std::process::id();
 
     let (oks, fulls, got) = thread::scope(|s| {
         let consumer = s.spawn(|| {
             let mut reader = Reader::new(ring);
             let mut got: Vec<Vec<u32>> = vec![Vec::new(); PRODUCERS as usize];
             let mut uncommitted = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
             loop {
+                assert!(Instant::now() < deadline, "consumer never finished");
                 // Read the flag before looking: if it was set, an Empty means drained.
                 let finished = done.load(Ordering::Acquire);
                 match reader.next() {
@@ -60,7 +64,7 @@ fn ring_threads_exactly_once_in_order() {
                         let p = payload(id, seq, len_for(id, seq, 120));
                         // One retry after a yield, then drop: both paths get exercised.
                         for attempt in 0..2 {
-                            match ring.write(id as usize % 5, &p, 1000 + id) {
+                            match ring.write(id as usize % 5, &p, me) {
                                 Ok(_) => {
                                     ok[seq as usize] = true;
                                     break;
@@ -106,8 +110,8 @@ fn ring_threads_exactly_once_in_order() {
     for id in 0..PRODUCERS as usize {
         attempts[id % 5] += oks[id].iter().filter(|&&b| b).count() as u64 + fulls[id];
     }
-    for k in 0..5 {
-        assert_eq!(s.written[k] + s.dropped_full[k], attempts[k], "kind {k}");
+    for (k, &a) in attempts.iter().enumerate() {
+        assert_eq!(s.written[k] + s.dropped_full[k], a, "kind {k}");
     }
 }
 
@@ -119,14 +123,15 @@ fn ring_threads_live_writer_stalled_after_reserve_is_skipped_after_stale_after()
     let (rf, _) = RingFile::open_or_create(&dir.path().join("t.ring"), 1 << 20).unwrap();
     let ring = rf.ring();
     let me = std::process::id();
-    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
-    let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
     thread::scope(|s| {
+        // Owned by this closure: dropped if it panics, which releases the staller.
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
         ring.write(0, &payload(1, 0, 50), me).unwrap();
-        let staller = s.spawn(|| {
+        let staller = s.spawn(move || {
             ring.write_stalled(0, &payload(9, 0, 64), me, StallPoint::AfterReserved, || {
                 stalled_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
+                let _ = release_rx.recv();
             })
         });
         stalled_rx.recv().unwrap();
@@ -168,14 +173,15 @@ fn ring_threads_untagged_reservation_at_the_end_is_skipped() {
     let (rf, _) = RingFile::open_or_create(&dir.path().join("t.ring"), 1 << 20).unwrap();
     let ring = rf.ring();
     let me = std::process::id();
-    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
-    let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
     thread::scope(|s| {
+        // Owned by this closure: dropped if it panics, which releases the staller.
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
         ring.write(0, &payload(1, 0, 50), me).unwrap();
-        let staller = s.spawn(|| {
+        let staller = s.spawn(move || {
             ring.write_stalled(0, &payload(9, 0, 300), me, StallPoint::AfterCas, || {
                 stalled_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
+                let _ = release_rx.recv();
             })
         });
         stalled_rx.recv().unwrap();
@@ -215,9 +221,10 @@ fn ring_threads_untagged_reservation_then_records_is_skipped_by_scan() {
     let (rf, _) = RingFile::open_or_create(&dir.path().join("t.ring"), 1 << 20).unwrap();
     let ring = rf.ring();
     let me = std::process::id();
-    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
-    let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
     thread::scope(|s| {
+        // Owned by this closure: dropped if it panics, which releases the staller.
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
         // The stalled record's area holds stale data from an earlier lap that looks like
         // records (tags of old positions) and payload bytes.
         let mut reader = Reader::new(ring);
@@ -228,10 +235,10 @@ fn ring_threads_untagged_reservation_then_records_is_skipped_by_scan() {
                 ring.commit(r.end);
             }
         }
-        let staller = s.spawn(|| {
+        let staller = s.spawn(move || {
             ring.write_stalled(0, &payload(9, 0, 1000), me, StallPoint::AfterCas, || {
                 stalled_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
+                let _ = release_rx.recv();
             })
         });
         stalled_rx.recv().unwrap();
@@ -273,7 +280,7 @@ fn ring_threads_short_stall_is_not_skipped() {
     for point in [StallPoint::AfterCas, StallPoint::AfterReserved] {
         let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
         thread::scope(|s| {
-            let staller = s.spawn(|| {
+            let staller = s.spawn(move || {
                 ring.write_stalled(0, &payload(3, 0, 100), me, point, || {
                     stalled_tx.send(()).unwrap();
                     thread::sleep(Duration::from_millis(50));

@@ -79,16 +79,22 @@ phase() { # $1 = name, $2 = shipper kills during the load
     start_shipper "$name"
     TRACKER_REQUESTS_PER_THREAD=$((REQUESTS / 2)) wrk -t2 -c32 -d120s -s "$here/load.lua" \
         "http://127.0.0.1:$port" >"$work/$name/wrk.log" 2>&1 &
-    local wrk_pid=$! killed=0
+    local wrk_pid=$! killed=0 deadline=$((SECONDS + 180))
+    # wrk's threads stop after their share of requests, but wrk itself waits out -d: stop it
+    # (SIGINT prints its summary) once the access log shows the requests were served.
     while kill -0 "$wrk_pid" 2>/dev/null; do
         sleep 0.$((RANDOM % 5 + 3))
-        if [ "$killed" -lt "$kills" ] && kill -0 "$wrk_pid" 2>/dev/null; then
+        if [ "$(wc -l <"$work/$name/logs/access.log")" -ge "$REQUESTS" ] || [ "$SECONDS" -ge "$deadline" ]; then
+            kill -INT "$wrk_pid" 2>/dev/null || true
+            break
+        fi
+        if [ "$killed" -lt "$kills" ]; then
             kill -9 "$shipper_pid"; wait "$shipper_pid" 2>/dev/null || true
             killed=$((killed + 1))
             start_shipper "$name"
         fi
     done
-    wait "$wrk_pid"
+    wait "$wrk_pid" || true
     grep -E 'requests in|Non-2xx|Socket errors' "$work/$name/wrk.log" | sed 's/^/#   wrk: /'
     # Graceful stop: the shipper commits what it read; then drain what is left.
     kill -TERM "$shipper_pid"; wait "$shipper_pid" || { echo "# shipper exit status $? after SIGTERM"; failures=$((failures + 1)); }

@@ -1,0 +1,81 @@
+# Shared helpers of the scripts in this directory. Source it; it sets ROOT to the repository
+# root and cds there.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+# Where the build puts things (all under the git-ignored .cache/ and target/).
+CACHE_DIR="$ROOT/.cache"
+NGINX_SRC_COPY="$CACHE_DIR/nginx-src"          # configured copy of Debian's nginx source
+TEST_NGINX_DIR="$CACHE_DIR/test-nginx"         # unpacked libtest-nginx-perl
+TEST_NGINX_LIB="$TEST_NGINX_DIR/usr/share/perl5"
+RELEASE_DIR="$ROOT/target/release"
+MODULE_SO="$RELEASE_DIR/libngx_http_tracker_module.so"
+SHIPPER_BIN="$RELEASE_DIR/tracker-shipper"
+VENDORED_TARGET_DIR="$ROOT/target/vendored"
+
+# A stage header: "==> text", easy to spot in a long CI log.
+header() {
+    printf '\n==> %s\n' "$*"
+}
+
+note() {
+    printf '    %s\n' "$*"
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root for: $*"
+    fi
+}
+
+# The URI of the system's main Debian archive, read from the apt sources (deb822 first, then
+# the one-line format). Never hard-coded: it is whatever mirror this machine already uses.
+debian_mirror() {
+    local f uri=""
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        # The first URIs: line of a stanza whose Suites do not end in -security.
+        uri=$(awk '
+            BEGIN { RS=""; FS="\n" }
+            {
+                u=""; s=""
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^URIs:/)   { u=$i; sub(/^URIs:[ \t]*/, "", u); split(u, a, /[ \t]+/); u=a[1] }
+                    if ($i ~ /^Suites:/) { s=$i }
+                }
+                if (u != "" && s !~ /-security/) { print u; exit }
+            }' "$f")
+        [ -n "$uri" ] && break
+    done
+    if [ -z "$uri" ]; then
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [ -f "$f" ] || continue
+            uri=$(awk '
+                $1 == "deb" {
+                    i = 2
+                    if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                    if ($(i + 1) !~ /-security/) { print $i; exit }
+                }' "$f")
+            [ -n "$uri" ] && break
+        done
+    fi
+    [ -n "$uri" ] || die "cannot find a Debian mirror in /etc/apt/sources.list{,.d/}"
+    printf '%s\n' "${uri%/}"
+}
+
+# Version of the installed Debian nginx package (e.g. 1.22.1-9+deb12u11).
+nginx_pkg_version() {
+    dpkg-query -W -f='${Version}' nginx-dev 2>/dev/null || true
+}

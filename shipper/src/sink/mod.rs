@@ -1,0 +1,76 @@
+//! Sinks: where the drained events go.
+//!
+//! The drain loop ([`crate::drain`]) reads the ring in order, from its consumer cursor, ahead
+//! of it, and hands each record to the sink: decoded ([`Sink::add`]) or, when it does not
+//! decode, as a dead letter ([`Sink::dead_letter`]). Every so often it asks the sink to
+//! [`Sink::commit`] the batch up to a ring position. **Only the sink moves the ring's consumer
+//! cursor**, inside `commit`, after whatever the sink needs to consider the batch delivered:
+//! that ordering is what a sink's delivery guarantee rests on.
+//!
+//! # Delivery guarantee (the contract every sink states)
+//!
+//! - A record is acknowledged in the ring (its space given back to nginx) only after `commit`
+//!   has made the batch holding it durable at the destination. A shipper that stops or crashes
+//!   at any instant therefore loses nothing: the next run starts at the consumer cursor and
+//!   reads again whatever was not acknowledged. This makes every sink **at-least-once**.
+//! - A sink may do better by making "delivered" and "acknowledged" one decision it can finish
+//!   after a crash: the file sink does, and is **exactly-once into committed files** (see
+//!   [`file`]).
+//! - Events the ring itself did not keep are not the sink's to deliver: they are counted in the
+//!   ring header (`dropped_full`, `dropped_too_large`, `abandoned`) and logged in the summary.
+//! - Records that do not decode are never written as events: they go to the dead letters, are
+//!   counted and logged, and the drain goes on.
+//!
+//! A new sink (Kafka is next) implements this trait and states its own guarantee the same way:
+//! for Kafka, `commit` would flush the producer and wait for every acknowledgement
+//! (`acks=all`) before committing the ring, which is at-least-once (a crash between the
+//! broker's acknowledgement and the ring commit sends the batch again); exactly-once would need
+//! Kafka transactions with the ring position stored in the transaction.
+
+pub mod file;
+
+use std::io;
+
+use tracker_core::event::Event;
+use tracker_core::ring::Ring;
+
+/// What a commit delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Committed {
+    pub events: u64,
+    pub dead_letters: u64,
+    /// Files (or messages, requests...) the batch became.
+    pub files: u64,
+    /// Bytes written to the destination (compressed).
+    pub bytes: u64,
+}
+
+/// A destination for events. See the module documentation for the delivery contract.
+pub trait Sink {
+    /// A short description for the startup log ("file sink: /data/events, ndjson, gzip 1").
+    fn describe(&self) -> String;
+
+    /// Called once before the first read: finishes or undoes whatever a previous run left
+    /// half-done (and may move the ring's consumer cursor past batches that run delivered).
+    fn recover(&mut self, ring: &Ring) -> io::Result<()>;
+
+    /// Adds one decoded event to the current batch. `raw` is the record as it is in the ring.
+    fn add(&mut self, event: &Event, raw: &[u8]) -> io::Result<()>;
+
+    /// Adds a record that could not be decoded (`pos`: its ring position, `reason`: why).
+    fn dead_letter(&mut self, pos: u64, raw: &[u8], reason: &str) -> io::Result<()>;
+
+    /// Whether the batch should be committed now whatever its size (e.g. too many open files).
+    fn wants_commit(&self) -> bool {
+        false
+    }
+
+    /// Delivers the current batch, then acknowledges the ring up to `end` (the end of the last
+    /// record read, or skipped). On success the sink is ready for the next batch.
+    fn commit(&mut self, ring: &Ring, end: u64) -> io::Result<Committed>;
+
+    /// After an error in `add`, `dead_letter` or `commit`: drops the current batch and brings
+    /// the destination back to a state consistent with the ring's consumer cursor (the caller
+    /// then reads again from the cursor).
+    fn abort(&mut self, ring: &Ring) -> io::Result<()>;
+}

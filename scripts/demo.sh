@@ -24,8 +24,17 @@ SHIPPER_LOG=$VAR/shipper.log
 NGINX=/usr/sbin/nginx
 LISTEN=127.0.0.1:8080
 
+# A pid file whose process is alive and runs the expected program (a stale pid file whose
+# number was reused by another program does not count). The executable may show as
+# "PATH (deleted)" after a rebuild, hence the prefix match.
 pid_alive() { # $1 = pid file
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+    [ -s "$1" ] || return 1
+    local pid exe want
+    pid=$(cat "$1")
+    case "$1" in "$SHIPPER_PID") want=$SHIPPER_BIN ;; *) want=$NGINX ;; esac
+    kill -0 "$pid" 2>/dev/null || return 1
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 0  # cannot tell: trust the pid file
+    case "$exe" in "$want"*) return 0 ;; *) return 1 ;; esac
 }
 
 wait_gone() { # $1 = pid, $2 = tenths of a second

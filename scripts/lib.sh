@@ -3,7 +3,7 @@
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 
 # Where the build puts things (all under the git-ignored .cache/ and target/).
 CACHE_DIR="$ROOT/.cache"

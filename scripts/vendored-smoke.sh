@@ -89,4 +89,4 @@ check "the body is a GIF89a" [ "$magic" = GIF89a ]
 if grep -E '\[(alert|crit|emerg)\]' "$work/logs/error.log"; then
     fail "alerts in the error log"
 fi
-echo "vendored smoke: $passed passed, 0 failed"
+echo "vendored-smoke: $passed passed, 0 failed"

@@ -17,6 +17,9 @@ write_campaigns([
     { id => 'summer', status => 'active', landing_url => 'https://shop.example.com/summer' },
 ]);
 
+our $LONG_UA = 'Mozilla/5.0 ' . ('u' x 4000);
+our $LONG_REF = 'https://pub.example/' . ('r' x 6000);
+
 my $t0 = time;
 run_tests();
 my $t1 = time;
@@ -112,6 +115,42 @@ subtest 'dimensions inherit like add_header' => sub {
     ok(!defined dim($own, 'publisher'), 'server dimensions not inherited by a level with its own');
     my $inh = one_tagged($events, 'imp-get');
     ok($inh && !defined dim($inh, 'own'), 'a location without dimensions inherits the server ones only');
+};
+
+subtest 'client address through set_real_ip_from: IPv4 /24, IPv6 /48, IPv4-mapped' => sub {
+    my %want = ('rip-v4' => '192.0.2.0', 'rip-v6' => '2001:db8:1::', 'rip-mapped' => '::ffff:192.0.2.0',
+                'rip-v6-full' => '2001:db8:1:2::5');
+    for my $t (sort keys %want) {
+        my $e = one_tagged($events, $t);
+        is($e && $e->{ip}, $want{$t}, "$t: ip $want{$t}");
+    }
+};
+
+subtest 'long User-Agent and Referer are cut and flagged' => sub {
+    my $e = one_tagged($events, 'long-headers') or return fail('no event');
+    my ($ua, $ref) = ($e->{ua} // '', $e->{referer} // '');
+    ok(length($ua) < length($::LONG_UA) && length($ua) > 0, 'ua cut (' . length($ua) . ' bytes)');
+    is($ua, substr($::LONG_UA, 0, length $ua), 'ua is a prefix of the sent one');
+    ok(length($ref) < length($::LONG_REF) && length($ref) > 0, 'referer cut (' . length($ref) . ' bytes)');
+    is($ref, substr($::LONG_REF, 0, length $ref), 'referer is a prefix of the sent one');
+    ok(has_flag($e, 'truncated'), 'flag truncated (docs/event-schema.md: ua/referer "cut to the module\'s limit, flag truncated")')
+        or diag explain flags_of($e);
+};
+
+subtest 'campaign id from another variable; dims {} without dimensions' => sub {
+    is(scalar @{ events_tagged($events, 'cid-header') }, 0, 'no t dimension in that location');
+    my ($h) = grep { ($_->{campaign} // '') eq 'summer' && ($_->{ua} // '') eq 'cid-from-header' } @$events;
+    ok($h, 'tracker_campaign_id $http_x_campaign: stored') or return;
+    is_deeply(flags_of($h), [], 'an active campaign, no flags');
+    is_deeply($h->{dims}, {}, 'dims is {} for a location without dimensions');
+};
+
+subtest 'POST bodies are discarded, keepalive goes on' => sub {
+    my $big = one_tagged($events, 'post-big');
+    ok($big, 'a POST with a 200k body is stored');
+    ok(one_tagged($events, 'after-post'), 'the pipelined GET after it is stored');
+    my $ch = one_tagged($events, 'post-chunked');
+    ok($ch, 'a chunked POST is stored');
 };
 
 is(scalar(grep { $_->{type} ne 'impression' } @$events), 0, 'only impressions in the ring');
@@ -281,5 +320,92 @@ OPTIONS /i?cid=summer&t=imp-options
     }
 --- request
 GET /own?cid=summer&t=dim-own&own=mine&pub=should-not-appear
+--- response_body eval
+TrackerTest::gif_bytes()
+
+
+
+=== TEST 10: the client address is nginx's (set_real_ip_from applies): IPv4, IPv6, IPv4-mapped
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+--- config
+    tracker_dimension t $arg_t;
+    set_real_ip_from 127.0.0.1;
+    real_ip_header   X-Forwarded-For;
+    location = /i    { tracker impression; }
+    location = /full { tracker impression; tracker_ip full; }
+--- more_headers eval
+["X-Forwarded-For: 192.0.2.77", "X-Forwarded-For: 2001:db8:1:2::5", "X-Forwarded-For: ::ffff:192.0.2.7",
+ "X-Forwarded-For: 2001:db8:1:2::5"]
+--- request eval
+["GET /i?cid=summer&t=rip-v4", "GET /i?cid=summer&t=rip-v6", "GET /i?cid=summer&t=rip-mapped",
+ "GET /full?cid=summer&t=rip-v6-full"]
+--- error_code eval
+[200, 200, 200, 200]
+
+
+
+=== TEST 11: long User-Agent and Referer
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+    large_client_header_buffers 4 16k;
+--- config
+    tracker_dimension t $arg_t;
+    location = /i { tracker impression; }
+--- more_headers eval
+"User-Agent: $::LONG_UA\nReferer: $::LONG_REF"
+--- request
+GET /i?cid=summer&t=long-headers
+--- response_body eval
+TrackerTest::gif_bytes()
+
+
+
+=== TEST 12: tracker_campaign_id from a header; a location without dimensions
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+--- config
+    location = /h { tracker impression; tracker_campaign_id $http_x_campaign; }
+--- more_headers
+X-Campaign: summer
+User-Agent: cid-from-header
+--- request
+GET /h?cid=not-this-one&t=cid-header
+--- response_body eval
+TrackerTest::gif_bytes()
+
+
+
+=== TEST 13: a POST with a large body, then a pipelined GET on the same connection
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+--- config
+    tracker_dimension t $arg_t;
+    location = /i { tracker impression; }
+--- pipelined_requests eval
+["POST /i?cid=summer&t=post-big\n" . ("b" x 200000), "GET /i?cid=summer&t=after-post"]
+--- error_code eval
+[200, 200]
+--- response_body eval
+[TrackerTest::gif_bytes(), TrackerTest::gif_bytes()]
+
+
+
+=== TEST 14: a chunked POST
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+--- config
+    tracker_dimension t $arg_t;
+    location = /i { tracker impression; }
+--- more_headers
+Transfer-Encoding: chunked
+--- request eval
+"POST /i?cid=summer&t=post-chunked
+5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
 --- response_body eval
 TrackerTest::gif_bytes()

@@ -31,7 +31,7 @@ write_file("$ENV{TEST_NGINX_WORKDIR}/short.bin", "short\n");
 
 # 2000 campaigns with long URLs: far more than a 64k zone holds.
 our $MANY = "[\n" . join(",\n", map {
-    qq{  {"id": "c$_", "status": "active", "landing_url": "https://shop.example.com/} . ('x' x 200) . qq{?n=$_"}}
+    sprintf '  {"id": "c%d", "status": "active", "landing_url": "https://shop.example.com/%s?n=%d"}', $_, 'x' x 200, $_
 } 1 .. 2000) . "\n]\n";
 
 # 33 dimensions in one location: one more than allowed.
@@ -150,7 +150,7 @@ qr/\[emerg\] .*"tracker_ring" directive is duplicate/
     location = /i { tracker impression; }
 --- must_die
 --- error_log eval
-qr/\[emerg\] "tracker_ring" directive is not allowed here in \S*nginx\.conf:\d+/
+qr/\[emerg\] .*"tracker_ring" directive is not allowed here in \S*nginx\.conf:\d+/
 
 
 
@@ -194,7 +194,7 @@ qr/\[emerg\] .*"response=json".*"tracker"/
     location = /i { tracker impression response=gif extra; }
 --- must_die
 --- error_log eval
-qr/\[emerg\] invalid number of arguments in "tracker" directive/
+qr/\[emerg\] .*invalid number of arguments in "tracker" directive/
 
 
 
@@ -238,7 +238,7 @@ qr/\[emerg\] .*"tracker" directive is duplicate/
     tracker impression;
 --- must_die
 --- error_log eval
-qr/\[emerg\] "tracker" directive is not allowed here/
+qr/\[emerg\] .*"tracker" directive is not allowed here/
 
 
 
@@ -597,4 +597,4 @@ qr/\[emerg\] .*"tracker_campaigns" directive is duplicate/
     location = /i { tracker impression; }
 --- must_die
 --- error_log eval
-qr/\[emerg\] "tracker_campaigns" directive is not allowed here/
+qr/\[emerg\] .*"tracker_campaigns" directive is not allowed here/

@@ -40,9 +40,10 @@ sub fire {
     my %st;
     for (1 .. $n) {
         my $r = $c->get("$path?cid=summer&$query");
-        my $s = $r->{status};
-        $s .= ' badgif' if $s == 200 && $r->{body} ne gif_bytes();
-        $s .= ' nolocation' if $s == 302 && ($r->{headers}{location} // '') !~ m{^https://shop\.example\.com/s\?k=[0-9a-f]{32}$};
+        my $code = $r->{status};
+        my $s = $code;
+        $s .= ' badgif' if $code == 200 && $r->{body} ne gif_bytes();
+        $s .= ' nolocation' if $code == 302 && ($r->{headers}{location} // '') !~ m{^https://shop\.example\.com/s\?k=[0-9a-f]{32}$};
         $st{$s}++;
     }
     $answers{$path} += $n;

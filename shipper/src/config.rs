@@ -99,6 +99,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub stale_after_ms: Option<u64>,
 
+    /// Encoding threads (decode + serialize in parallel) [default: CPUs, at most 4].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
     /// Log level: error, warn, info, debug, trace [default: info, or RUST_LOG].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -132,6 +136,7 @@ pub struct FileConfig {
     pub gzip_level: Option<u32>,
     pub max_open_files: Option<usize>,
     pub stale_after_ms: Option<u64>,
+    pub threads: Option<usize>,
     pub log_level: Option<String>,
 }
 
@@ -157,6 +162,7 @@ pub struct Config {
     pub gzip_level: u32,
     pub max_open_files: usize,
     pub stale_after: Duration,
+    pub threads: usize,
     pub log_level: log::LevelFilter,
     pub once: bool,
 }
@@ -172,6 +178,11 @@ pub fn load_file(path: &Path) -> Result<FileConfig, String> {
         }
     }
     Ok(fc)
+}
+
+/// The CPUs available, at most 4 (the encoders; the reader and the writer are two more threads).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
 }
 
 pub fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -216,6 +227,10 @@ impl Config {
         if stale_after_ms == 0 {
             return Err("stale-after-ms must be at least 1".into());
         }
+        let threads = cli.threads.or(f.threads).unwrap_or_else(default_threads);
+        if !(1..=64).contains(&threads) {
+            return Err(format!("threads must be 1..64, not {threads}"));
+        }
         let log_level = match cli.log_level.or(f.log_level) {
             Some(s) => parse_level(&s)?,
             None => env_log.as_deref().and_then(|s| parse_level(s).ok()).unwrap_or(log::LevelFilter::Info),
@@ -232,6 +247,7 @@ impl Config {
             gzip_level,
             max_open_files,
             stale_after: Duration::from_millis(stale_after_ms),
+            threads,
             log_level,
             once: cli.once,
         })

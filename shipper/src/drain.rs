@@ -1,24 +1,32 @@
-//! The drain loop: reads the ring from its consumer cursor (reading ahead of it), decodes each
-//! record, hands it to the sink, and commits batches: when a batch has `max_batch_events`
-//! events, when its first record is `flush_interval` old, when the sink asks (too many open
-//! files), and on SIGTERM/SIGINT before exiting. Logs a summary at most every 10 s when
-//! something happened; never a line per event.
+//! The drain: reads the ring from its consumer cursor (ahead of it: the cursor moves only when
+//! the sink commits), cuts the records into chunks and hands them to the encoding workers,
+//! whose output the writer thread puts into the sink in ring order:
+//!
+//! ```text
+//! reader (this thread) --chunks--> N encode workers --encoded chunks--> writer (batches, commits)
+//! ```
+//!
+//! The reader polls the ring with a short sleep when it is empty, and watches the signals:
+//! SIGTERM/SIGINT end the drain (the writer commits what was read and returns), SIGHUP is
+//! logged. With `--once` it stops at the producer cursor seen at the start. Never a log line
+//! per event.
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
-use tracker_core::event::decode;
-use tracker_core::ring::{Read, Reader, Ring, RingStats};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use log::{info, warn};
+use tracker_core::ring::{Read, Reader, Ring};
 
-use crate::sink::{Committed, Sink};
+use crate::batch::{self, sleep_unless_stopped, ToWriter, Totals, WriterOptions};
+use crate::config::Format;
+use crate::encode::{encode_chunk, Chunk, WarnLimiter, CHUNK_RECORDS};
+use crate::sink::Sink;
 
-/// How often the summary may be logged.
-pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
-/// Individual warnings (dead letters, skipped records) per summary period; the rest are counted.
-const WARNINGS_PER_PERIOD: u32 = 10;
-/// How often the loop checks whether the ring file was replaced.
+/// How often the reader checks whether the ring file was replaced.
 const REPLACED_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// An old ring (its path now names another file) is left once idle this long.
 const OLD_RING_IDLE: Duration = Duration::from_secs(5);
@@ -33,6 +41,9 @@ pub struct Options {
     pub stale_after: Duration,
     /// Drain what the ring holds at the start, then return.
     pub once: bool,
+    /// Encoding worker threads (at least 1).
+    pub threads: usize,
+    pub format: Format,
 }
 
 /// Flags set by signal handlers.
@@ -55,134 +66,13 @@ pub enum Exit {
     RingReplaced,
 }
 
-/// Counters since the start.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Totals {
-    pub events: u64,
-    pub dead_letters: u64,
-    pub files: u64,
-    pub bytes: u64,
-    pub commits: u64,
-    pub skipped: u64,
-    pub skipped_bytes: u64,
-}
-
-impl Totals {
-    fn add(&mut self, c: &Committed) {
-        self.events += c.events;
-        self.dead_letters += c.dead_letters;
-        self.files += c.files;
-        self.bytes += c.bytes;
-        self.commits += 1;
-    }
-}
-
-/// The periodic summary.
-struct Summary {
-    at: Instant,
-    totals: Totals,
-    stats: RingStats,
-    warnings: u32,
-    unlogged: u32,
-}
-
-impl Summary {
-    fn new(ring: &Ring, totals: Totals) -> Summary {
-        Summary { at: Instant::now(), totals, stats: ring.stats(), warnings: 0, unlogged: 0 }
-    }
-
-    /// Whether a warning may be logged now (else it is counted for the summary).
-    fn may_warn(&mut self) -> bool {
-        if self.warnings < WARNINGS_PER_PERIOD {
-            self.warnings += 1;
-            true
-        } else {
-            self.unlogged += 1;
-            false
-        }
-    }
-
-    /// Logs the summary if SUMMARY_EVERY has passed (or `force`) and something happened.
-    fn maybe_log(&mut self, ring: &Ring, now: &Totals, force: bool) {
-        let elapsed = self.at.elapsed();
-        if !force && elapsed < SUMMARY_EVERY {
-            return;
-        }
-        let s = ring.stats();
-        let sum = |a: &[u64]| a.iter().sum::<u64>();
-        let d_full = sum(&s.dropped_full) - sum(&self.stats.dropped_full);
-        let d_large = sum(&s.dropped_too_large) - sum(&self.stats.dropped_too_large);
-        let d_abandoned = s.abandoned - self.stats.abandoned;
-        let t0 = &self.totals;
-        let events = now.events - t0.events;
-        let active = events > 0
-            || now.dead_letters > t0.dead_letters
-            || now.skipped > t0.skipped
-            || d_full + d_large + d_abandoned > 0
-            || self.unlogged > 0;
-        if active {
-            let lag = s.producer_pos.saturating_sub(s.consumer_pos);
-            let secs = elapsed.as_secs_f64().max(0.001);
-            info!(
-                "{:.1}s: {events} events ({:.0}/s) in {} files, {} bytes; {} dead letters, {} skipped records; \
-                 lag {lag} bytes ({:.1}% of the ring); ring drops: full +{d_full} (total {}), too large +{d_large} \
-                 (total {}), abandoned +{d_abandoned} (total {}){}",
-                secs,
-                events as f64 / secs,
-                now.files - t0.files,
-                now.bytes - t0.bytes,
-                now.dead_letters - t0.dead_letters,
-                now.skipped - t0.skipped,
-                lag as f64 * 100.0 / s.data_size.max(1) as f64,
-                sum(&s.dropped_full),
-                sum(&s.dropped_too_large),
-                s.abandoned,
-                if self.unlogged > 0 { format!("; {} warnings not logged", self.unlogged) } else { String::new() },
-            );
-        }
-        *self = Summary { at: Instant::now(), totals: *now, stats: s, warnings: 0, unlogged: 0 };
-    }
-}
-
-/// The batch being read.
-#[derive(Default)]
-struct Batch {
-    records: usize,
-    /// Ring position after the last record read or skipped (what a commit acknowledges).
-    end: Option<u64>,
-    started: Option<Instant>,
-}
-
-impl Batch {
-    fn touch(&mut self, end: u64) {
-        self.end = Some(end);
-        if self.started.is_none() {
-            self.started = Some(Instant::now());
-        }
-    }
-
-    fn due(&self, interval: Duration) -> bool {
-        self.started.is_some_and(|t| t.elapsed() >= interval)
-    }
-}
-
-/// Sleeps `d`, waking early on a stop signal.
-fn sleep_unless_stopped(d: Duration, signals: &Signals) {
-    let until = Instant::now() + d;
-    while !signals.stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= until {
-            return;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(50)));
-    }
+fn writer_gone() -> io::Error {
+    io::Error::other("the writer thread stopped")
 }
 
 /// Drains `ring` into `sink` until stopped (or, with `once`, until what the ring held at the
 /// start is committed). The sink must have recovered already. `replaced` tells whether the
 /// ring's path now names another file (checked every few seconds when idle).
-// The commit macro resets state that is not read again when a return follows it.
-#[allow(unused_assignments)]
 pub fn run(
     ring: &Ring,
     sink: &mut dyn Sink,
@@ -190,114 +80,151 @@ pub fn run(
     signals: &Signals,
     replaced: &dyn Fn() -> bool,
     totals: &mut Totals,
-) -> std::io::Result<Exit> {
+) -> io::Result<Exit> {
+    let warnings = WarnLimiter::default();
+    let threads = opts.threads.max(1);
+    let wopts = WriterOptions { flush_interval: opts.flush_interval, once: opts.once };
+    thread::scope(|s| {
+        let (work_tx, work_rx) = bounded::<(u64, u64, Chunk)>(threads * 2);
+        let (out_tx, out_rx) = bounded::<ToWriter>(threads * 4 + 4);
+        let (err_tx, err_rx) = unbounded::<io::Error>();
+        for i in 0..threads {
+            let (work_rx, out_tx, warnings, format) = (work_rx.clone(), out_tx.clone(), &warnings, opts.format);
+            thread::Builder::new()
+                .name(format!("encode-{i}"))
+                .spawn_scoped(s, move || {
+                    for (gen, seq, chunk) in work_rx {
+                        let chunk = encode_chunk(chunk, format, warnings);
+                        if out_tx.send(ToWriter::Chunk { gen, seq, chunk }).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning an encoding thread");
+        }
+        drop(work_rx);
+        let writer = thread::Builder::new()
+            .name("writer".into())
+            .spawn_scoped(s, || batch::run(ring, sink, out_rx, err_tx, &wopts, signals, &warnings, totals))
+            .expect("spawning the writer thread");
+        let read = read_loop(ring, opts, signals, replaced, &work_tx, &out_tx, &err_rx, &warnings);
+        drop(work_tx);
+        drop(out_tx);
+        let written = writer.join().unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+        match (read, written) {
+            (Ok(exit), Ok(())) => Ok(exit),
+            // The writer's error says more than "the writer thread stopped".
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_loop(
+    ring: &Ring,
+    opts: &Options,
+    signals: &Signals,
+    replaced: &dyn Fn() -> bool,
+    work: &Sender<(u64, u64, Chunk)>,
+    out: &Sender<ToWriter>,
+    errors: &Receiver<io::Error>,
+    warnings: &WarnLimiter,
+) -> io::Result<Exit> {
     let mut reader = Reader::new(ring).with_stale_after(opts.stale_after);
     let once_target = opts.once.then(|| ring.producer_pos());
-    let mut batch = Batch::default();
-    let mut summary = Summary::new(ring, *totals);
+    let (mut gen, mut seq) = (0u64, 0u64);
+    let mut chunk = Chunk::default();
+    // Records since the last chunk marked last_of_batch.
+    let mut in_batch = 0usize;
     let mut since_check = 0u32;
     let mut backoff = BACKOFF_MIN;
+    let mut last_error: Option<Instant> = None;
     let mut last_replaced_check = Instant::now();
-    // Set once the ring's path names another file: (since when idle, producer cursor then).
+    // Set once the ring's path names another file: (idle since, producer cursor then).
     let mut old_ring_idle: Option<(Instant, u64)> = None;
 
-    // Commits the batch; on error, aborts it and resumes from the consumer cursor after a pause.
-    // Returns false when the batch could not be committed.
-    macro_rules! commit_batch {
+    // Hands the current chunk to the workers.
+    macro_rules! send_chunk {
         () => {{
-            let ok = match batch.end {
-                None => true,
-                Some(end) => match sink.commit(ring, end) {
-                    Ok(c) => {
-                        totals.add(&c);
-                        backoff = BACKOFF_MIN;
-                        true
-                    }
-                    Err(e) => {
-                        recover_from_error(&e, ring, sink, opts, signals, &mut backoff)?;
-                        reader = Reader::new(ring).with_stale_after(opts.stale_after);
-                        false
-                    }
-                },
-            };
-            batch = Batch::default();
-            ok
+            if chunk.end.is_some() {
+                let c = std::mem::replace(&mut chunk, Chunk { records: Vec::with_capacity(CHUNK_RECORDS), ..Chunk::default() });
+                work.send((gen, seq, c)).map_err(|_| writer_gone())?;
+                seq += 1;
+            }
+        }};
+    }
+    macro_rules! finish {
+        ($exit:expr) => {{
+            send_chunk!();
+            out.send(ToWriter::Finish { gen, next_seq: seq }).map_err(|_| writer_gone())?;
+            return Ok($exit);
         }};
     }
 
     loop {
+        // A sink error: the writer aborted the batch; start again from the consumer cursor.
+        if let Ok(e) = errors.try_recv() {
+            if opts.once {
+                return Err(e);
+            }
+            if last_error.is_some_and(|t| t.elapsed() > Duration::from_secs(300)) {
+                backoff = BACKOFF_MIN;
+            }
+            last_error = Some(Instant::now());
+            info!("retrying in {}s", backoff.as_secs());
+            sleep_unless_stopped(backoff, signals);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            gen += 1;
+            seq = 0;
+            chunk = Chunk::default();
+            in_batch = 0;
+            reader = Reader::new(ring).with_stale_after(opts.stale_after);
+            out.send(ToWriter::Reset { gen }).map_err(|_| writer_gone())?;
+            continue;
+        }
         match reader.next() {
             Read::Record(rec) => {
-                let res = match decode(&rec.payload) {
-                    Ok(ev) => sink.add(&ev, &rec.payload),
-                    Err(e) => {
-                        if summary.may_warn() {
-                            warn!(
-                                "undecodable record at ring position {} ({} bytes): {}; written to the dead letters",
-                                rec.pos,
-                                rec.payload.len(),
-                                e.0
-                            );
-                        }
-                        sink.dead_letter(rec.pos, &rec.payload, &e.0)
-                    }
-                };
-                if let Err(e) = res {
-                    recover_from_error(&e, ring, sink, opts, signals, &mut backoff)?;
-                    reader = Reader::new(ring).with_stale_after(opts.stale_after);
-                    batch = Batch::default();
-                    continue;
-                }
-                batch.touch(rec.end);
-                batch.records += 1;
-                if batch.records >= opts.max_batch_events || sink.wants_commit() {
-                    commit_batch!();
+                chunk.end = Some(rec.end);
+                chunk.records.push(rec);
+                in_batch += 1;
+                if in_batch >= opts.max_batch_events {
+                    chunk.last_of_batch = true;
+                    in_batch = 0;
+                    send_chunk!();
+                } else if chunk.records.len() >= CHUNK_RECORDS {
+                    send_chunk!();
                 }
                 since_check += 1;
                 if since_check >= 256 {
                     since_check = 0;
                     if signals.stop.load(Ordering::Relaxed) {
-                        commit_batch!();
-                        summary.maybe_log(ring, totals, true);
-                        return Ok(Exit::Stopped);
+                        finish!(Exit::Stopped);
                     }
-                    if batch.due(opts.flush_interval) {
-                        commit_batch!();
-                    }
-                    summary.maybe_log(ring, totals, false);
                 }
             }
             Read::Skipped { from, to } => {
-                totals.skipped += 1;
-                totals.skipped_bytes += to - from;
-                if summary.may_warn() {
+                if warnings.may_warn() {
                     warn!(
                         "skipped {} bytes at ring position {from}: a record whose writer died or stalled \
                          before finishing it (counted as abandoned)",
                         to - from
                     );
                 }
-                batch.touch(to);
+                chunk.end = Some(to);
+                chunk.skipped += 1;
+                chunk.skipped_bytes += to - from;
             }
             Read::Empty => {
+                send_chunk!();
                 if signals.stop.load(Ordering::Relaxed) {
-                    commit_batch!();
-                    summary.maybe_log(ring, totals, true);
-                    return Ok(Exit::Stopped);
+                    finish!(Exit::Stopped);
                 }
                 if let Some(target) = once_target {
                     if reader.position() >= target {
-                        if commit_batch!() {
-                            summary.maybe_log(ring, totals, true);
-                            return Ok(Exit::Drained);
-                        }
-                        continue;
+                        finish!(Exit::Drained);
                     }
                 }
-                if batch.due(opts.flush_interval) {
-                    commit_batch!();
-                }
-                summary.maybe_log(ring, totals, false);
                 if signals.hup.swap(false, Ordering::Relaxed) {
                     info!("SIGHUP: nothing to reopen (the log goes to stderr)");
                 }
@@ -314,8 +241,8 @@ pub fn run(
                             old_ring_idle = Some((Instant::now(), pp));
                         }
                         Some((since, p)) if p == pp && reader.position() >= pp => {
-                            if since.elapsed() >= OLD_RING_IDLE && commit_batch!() {
-                                return Ok(Exit::RingReplaced);
+                            if since.elapsed() >= OLD_RING_IDLE {
+                                finish!(Exit::RingReplaced);
                             }
                         }
                         Some(_) => old_ring_idle = Some((Instant::now(), pp)),
@@ -326,38 +253,4 @@ pub fn run(
             }
         }
     }
-}
-
-/// After a sink error: logs it, brings the sink back to a state consistent with the ring
-/// (retrying with a growing pause), and waits before reading again. With `--once`, or when
-/// stopped meanwhile, returns the error (the process exits; the ring still has the events).
-fn recover_from_error(
-    e: &std::io::Error,
-    ring: &Ring,
-    sink: &mut dyn Sink,
-    opts: &Options,
-    signals: &Signals,
-    backoff: &mut Duration,
-) -> std::io::Result<()> {
-    error!("sink error: {e}; the batch is dropped and read again from the ring");
-    loop {
-        match sink.abort(ring) {
-            Ok(()) => break,
-            Err(e2) => {
-                error!("cleaning up after the error failed: {e2}");
-                if opts.once || signals.stop.load(Ordering::Relaxed) {
-                    return Err(e2);
-                }
-                sleep_unless_stopped(*backoff, signals);
-                *backoff = (*backoff * 2).min(BACKOFF_MAX);
-            }
-        }
-    }
-    if opts.once {
-        return Err(std::io::Error::new(e.kind(), e.to_string()));
-    }
-    info!("retrying in {}s", backoff.as_secs());
-    sleep_unless_stopped(*backoff, signals);
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    Ok(())
 }

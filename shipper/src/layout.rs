@@ -64,6 +64,17 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
     )
 }
 
+/// 32 lowercase hex characters.
+pub fn id_hex(id: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(32);
+    for &b in id {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
 /// The name of the temporary file that becomes `final_name` at commit: `.<final_name>.tmp`
 /// (hidden, and not matched by `*.ndjson.gz` globs).
 pub fn tmp_name(final_name: &str) -> String {
@@ -134,5 +145,9 @@ mod tests {
         assert_eq!(numbered("ab", "ndjson.gz", 0), "ab.ndjson.gz");
         assert_eq!(numbered("ab", "ndjson.gz", 2), "ab-2.ndjson.gz");
         assert_eq!(rfc3339_ms(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        let mut id = [0u8; 16];
+        id[0] = 0xab;
+        id[15] = 0x01;
+        assert_eq!(id_hex(&id), "ab000000000000000000000000000001");
     }
 }

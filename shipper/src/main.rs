@@ -2,16 +2,20 @@
 //! Usage and guarantees: `docs/shipper.md`.
 //!
 //! - [`config`]: command line and TOML;
-//! - [`drain`]: the read/decode/batch loop;
+//! - [`drain`]: the ring reader and the threads (reader, encoders, writer);
+//! - [`encode`]: decoding and serializing chunks of records (worker threads);
+//! - [`batch`]: the writer thread: ordering, batching, commits, the periodic summary;
 //! - [`sink`]: where events go ([`sink::file`]: the file sink);
 //! - [`commit`]: the file sink's manifest protocol (crash safety);
 //! - [`layout`]: partition directories and file names;
 //! - [`lock`]: one shipper per ring and per directory;
 //! - [`logging`]: timestamped lines on stderr.
 
+mod batch;
 mod commit;
 mod config;
 mod drain;
+mod encode;
 mod layout;
 mod lock;
 mod logging;
@@ -28,7 +32,8 @@ use tracker_core::event::Kind;
 use tracker_core::ring::{RingError, RingFile, RingStats, COUNTER_KINDS, HEADER_SIZE};
 
 use config::{Action, Cli, Config, SinkKind};
-use drain::{Exit, Options, Signals, Totals};
+use batch::Totals;
+use drain::{Exit, Options, Signals};
 use sink::file::FileSink;
 use sink::Sink;
 
@@ -168,6 +173,8 @@ fn run(cfg: &Config) -> Result<(), String> {
         poll: cfg.poll,
         stale_after: cfg.stale_after,
         once: cfg.once,
+        threads: cfg.threads,
+        format: cfg.format,
     };
     let mut totals = Totals::default();
     let started = Instant::now();
@@ -181,7 +188,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         let s = ring.stats();
         info!(
             "tracker-shipper {} started{}: ring {} ({} bytes of data), producer cursor {}, consumer cursor {}, \
-             lag {} bytes; {}; batches of up to {} events or {} ms",
+             lag {} bytes; {}; batches of up to {} events or {} ms, {} encoding threads",
             env!("CARGO_PKG_VERSION"),
             if cfg.once { " (--once)" } else { "" },
             cfg.ring.display(),
@@ -192,6 +199,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             sink.describe(),
             cfg.max_batch_events,
             cfg.flush_interval.as_millis(),
+            cfg.threads,
         );
         let replaced = || !rf.is_file_at(&cfg.ring).unwrap_or(true);
         let exit = drain::run(ring, sink.as_mut(), &opts, &signals, &replaced, &mut totals)

@@ -462,14 +462,13 @@ use Time::HiRes qw(sleep time);
 
 our @RUNNING;
 
-# new(http => "...http block body...", workers => 2, prefix => DIR, log_level => 'notice',
-#     listen_opts => 'reuseport')
+# new(http => "...http block body...", workers => 2, prefix => DIR, log_level => 'notice')
 # In `http`, @PORT@, @PREFIX@, @RING@, @CAMPAIGNS@, @WORK@ and @LISTEN@ ("127.0.0.1:PORT")
 # are replaced.
 sub new {
     my ($class, %o) = @_;
     my $self = bless {
-        workers => 1, log_level => 'notice', listen_opts => '', %o,
+        workers => 1, log_level => 'notice', %o,
     }, $class;
     $self->{prefix} ||= "$TrackerTest::WORK/nginx-" . int(rand(1e9));
     $self->{port}   ||= TrackerTest::free_port();

@@ -35,16 +35,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use log::debug;
-use tracker_core::event::Event;
 use tracker_core::ring::Ring;
 
 use super::{Committed, Sink};
 use crate::commit::{self, crash_point, ctx, fsync_dir, Manifest, Rename, DEAD_LETTER_DIR, SHIPPER_DIR};
 use crate::config::Format;
-use crate::layout::{numbered, partition_dir, rfc3339_ms, tmp_name, US_PER_HOUR};
-
-/// Uncompressed bytes gathered per file before they are handed to the compressor.
-const CHUNK: usize = 256 * 1024;
+use crate::encode::{DeadRecord, EncodedChunk, Group};
+use crate::layout::{id_hex, numbered, partition_dir, rfc3339_ms, tmp_name};
 
 /// One file being written in the current batch.
 struct Part {
@@ -52,8 +49,6 @@ struct Part {
     rel_dir: String,
     final_name: String,
     enc: GzEncoder<File>,
-    /// Uncompressed bytes not yet given to `enc`.
-    buf: Vec<u8>,
     events: u64,
 }
 
@@ -78,7 +73,6 @@ pub struct FileSink {
     taken: HashSet<String>,
     /// Relative directories known to exist durably (created or synced by this process).
     known_dirs: HashSet<String>,
-    spare: Vec<Vec<u8>>,
 }
 
 impl FileSink {
@@ -96,7 +90,6 @@ impl FileSink {
             batch_tmps: Vec::new(),
             taken: HashSet::new(),
             known_dirs: HashSet::new(),
-            spare: Vec::new(),
         })
     }
 
@@ -157,31 +150,40 @@ impl FileSink {
         Ok(f)
     }
 
-    /// The index in `parts` of the file for `event`, opened if needed.
-    fn part_for(&mut self, event: &Event) -> io::Result<usize> {
-        let bucket = event.ts / US_PER_HOUR;
-        if let Some(v) = self.index.get(event.event_type.as_str()) {
-            if let Some(&(_, i)) = v.iter().find(|(b, _)| *b == bucket) {
+    /// The index in `parts` of the file for group `g`, opened if needed.
+    fn part_for(&mut self, g: &Group) -> io::Result<usize> {
+        if let Some(v) = self.index.get(g.event_type.as_str()) {
+            if let Some(&(_, i)) = v.iter().find(|(b, _)| *b == g.hour_bucket) {
                 return Ok(i);
             }
         }
-        let rel_dir = partition_dir(&event.event_type, bucket);
+        let rel_dir = partition_dir(&g.event_type, g.hour_bucket);
         self.ensure_dir(&rel_dir)?;
-        let final_name = self.free_name(&rel_dir, &event.id_hex(), self.format.extension());
+        let final_name = self.free_name(&rel_dir, &id_hex(&g.first_id), self.format.extension());
         let file = self.create_tmp(format!("{rel_dir}/{}", tmp_name(&final_name)))?;
-        let buf = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK + 64 * 1024));
         let i = self.parts.len();
-        self.parts.push(Part { rel_dir, final_name, enc: GzEncoder::new(file, self.level), buf, events: 0 });
-        self.index.entry(event.event_type.clone()).or_default().push((bucket, i));
+        self.parts.push(Part { rel_dir, final_name, enc: GzEncoder::new(file, self.level), events: 0 });
+        self.index.entry(g.event_type.clone()).or_default().push((g.hour_bucket, i));
         Ok(i)
+    }
+
+    /// Writes a dead letter's tmp file.
+    fn dead_letter(&mut self, d: DeadRecord) -> io::Result<()> {
+        self.ensure_dir(DEAD_LETTER_DIR)?;
+        let name = self.free_name(DEAD_LETTER_DIR, &d.pos.to_string(), "bin");
+        let rel_tmp = format!("{DEAD_LETTER_DIR}/{}", tmp_name(&name));
+        let mut f = self.create_tmp(rel_tmp.clone())?;
+        f.write_all(&d.raw).map_err(|e| ctx("cannot write", &self.dir.join(&rel_tmp), e))?;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let reason =
+            format!("{}\tpos={}\tlen={}\tfile={name}\t{}", rfc3339_ms(now_ms), d.pos, d.raw.len(), one_line(&d.reason));
+        self.dead.push(DeadLetter { rel_tmp, rel_final: format!("{DEAD_LETTER_DIR}/{name}"), reason });
+        Ok(())
     }
 
     /// Forgets the current batch (files are closed, tmps left for the caller to handle).
     fn clear_batch(&mut self) {
-        for mut p in self.parts.drain(..) {
-            p.buf.clear();
-            self.spare.push(std::mem::take(&mut p.buf));
-        }
+        self.parts.clear();
         self.index.clear();
         self.dead.clear();
         self.taken.clear();
@@ -207,34 +209,16 @@ impl Sink for FileSink {
         commit::recover(&self.dir, ring).map(|_| ())
     }
 
-    fn add(&mut self, event: &Event, raw: &[u8]) -> io::Result<()> {
-        let i = self.part_for(event)?;
-        let p = &mut self.parts[i];
-        match self.format {
-            Format::Ndjson => {
-                // Appends (documented), so straight into the chunk buffer.
-                event.to_json_line(&mut p.buf);
-                p.buf.push(b'\n');
-            }
-            Format::Msgpack => p.buf.extend_from_slice(raw),
+    fn add(&mut self, chunk: EncodedChunk) -> io::Result<()> {
+        for g in &chunk.groups {
+            let i = self.part_for(g)?;
+            let p = &mut self.parts[i];
+            p.enc.write_all(&g.data).map_err(|e| ctx("cannot write in", &self.dir.join(&p.rel_dir), e))?;
+            p.events += g.events;
         }
-        p.events += 1;
-        if p.buf.len() >= CHUNK {
-            p.enc.write_all(&p.buf).map_err(|e| ctx("cannot write in", &self.dir.join(&p.rel_dir), e))?;
-            p.buf.clear();
+        for d in chunk.dead {
+            self.dead_letter(d)?;
         }
-        Ok(())
-    }
-
-    fn dead_letter(&mut self, pos: u64, raw: &[u8], reason: &str) -> io::Result<()> {
-        self.ensure_dir(DEAD_LETTER_DIR)?;
-        let name = self.free_name(DEAD_LETTER_DIR, &pos.to_string(), "bin");
-        let rel_tmp = format!("{DEAD_LETTER_DIR}/{}", tmp_name(&name));
-        let mut f = self.create_tmp(rel_tmp.clone())?;
-        f.write_all(raw).map_err(|e| ctx("cannot write", &self.dir.join(&rel_tmp), e))?;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let reason = format!("{}\tpos={pos}\tlen={}\tfile={name}\t{}", rfc3339_ms(now_ms), raw.len(), one_line(reason));
-        self.dead.push(DeadLetter { rel_tmp, rel_final: format!("{DEAD_LETTER_DIR}/{name}"), reason });
         Ok(())
     }
 
@@ -255,10 +239,6 @@ impl Sink for FileSink {
         let mut dirs = BTreeSet::new();
         for p in self.parts.iter_mut() {
             let path = self.dir.join(&p.rel_dir);
-            if !p.buf.is_empty() {
-                p.enc.write_all(&p.buf).map_err(|e| ctx("cannot write in", &path, e))?;
-                p.buf.clear();
-            }
             p.enc.try_finish().map_err(|e| ctx("cannot write in", &path, e))?;
             let f = p.enc.get_ref();
             f.sync_data().map_err(|e| ctx("cannot fsync a file in", &path, e))?;

@@ -1,9 +1,10 @@
 //! Sinks: where the drained events go.
 //!
-//! The drain loop ([`crate::drain`]) reads the ring in order, from its consumer cursor, ahead
-//! of it, and hands each record to the sink: decoded ([`Sink::add`]) or, when it does not
-//! decode, as a dead letter ([`Sink::dead_letter`]). Every so often it asks the sink to
-//! [`Sink::commit`] the batch up to a ring position. **Only the sink moves the ring's consumer
+//! The drain ([`crate::drain`]) reads the ring in order, from its consumer cursor, ahead of
+//! it; workers decode and serialize the records ([`crate::encode`]); the writer thread
+//! ([`crate::batch`]) hands the encoded chunks to the sink in ring order ([`Sink::add`]: events
+//! grouped by partition, and the records that do not decode, as dead letters) and every so
+//! often asks the sink to [`Sink::commit`] the batch up to a ring position. **Only the sink moves the ring's consumer
 //! cursor**, inside `commit`, after whatever the sink needs to consider the batch delivered:
 //! that ordering is what a sink's delivery guarantee rests on.
 //!
@@ -31,8 +32,9 @@ pub mod file;
 
 use std::io;
 
-use tracker_core::event::Event;
 use tracker_core::ring::Ring;
+
+use crate::encode::EncodedChunk;
 
 /// What a commit delivered.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -46,7 +48,7 @@ pub struct Committed {
 }
 
 /// A destination for events. See the module documentation for the delivery contract.
-pub trait Sink {
+pub trait Sink: Send {
     /// A short description for the startup log ("file sink: /data/events, ndjson, gzip 1").
     fn describe(&self) -> String;
 
@@ -54,11 +56,9 @@ pub trait Sink {
     /// half-done (and may move the ring's consumer cursor past batches that run delivered).
     fn recover(&mut self, ring: &Ring) -> io::Result<()>;
 
-    /// Adds one decoded event to the current batch. `raw` is the record as it is in the ring.
-    fn add(&mut self, event: &Event, raw: &[u8]) -> io::Result<()>;
-
-    /// Adds a record that could not be decoded (`pos`: its ring position, `reason`: why).
-    fn dead_letter(&mut self, pos: u64, raw: &[u8], reason: &str) -> io::Result<()>;
+    /// Adds an encoded chunk (the next records of the ring, in order: events grouped by
+    /// partition, and dead letters) to the current batch.
+    fn add(&mut self, chunk: EncodedChunk) -> io::Result<()>;
 
     /// Whether the batch should be committed now whatever its size (e.g. too many open files).
     fn wants_commit(&self) -> bool {
@@ -69,7 +69,7 @@ pub trait Sink {
     /// record read, or skipped). On success the sink is ready for the next batch.
     fn commit(&mut self, ring: &Ring, end: u64) -> io::Result<Committed>;
 
-    /// After an error in `add`, `dead_letter` or `commit`: drops the current batch and brings
+    /// After an error in `add` or `commit`: drops the current batch and brings
     /// the destination back to a state consistent with the ring's consumer cursor (the caller
     /// then reads again from the cursor).
     fn abort(&mut self, ring: &Ring) -> io::Result<()>;

@@ -85,12 +85,15 @@ fn push_decoded(text: &mut Vec<u8>, raw: &[u8], max: usize, event_flags: &mut u3
     start..text.len()
 }
 
-/// A request header's bytes, cut to `max`.
-fn header(h: *mut ngx::ffi::ngx_table_elt_t, max: usize) -> Option<&'static [u8]> {
+/// A request header's bytes, cut to `max` (flagging the cut).
+fn header(h: *mut ngx::ffi::ngx_table_elt_t, max: usize, event_flags: &mut u32) -> Option<&'static [u8]> {
     // SAFETY: header pointers in headers_in are null or point to list elements that live as
     // long as the request, which outlives every use here.
     let h = unsafe { h.as_ref() }?;
     let v = h.value.as_bytes();
+    if v.len() > max {
+        *event_flags |= flags::TRUNCATED;
+    }
     (!v.is_empty()).then(|| &v[..v.len().min(max)])
 }
 
@@ -205,9 +208,12 @@ unsafe fn track(
     // SAFETY: the connection of a live request is live.
     let addr = unsafe { (*r.connection).addr_text.as_bytes() };
     let ip = apply_ip_mode(lcf.ip.unwrap_or(tracker_core::input::IpMode::Anonymize), addr);
-    let user_agent = header(r.headers_in.user_agent, MAX_USER_AGENT);
-    let referer = header(r.headers_in.referer, MAX_REFERER);
+    let user_agent = header(r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags);
+    let referer = header(r.headers_in.referer, MAX_REFERER, &mut event_flags);
     let host = r.headers_in.server.as_bytes();
+    if host.len() > MAX_HOST {
+        event_flags |= flags::TRUNCATED;
+    }
     let host = (!host.is_empty()).then(|| &host[..host.len().min(MAX_HOST)]);
 
     // The answer.
@@ -263,7 +269,8 @@ unsafe fn track(
             event::encode(&ev, &mut w.event);
             if let Err(WriteError::Full) = ring.write(kind.index(), &w.event, pid) {
                 if lcf.ring_full == Some(RingFull::Unavailable) {
-                    return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
+                    // SAFETY: r is live and in its content handler.
+                    return unsafe { response::error(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t) };
                 }
             }
         } else {
@@ -293,7 +300,7 @@ unsafe fn track(
             200 => response::gif(r),
             204 => response::empty(r),
             302 => response::redirect(r, &w.target),
-            _ => NGX_HTTP_NOT_FOUND as ngx_int_t,
+            _ => response::error(r, NGX_HTTP_NOT_FOUND as ngx_int_t),
         }
     }
 }

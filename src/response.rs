@@ -144,3 +144,16 @@ pub unsafe fn empty(r: &mut ngx_http_request_t) -> ngx_int_t {
         header_only(r, 204)
     }
 }
+
+/// An error status (404, 503) answered by nginx's error page, with the no-cache headers so that
+/// no browser or proxy answers the next request for the tracker.
+///
+/// # Safety
+/// `r` is a live request in its content handler.
+pub unsafe fn error(r: &mut ngx_http_request_t, status: ngx_int_t) -> ngx_int_t {
+    // SAFETY: r is live.
+    if !unsafe { no_cache(r) } {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    status
+}

@@ -19,7 +19,9 @@ our $LONG65 = 'b' x 65;
 
 write_campaigns([
     { id => 'summer', status => 'active',
-      landing_url => 'https://shop.example.com/summer?pub={dim.publisher}&click={click_id}&c={campaign}' },
+      landing_url => 'https://shop.example.com/summer?pub={dim.publisher}&click={click_id}&c={campaign}',
+      # other fields are accepted and ignored
+      name => 'Summer sale', budget => { daily => 100, currency => 'EUR' }, tags => ['a', 'b'] },
     { id => 'inpath', status => 'active',
       landing_url => 'https://shop.example.com/p/{dim.publisher}/landing' },
     { id => 'paused-one', status => 'paused', landing_url => 'https://shop.example.com/paused' },
@@ -75,7 +77,15 @@ check_click('f-paused', status => 302, campaign => 'paused-one', flags => ['inac
 check_click('f-invalid', status => 302, campaign => '', flags => ['invalid_campaign']);
 check_click('f-active', status => 302, campaign => 'summer');
 
-is(scalar(@$events), 17, '17 clicks stored (one per request)');
+check_click('c-enc-cid', status => 302, campaign => 'summer', publisher => 'x');
+check_click('srv-fallback', status => 302, campaign => 'nope', flags => ['unknown_campaign'], no_click_macro => 1);
+check_click('off-fallback', status => 404, campaign => 'nope', flags => ['unknown_campaign']);
+check_click('c-head', status => 302, campaign => 'summer', publisher => 'h');
+
+check_click('nc-unknown', status => 404, campaign => 'nope', flags => ['unknown_campaign']);
+check_click('nc-invalid', status => 404, campaign => '', flags => ['invalid_campaign']);
+
+is(scalar(@$events), 23, '23 clicks stored (one per request)');
 my %ids;
 $ids{ $_->{id} }++ for @$events;
 is(scalar(keys %ids), scalar(@$events), 'all ids unique');
@@ -226,3 +236,50 @@ Location: ^https://shop\.example\.com/p/(\.\.|%2E%2E)%2F(\.\.|%2E%2E)%2Fadmin%3F
  "Location: ^https://fallback\\.example\\.com/lost\\?c=paused-one&click=[0-9a-f]{32}\$",
  "Location: ^https://fallback\\.example\\.com/lost\\?c=&click=[0-9a-f]{32}\$",
  "Location: ^https://shop\\.example\\.com/summer\\?pub=p&click=[0-9a-f]{32}&c=summer\$"]
+
+
+
+=== TEST 7: percent-encoded campaign id; server-level fallback, "off" at a location; HEAD
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+    log_format clicks '$arg_t $status "$sent_http_location"';
+--- config
+    tracker_dimension t         $arg_t;
+    tracker_dimension publisher $arg_pub;
+    access_log $TEST_NGINX_WORKDIR/clicks.log clicks;
+    tracker_fallback_url https://fallback.example.com/s;
+    location = /c    { tracker click; }
+    location = /noff { tracker click; tracker_fallback_url off; }
+--- request eval
+["GET /c?cid=sum%6Der&t=c-enc-cid&pub=x",
+ "GET /c?cid=nope&t=srv-fallback",
+ "GET /noff?cid=nope&t=off-fallback",
+ "HEAD /c?cid=summer&t=c-head&pub=h"]
+--- error_code eval
+[302, 302, 404, 302]
+--- response_headers_like eval
+["Location: ^https://shop\\.example\\.com/summer\\?pub=x&click=[0-9a-f]{32}&c=summer\$",
+ "Location: ^https://fallback\\.example\\.com/s\$",
+ "",
+ "Location: ^https://shop\\.example\\.com/summer\\?pub=h&click=[0-9a-f]{32}&c=summer\$"]
+
+
+
+=== TEST 8: the 404 of a redirect without a target forbids caching too ("every answer")
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+    log_format clicks '$arg_t $status "$sent_http_location"';
+--- config
+    tracker_dimension t         $arg_t;
+    tracker_dimension publisher $arg_pub;
+    access_log $TEST_NGINX_WORKDIR/clicks.log clicks;
+    location = /c { tracker click; }
+--- request eval
+["GET /c?cid=nope&t=nc-unknown", "GET /c?cid=../x&t=nc-invalid"]
+--- error_code eval
+[404, 404]
+--- response_headers_like eval
+["Cache-Control: no-store, no-cache, must-revalidate, max-age=0\nPragma: no-cache\nExpires: .*GMT",
+ "Cache-Control: no-store, no-cache, must-revalidate, max-age=0\nPragma: no-cache\nExpires: .*GMT"]

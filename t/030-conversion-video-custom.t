@@ -62,6 +62,14 @@ subtest 'conversion: click_id and value' => sub {
 
     my $enc = ev('cv-encclick');
     is($enc->{click_id}, 'a+b c', 'click_id percent-decoded');
+
+    my $custom = ev('cv-custom');
+    ok(defined $custom->{value} && $custom->{value} == 4.75, 'tracker_value $arg_amount: value from amount=, not value=');
+    is($custom->{click_id}, 'kk', 'tracker_click_id $arg_k');
+    for my $t (qw(cv-inf cv-nan cv-comma)) {
+        my $e = ev($t);
+        ok(!defined $e->{value} && has_flag($e, 'invalid_value'), "$t: not a decimal number, flagged");
+    }
 };
 
 subtest 'video: video_event and watch_time' => sub {
@@ -78,6 +86,9 @@ subtest 'video: video_event and watch_time' => sub {
     ok(has_flag($bogus, 'invalid_video_event'), 'flag invalid_video_event');
     my $upper = ev('v-upper');
     ok(!defined $upper->{video_event} && has_flag($upper, 'invalid_video_event'), 'event=Q1 is not q1');
+    my $vc = ev('v-custom');
+    is($vc->{video_event}, 'q3', 'tracker_video_event $arg_ve');
+    ok(defined $vc->{watch_time} && $vc->{watch_time} == 2.5, 'tracker_watch_time $arg_wt');
     my $wt = ev('v-badtime');
     is($wt->{video_event}, 'mid', 'video_event kept');
     ok(!defined $wt->{watch_time}, 'watch_time=abc left out');
@@ -262,3 +273,23 @@ GET /app?cid=summer&t=app-open
 Content-Type: image/gif
 --- response_body eval
 TrackerTest::gif_bytes()
+
+
+
+=== TEST 8: tracker_value, tracker_click_id, tracker_video_event, tracker_watch_time from other variables; non-numbers
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+--- config
+    tracker_dimension t $arg_t;
+    location = /cv  { tracker conversion; }
+    location = /cv2 { tracker conversion; tracker_value $arg_amount; tracker_click_id $arg_k; }
+    location = /v2  { tracker video; tracker_video_event $arg_ve; tracker_watch_time $arg_wt; }
+--- request eval
+["GET /v2?cid=summer&t=v-custom&ve=q3&wt=2.5&event=start&watch_time=9",
+ "GET /cv2?cid=summer&t=cv-custom&amount=4.75&k=kk&value=999&click_id=no",
+ "GET /cv?cid=summer&t=cv-inf&value=inf",
+ "GET /cv?cid=summer&t=cv-nan&value=NaN",
+ "GET /cv?cid=summer&t=cv-comma&value=1,5"]
+--- error_code eval
+[200, 200, 200, 200, 200]

@@ -34,7 +34,8 @@ our $MANY = "[\n" . join(",\n", map {
     sprintf '  {"id": "c%d", "status": "active", "landing_url": "https://shop.example.com/%s?n=%d"}', $_, 'x' x 200, $_
 } 1 .. 2000) . "\n]\n";
 
-# 33 dimensions in one location: one more than allowed.
+# 32 dimensions in one location are allowed, 33 are one too many.
+our $DIMS32 = join '', map { "tracker_dimension d$_ \$arg_d$_;\n" } 1 .. 32;
 our $DIMS33 = join '', map { "tracker_dimension d$_ \$arg_d$_;\n" } 1 .. 33;
 
 run_tests();
@@ -80,6 +81,21 @@ __DATA__
     location = /b { tracker sign_up-2 response=empty; }
 --- request
 GET /i?cid=summer
+--- response_headers
+Content-Type: image/gif
+--- no_error_log
+[emerg]
+
+
+
+=== TEST 1b: control: 32 dimensions in one location
+--- http_config
+    tracker_ring      $TEST_NGINX_RING 1m;
+    tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
+--- config eval
+"location = /i { tracker impression;\n$::DIMS32 }"
+--- request
+GET /i?cid=summer&d1=a&d32=b
 --- response_headers
 Content-Type: image/gif
 --- no_error_log

@@ -4,8 +4,9 @@
 #   campaigns keep serving; a later good reload still works;
 # - requests served during the reloads (a client hammering the pixel) all get their event;
 # - the ring survives a full restart: events written before it are drained afterwards, none
-#   lost, none twice; a ring holding unread events keeps its size (with a warning), an empty
-#   ring is resized.
+#   lost, none twice; nginx creates the ring with mode 0660; a new ring size does not apply to
+#   a ring holding unread events (a warning says so) and applies once it is empty and nobody
+#   has it open.
 use strict;
 use warnings;
 use FindBin;
@@ -46,6 +47,7 @@ campaigns_v('v1');
 my $ngx = TrackerTest::Nginx->new(http => http_conf('1m'), workers => 2);
 $ngx->start;
 my $master = $ngx->master_pid;
+is(sprintf('%o', (stat $ENV{TEST_NGINX_RING})[2] & 07777), '660', 'nginx created the ring file with mode 0660');
 is(scalar @{ $ngx->worker_pids }, 2, 'two workers');
 
 sub click {

@@ -5,6 +5,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,9 +107,10 @@ fn sigkill_at_random_moments_while_a_producer_writes() {
             let mut seq = 0u64;
             let mut full = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                // ~200 events per millisecond burst, then a short pause: far above what one
-                // flush interval holds, so batches are cut by size and by time.
-                for _ in 0..200 {
+                // Bursts of 30 events, then a millisecond's pause (~20k events/s): batches are
+                // cut by size and by time, and commits (fsyncs) take a good share of the
+                // shipper's time, so that kills land in them too.
+                for _ in 0..30 {
                     let t = TYPES[(seq % 4) as usize];
                     let w = event(t, T0 + seq * 50_000, seq);
                     seq += 1;
@@ -122,17 +124,22 @@ fn sigkill_at_random_moments_while_a_producer_writes() {
             full
         })
     };
-    let args = ["--flush-interval-ms", "20", "--max-batch-events", "3000", "--poll-ms", "1"];
-    let kills = 12;
+    let args = ["--flush-interval-ms", "10", "--max-batch-events", "500", "--poll-ms", "1"];
+    let kills = 16;
     let mut files_before = 0;
+    let (mut finished_manifests, mut removed_tmps) = (0, 0);
     for i in 0..kills {
-        let mut child = f.spawn(&args);
-        let delay = rng.range(50, 700);
+        let log = f.tmp.path().join(format!("run-{i}.log"));
+        let mut child = f.cmd(&args).stdout(Stdio::null()).stderr(Stdio::from(std::fs::File::create(&log).unwrap())).spawn().unwrap();
+        let delay = rng.range(30, 600);
         std::thread::sleep(Duration::from_millis(delay));
         // SAFETY (in signal): our own child.
         signal(&child, libc::SIGKILL);
         let st = child.wait().unwrap();
         assert_eq!(st.signal(), Some(libc::SIGKILL), "run {i} ended by itself: {st}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        finished_manifests += text.matches("finishing the commit of an interrupted batch").count();
+        removed_tmps += text.matches("temporary files of an uncommitted batch").count();
         let n = committed_files(&f.out, ".ndjson.gz").len();
         eprintln!("run {i}: killed after {delay} ms; {n} committed files, {} events written so far", written.lock().unwrap().len());
         files_before = n;
@@ -141,10 +148,14 @@ fn sigkill_at_random_moments_while_a_producer_writes() {
     let full = producer.join().unwrap();
     // A last run drains everything (and recovers from the last kill first).
     let t = Instant::now();
-    f.once(&[]);
+    let out = f.once(&[]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    finished_manifests += text.matches("finishing the commit of an interrupted batch").count();
+    removed_tmps += text.matches("temporary files of an uncommitted batch").count();
+    eprintln!("restarts that finished an interrupted commit: {finished_manifests}; that removed uncommitted tmps: {removed_tmps}");
     eprintln!("final drain in {:?}; {full} writes refused (ring full)", t.elapsed());
     let written = written.lock().unwrap();
-    assert!(written.len() > 10_000, "the producer wrote only {} events", written.len());
+    assert!(written.len() > 5_000, "the producer wrote only {} events", written.len());
     assert!(files_before > 0, "no run committed anything before being killed");
     check_exactly_once(&f.out, &written);
     check_clean(&f.out);
@@ -157,7 +168,17 @@ fn sigkill_at_random_moments_while_a_producer_writes() {
 #[ignore]
 fn drain_rate_1m_events() {
     let n = 1_000_000;
+    // The ring on tmpfs, as in production (a ring file on disk is slowed down by writeback);
+    // the output on the temporary directory's file system.
     let f = Fixture::new(1 << 30);
+    let shm = std::path::Path::new("/dev/shm");
+    let shm_ring = shm.join(format!("tracker-shipper-bench-{}.ring", std::process::id()));
+    let f = if shm.is_dir() {
+        let (rf, _) = RingFile::open_or_create(&shm_ring, 1 << 30).unwrap();
+        Fixture { rf, ring_path: shm_ring.clone(), ..f }
+    } else {
+        f
+    };
     let t = Instant::now();
     let mut bytes = 0;
     for i in 0..n {
@@ -193,12 +214,16 @@ fn drain_rate_1m_events() {
         // slower to build; instead write them again.
         assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
         let _ = start;
+        if format == "ndjson" && level == "6" {
+            break;
+        }
         for i in 0..n {
             let ty = TYPES[i % 4];
             let w = event(ty, T0 + i as u64 * 1000, i as u64);
             f.ring().write(Kind::of_type(ty).index(), &w.payload, std::process::id()).unwrap();
         }
     }
+    let _ = std::fs::remove_file(&shm_ring);
 }
 
 /// Fills the ring at `$BENCH_RING` (created, 1 GiB) with `$BENCH_EVENTS` events (default 1M)

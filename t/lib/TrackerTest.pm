@@ -7,11 +7,13 @@ package TrackerTest;
 #     use FindBin; use lib "$FindBin::Bin/lib";
 #     use TrackerTest;
 #     use Test::Nginx::Socket 'no_plan';
+#     use Test::More import => [qw(subtest explain cmp_ok)];   # what Test::Base does not export
 #
 # At load time it prepares the environment that Test::Nginx reads when it is loaded:
 #   - the server listens on 127.0.0.1 only, on a free port of its own
 #     (TEST_NGINX_SERVER_PORT="127.0.0.1:PORT", TEST_NGINX_CLIENT_PORT=PORT);
-#   - a per-file server root t/servroot_<file> (so test files never share one);
+#   - a per-file server root, ${TEST_NGINX_SERVROOT}_<file> when scripts/test.sh names one,
+#     else t/servroot_<file> (so test files never share one and may run in parallel);
 #   - a per-file work directory (File::Temp) holding the ring and the campaigns file,
 #     exposed as $TEST_NGINX_WORKDIR, $TEST_NGINX_RING and $TEST_NGINX_CAMPAIGNS for the
 #     config sections (Test::Nginx expands $TEST_NGINX_* there); the server root is wiped
@@ -113,6 +115,18 @@ BEGIN {
     $ENV{TEST_NGINX_NO_SHUFFLE} = 1;
 
     diag_env() if $ENV{TRACKER_TEST_VERBOSE};
+
+    # Interrupted (Ctrl-C, a harness timeout, prove gone): exit through the END blocks, which
+    # stop the nginx instances (Test::Nginx's and ours) and remove the work directory. A closed
+    # pipe (prove gone, a client socket closed) becomes an error return instead of a kill.
+    $SIG{PIPE} = 'IGNORE';
+    for my $sig (qw(INT TERM HUP)) {
+        $SIG{$sig} = sub {
+            POSIX::_exit(1) if $$ != $PARENT_PID;    # forked clients: no END blocks
+            print STDERR "# caught SIG$sig: stopping nginx and cleaning up\n";
+            exit 1;
+        };
+    }
 }
 
 sub diag_env {
@@ -175,12 +189,13 @@ sub drain {
     return read_events($dir);
 }
 
-# Reads every type=*/date=*/hour=*/*.ndjson.gz file under $dir.
+# Reads every type=*/date=*/hour=*/*.ndjson.gz file under $dir (the committed files).
 sub read_events {
     my ($dir) = @_;
     my @files;
     File::Find::find({ no_chdir => 1, wanted => sub {
-        push @files, $File::Find::name if /\.ndjson\.gz$/ && -f $_;
+        push @files, $File::Find::name
+            if m{/type=[^/]+/date=[^/]+/hour=[^/]+/[^/]+\.ndjson\.gz$} && -f $_;
     } }, $dir);
     my $json = JSON::PP->new->utf8;
     my @events;
@@ -234,52 +249,32 @@ sub ring_header {
     return \%h;
 }
 
-# The shipper's view of the ring counters, normalized to the shape of ring_header():
-# { written => [8 per-kind counts], dropped_full => [...], rejected => [...], ..., raw => JSON }.
+# `tracker-shipper stats --ring RING`, normalized to the shape of ring_header():
+# { written => [8 per-kind counts], dropped_full => [...], dropped_too_large => [...],
+#   rejected => [...], <counter>_total => N, abandoned => N, raw => the JSON }.
+# The shipper prints each counter as an object {"impression": N, ..., "custom": N, "total": N}
+# (unnamed slots as "slotN" when not zero).
 sub shipper_stats {
     my ($ring) = @_;
     $ring ||= $ENV{TEST_NGINX_RING};
-    my @tries = (['stats', '--ring', $ring], ['--ring', $ring, '--print-stats']);
-    my @errors;
-    for my $args (@tries) {
-        my ($rc, $out) = run_cmd(shipper(), @$args);
-        if ($rc == 0 && $out =~ /(\{.*\})/s) {
-            my $j = eval { JSON::PP->new->decode($1) };
-            return normalize_stats($j) if $j;
-            push @errors, "@$args: not JSON: $out";
-        } else {
-            push @errors, "@$args: exit $rc: $out";
-        }
-    }
-    die "shipper stats failed:\n" . join("\n", @errors);
-}
-
-sub normalize_stats {
-    my ($j) = @_;
-    my %s = (raw => $j);
-    my @names = qw(impression click conversion video custom);
-    # Counters may sit at the top level or under "counters".
-    my $src = ref $j->{counters} eq 'HASH' ? $j->{counters} : $j;
+    my $err = "$WORK/stats.stderr";
+    my $out = `@{[ join ' ', map { quote($_) } shipper(), 'stats', '--ring', $ring ]} 2>'$err'`;
+    my $rc = $? >> 8;
+    die "tracker-shipper stats failed (exit $rc): " . (read_file($err) // '') if $rc != 0;
+    my $j = eval { JSON::PP->new->decode($out) };
+    die "tracker-shipper stats printed no JSON ($@): $out" unless ref $j eq 'HASH';
+    my %s = (raw => $j, abandoned => $j->{abandoned});
     for my $c (qw(written dropped_full dropped_too_large rejected)) {
-        my $v = $src->{$c};
+        my $v = $j->{$c};
+        die "tracker-shipper stats: \"$c\" is not an object: $out" unless ref $v eq 'HASH';
         my @a = (0) x 8;
-        if (ref $v eq 'ARRAY') {
-            @a[0 .. $#$v] = @$v;
-        } elsif (ref $v eq 'HASH') {
-            for my $k (keys %$v) {
-                next if $k eq 'total';
-                my $i = kind_index($k);
-                $a[$i] += $v->{$k};
-            }
-        } elsif (ref $j->{kinds} eq 'HASH' || ref $j->{by_kind} eq 'HASH') {
-            my $kinds = $j->{kinds} || $j->{by_kind};
-            for my $k (keys %$kinds) {
-                $a[kind_index($k)] += $kinds->{$k}{$c} || 0;
-            }
+        for my $k (grep { $_ ne 'total' } keys %$v) {
+            $a[kind_index($k)] += $v->{$k};
         }
         $s{$c} = \@a;
         my $t = 0;
         $t += $_ for @a;
+        die "tracker-shipper stats: $c total $v->{total} is not the sum $t" if ($v->{total} // -1) != $t;
         $s{"${c}_total"} = $t;
     }
     return \%s;

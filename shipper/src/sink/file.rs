@@ -228,6 +228,7 @@ impl Sink for FileSink {
 
     fn commit(&mut self, ring: &Ring, end: u64) -> io::Result<Committed> {
         let mut out = Committed::default();
+        let started = std::time::Instant::now();
         if self.parts.is_empty() && self.dead.is_empty() {
             // Only skipped records (or nothing): no file to write.
             commit::advance_ring(ring, end);
@@ -272,8 +273,12 @@ impl Sink for FileSink {
         // Steps 2-4: renames, ring commit, manifest removal.
         let a = commit::apply(&self.dir, &m, ring, false)?;
         debug!(
-            "committed {} events, {} dead letters in {} files ({} bytes), ring position {end}",
-            out.events, out.dead_letters, a.renamed, out.bytes
+            "committed {} events, {} dead letters in {} files ({} bytes), ring position {end}, in {} ms",
+            out.events,
+            out.dead_letters,
+            a.renamed,
+            out.bytes,
+            started.elapsed().as_millis()
         );
         self.clear_batch();
         Ok(out)

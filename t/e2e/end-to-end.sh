@@ -83,7 +83,7 @@ phase() { # $1 = name, $2 = shipper kills during the load
     # wrk's threads stop after their share of requests, but wrk itself waits out -d: stop it
     # (SIGINT prints its summary) once the access log shows the requests were served.
     while kill -0 "$wrk_pid" 2>/dev/null; do
-        sleep 0.$((RANDOM % 5 + 3))
+        sleep 0.$((RANDOM % 3 + 1))
         if [ "$(wc -l <"$work/$name/logs/access.log")" -ge "$REQUESTS" ] || [ "$SECONDS" -ge "$deadline" ]; then
             kill -INT "$wrk_pid" 2>/dev/null || true
             break

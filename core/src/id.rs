@@ -32,6 +32,8 @@ const TAIL_MASK: u64 = (1 << TAIL_BITS) - 1;
 /// Largest microsecond timestamp that fits the 48-bit millisecond field.
 const MAX_TS_US: u64 = ((1u64 << 48) - 1) * 1000 + 999;
 
+use crate::input::hex_digit;
+
 /// One per process (nginx worker). Seed it from the OS random source at process start.
 #[derive(Debug, Clone)]
 pub struct IdGenerator {
@@ -99,14 +101,6 @@ pub fn to_hex(id: &[u8; 16]) -> [u8; 32] {
     out
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
 
 /// Parses 32 hex characters back (for tests and tools). Either case is accepted.
 pub fn from_hex(s: &[u8]) -> Option<[u8; 16]> {
@@ -115,7 +109,7 @@ pub fn from_hex(s: &[u8]) -> Option<[u8; 16]> {
     }
     let mut id = [0u8; 16];
     for (i, pair) in s.chunks_exact(2).enumerate() {
-        id[i] = hex_val(pair[0])? << 4 | hex_val(pair[1])?;
+        id[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
     }
     Some(id)
 }

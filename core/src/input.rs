@@ -13,7 +13,8 @@ pub fn valid_campaign_id(id: &[u8]) -> bool {
         && id.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
 }
 
-fn hex_digit(c: u8) -> Option<u8> {
+/// The value of one hexadecimal digit, either case.
+pub(crate) fn hex_digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),

@@ -23,6 +23,8 @@
 //! [`MAX_STEP_BACK_US`] keeps the last timestamp; a larger step is followed (ids stay unique, but
 //! order restarts from the new time).
 
+use crate::input::hex_digit;
+
 /// A backwards clock step at most this large (1 s) is absorbed: ids keep the last timestamp.
 /// A larger step is followed so that id timestamps stay close to event times.
 pub const MAX_STEP_BACK_US: u64 = 1_000_000;
@@ -31,8 +33,6 @@ const TAIL_BITS: u32 = 62;
 const TAIL_MASK: u64 = (1 << TAIL_BITS) - 1;
 /// Largest microsecond timestamp that fits the 48-bit millisecond field.
 const MAX_TS_US: u64 = ((1u64 << 48) - 1) * 1000 + 999;
-
-use crate::input::hex_digit;
 
 /// One per process (nginx worker). Seed it from the OS random source at process start.
 #[derive(Debug, Clone)]
@@ -100,7 +100,6 @@ pub fn to_hex(id: &[u8; 16]) -> [u8; 32] {
     }
     out
 }
-
 
 /// Parses 32 hex characters back (for tests and tools). Either case is accepted.
 pub fn from_hex(s: &[u8]) -> Option<[u8; 16]> {

@@ -32,7 +32,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Messages to the writer thread.
 pub enum ToWriter {
     /// Chunk `seq` of generation `gen`.
-    Chunk { gen: u64, seq: u64, chunk: EncodedChunk },
+    Chunk {
+        gen: u64,
+        seq: u64,
+        chunk: EncodedChunk,
+    },
     /// Every chunk of generation `gen` before `next_seq` has been sent: commit them and return.
     Finish { gen: u64, next_seq: u64 },
     /// The reader restarted from the consumer cursor after an error: generation `gen`, from
@@ -78,7 +82,11 @@ struct Summary {
 
 impl Summary {
     fn new(ring: &Ring, totals: Totals) -> Summary {
-        Summary { at: Instant::now(), totals, stats: ring.stats() }
+        Summary {
+            at: Instant::now(),
+            totals,
+            stats: ring.stats(),
+        }
     }
 
     /// Logs the summary if SUMMARY_EVERY has passed (or `force`) and something happened.
@@ -120,7 +128,11 @@ impl Summary {
                 if unlogged > 0 { format!("; {unlogged} warnings not logged") } else { String::new() },
             );
         }
-        *self = Summary { at: Instant::now(), totals: *now, stats: s };
+        *self = Summary {
+            at: Instant::now(),
+            totals: *now,
+            stats: s,
+        };
     }
 }
 
@@ -196,7 +208,12 @@ pub fn run(
     totals: &mut Totals,
 ) -> io::Result<()> {
     let mut summary = Summary::new(ring, *totals);
-    let mut w = Writer { ring, sink, batch: Batch::default(), totals };
+    let mut w = Writer {
+        ring,
+        sink,
+        batch: Batch::default(),
+        totals,
+    };
     let mut gen = 0u64;
     let mut next_seq = 0u64;
     let mut pending: BTreeMap<u64, EncodedChunk> = BTreeMap::new();
@@ -215,7 +232,10 @@ pub fn run(
                     pending.insert(seq, chunk);
                 }
             }
-            Ok(ToWriter::Finish { gen: g, next_seq: n }) => {
+            Ok(ToWriter::Finish {
+                gen: g,
+                next_seq: n,
+            }) => {
                 if g == gen {
                     if discarding {
                         // Stopping before the reader saw the error: the batch was aborted,
@@ -276,7 +296,10 @@ fn abort(ring: &Ring, sink: &mut dyn Sink, signals: &Signals) -> io::Result<()> 
         match sink.abort(ring) {
             Ok(()) => return Ok(()),
             Err(e) => {
-                error!("cleaning up after the error failed: {e}; retrying in {}s", backoff.as_secs());
+                error!(
+                    "cleaning up after the error failed: {e}; retrying in {}s",
+                    backoff.as_secs()
+                );
                 if signals.stop.load(Ordering::Relaxed) {
                     return Err(e);
                 }

@@ -97,7 +97,11 @@ pub struct Rename {
 
 impl Manifest {
     pub fn new(end: u64, renames: Vec<Rename>) -> Manifest {
-        Manifest { version: MANIFEST_VERSION, end, renames }
+        Manifest {
+            version: MANIFEST_VERSION,
+            end,
+            renames,
+        }
     }
 }
 
@@ -152,9 +156,12 @@ pub fn crash_point(name: &str) {
 
 /// fsyncs a directory (makes its entries durable: created, renamed, deleted files).
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io::Error::new(e.kind(), format!("fsync of directory {} failed: {e}", path.display())))
+    File::open(path).and_then(|d| d.sync_all()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("fsync of directory {} failed: {e}", path.display()),
+        )
+    })
 }
 
 /// Adds the path of what failed to an I/O error.
@@ -169,7 +176,10 @@ fn is_safe_rel(p: &str) -> bool {
 }
 
 fn parent_of(dir: &Path, rel: &str) -> PathBuf {
-    dir.join(rel).parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf())
+    dir.join(rel)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.to_path_buf())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -187,7 +197,8 @@ pub fn write_manifest(dir: &Path, m: &Manifest) -> io::Result<()> {
         .mode(0o644)
         .open(&tmp)
         .map_err(|e| ctx("cannot create", &tmp, e))?;
-    f.write_all(&json).map_err(|e| ctx("cannot write", &tmp, e))?;
+    f.write_all(&json)
+        .map_err(|e| ctx("cannot write", &tmp, e))?;
     f.sync_all().map_err(|e| ctx("cannot fsync", &tmp, e))?;
     drop(f);
     let path = dir.join(MANIFEST);
@@ -204,18 +215,34 @@ pub fn read_manifest(dir: &Path) -> io::Result<Option<Manifest>> {
         Err(e) => return Err(ctx("cannot read", &path, e)),
     };
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a valid manifest: {e}", path.display()))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a valid manifest: {e}", path.display()),
+        )
     })?;
     if m.version != MANIFEST_VERSION {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} has version {}, this shipper knows version {MANIFEST_VERSION}", path.display(), m.version),
+            format!(
+                "{} has version {}, this shipper knows version {MANIFEST_VERSION}",
+                path.display(),
+                m.version
+            ),
         ));
     }
-    if let Some(r) = m.renames.iter().find(|r| !is_safe_rel(&r.from) || !is_safe_rel(&r.to)) {
+    if let Some(r) = m
+        .renames
+        .iter()
+        .find(|r| !is_safe_rel(&r.from) || !is_safe_rel(&r.to))
+    {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} names a path outside the output directory: {:?} -> {:?}", path.display(), r.from, r.to),
+            format!(
+                "{} names a path outside the output directory: {:?} -> {:?}",
+                path.display(),
+                r.from,
+                r.to
+            ),
         ));
     }
     Ok(Some(m))
@@ -253,22 +280,35 @@ pub fn apply(dir: &Path, m: &Manifest, ring: &Ring, recovering: bool) -> io::Res
             if to.symlink_metadata().is_ok() {
                 // Cannot happen with our names (a final name is chosen free, and only one
                 // shipper works in the directory); keep the committed file, drop the tmp.
-                warn!("{} exists already; removing {} instead of replacing it", to.display(), from.display());
+                warn!(
+                    "{} exists already; removing {} instead of replacing it",
+                    to.display(),
+                    from.display()
+                );
                 fs::remove_file(&from).map_err(|e| ctx("cannot remove", &from, e))?;
                 out.already += 1;
             } else {
-                fs::rename(&from, &to).map_err(|e| ctx(&format!("cannot rename {} to", from.display()), &to, e))?;
+                fs::rename(&from, &to)
+                    .map_err(|e| ctx(&format!("cannot rename {} to", from.display()), &to, e))?;
                 out.renamed += 1;
                 if let Some(reason) = &r.reason {
                     reasons.push(reason.as_str());
                 }
-                crash_point(if recovering { "recovery-renamed-one" } else { "renamed-one" });
+                crash_point(if recovering {
+                    "recovery-renamed-one"
+                } else {
+                    "renamed-one"
+                });
             }
             dirs.insert(parent_of(dir, &r.to));
         } else if to.symlink_metadata().is_ok() {
             out.already += 1;
         } else {
-            warn!("{} and {} are both missing: their events were lost after being written", from.display(), to.display());
+            warn!(
+                "{} and {} are both missing: their events were lost after being written",
+                from.display(),
+                to.display()
+            );
             out.missing += 1;
         }
     }
@@ -303,7 +343,8 @@ fn append_reasons(dir: &Path, lines: &[&str]) -> io::Result<()> {
         .mode(0o644)
         .open(&path)
         .map_err(|e| ctx("cannot open", &path, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| ctx("cannot write", &path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| ctx("cannot write", &path, e))?;
     f.sync_data().map_err(|e| ctx("cannot fsync", &path, e))
 }
 
@@ -332,7 +373,11 @@ pub fn recover(dir: &Path, ring: &Ring) -> io::Result<Recovered> {
             a.renamed,
             a.already,
             a.missing,
-            if a.ring_committed { "advanced" } else { "already past it" }
+            if a.ring_committed {
+                "advanced"
+            } else {
+                "already past it"
+            }
         );
         rec.manifest = Some(a);
     }
@@ -399,7 +444,11 @@ mod tests {
     }
 
     fn rename(from: &str, to: &str) -> Rename {
-        Rename { from: from.into(), to: to.into(), reason: None }
+        Rename {
+            from: from.into(),
+            to: to.into(),
+            reason: None,
+        }
     }
 
     #[test]
@@ -428,12 +477,18 @@ mod tests {
         fs::write(out.join(format!("{p}/.stray.tmp")), b"s").unwrap();
         let m = Manifest::new(
             ends[1],
-            vec![rename(&format!("{p}/.one.tmp"), &format!("{p}/one")), rename(&format!("{p}/.two.tmp"), &format!("{p}/two"))],
+            vec![
+                rename(&format!("{p}/.one.tmp"), &format!("{p}/one")),
+                rename(&format!("{p}/.two.tmp"), &format!("{p}/two")),
+            ],
         );
         write_manifest(&out, &m).unwrap();
         let r = recover(&out, ring).unwrap();
         let a = r.manifest.unwrap();
-        assert_eq!((a.renamed, a.already, a.missing, a.ring_committed), (1, 1, 0, true));
+        assert_eq!(
+            (a.renamed, a.already, a.missing, a.ring_committed),
+            (1, 1, 0, true)
+        );
         assert_eq!(r.stray_tmps_removed, 1);
         assert_eq!(ring.consumer_pos(), ends[1]);
         assert_eq!(fs::read(out.join(format!("{p}/one"))).unwrap(), b"1");
@@ -464,7 +519,11 @@ mod tests {
         fs::write(out.join("_dead_letter/.0.bin.tmp"), b"x").unwrap();
         let m = Manifest::new(
             ends[0],
-            vec![Rename { from: "_dead_letter/.0.bin.tmp".into(), to: "_dead_letter/0.bin".into(), reason: Some("r0".into()) }],
+            vec![Rename {
+                from: "_dead_letter/.0.bin.tmp".into(),
+                to: "_dead_letter/0.bin".into(),
+                reason: Some("r0".into()),
+            }],
         );
         write_manifest(&out, &m).unwrap();
         apply(&out, &m, rf.ring(), false).unwrap();

@@ -169,8 +169,10 @@ pub struct Config {
 
 /// Reads and parses a TOML config file. Relative paths in it are relative to its directory.
 pub fn load_file(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-    let mut fc: FileConfig = toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let mut fc: FileConfig =
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     for p in [&mut fc.ring, &mut fc.dir].into_iter().flatten() {
         if p.is_relative() {
@@ -182,32 +184,56 @@ pub fn load_file(path: &Path) -> Result<FileConfig, String> {
 
 /// The CPUs available, at most 4 (the encoders; the reader and the writer are two more threads).
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
 
 pub fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
-    s.trim().parse::<log::LevelFilter>().map_err(|_| format!("bad log level {s:?} (error, warn, info, debug, trace, off)"))
+    s.trim()
+        .parse::<log::LevelFilter>()
+        .map_err(|_| format!("bad log level {s:?} (error, warn, info, debug, trace, off)"))
 }
 
 impl Config {
     /// Merges the command line over the file (if any) over the defaults, and checks the values.
     /// `env_log`: the RUST_LOG variable, used when no log level is set otherwise.
-    pub fn resolve(cli: Cli, file: Option<FileConfig>, env_log: Option<String>) -> Result<Config, String> {
+    pub fn resolve(
+        cli: Cli,
+        file: Option<FileConfig>,
+        env_log: Option<String>,
+    ) -> Result<Config, String> {
         let f = file.unwrap_or_default();
-        let action = if cli.print_stats || matches!(cli.command, Some(Command::Stats)) { Action::Stats } else { Action::Run };
-        let ring = cli.ring.or(f.ring).ok_or("no ring: give --ring PATH (or `ring` in the config file)")?;
+        let action = if cli.print_stats || matches!(cli.command, Some(Command::Stats)) {
+            Action::Stats
+        } else {
+            Action::Run
+        };
+        let ring = cli
+            .ring
+            .or(f.ring)
+            .ok_or("no ring: give --ring PATH (or `ring` in the config file)")?;
         let sink = cli.sink.or(f.sink).unwrap_or(SinkKind::File);
         let dir = cli.dir.or(f.dir);
         let dir = match (&action, sink) {
-            (Action::Run, SinkKind::File) => dir.ok_or("the file sink needs --dir DIR (or `dir` in the config file)")?,
+            (Action::Run, SinkKind::File) => {
+                dir.ok_or("the file sink needs --dir DIR (or `dir` in the config file)")?
+            }
             _ => dir.unwrap_or_default(),
         };
         let format = cli.format.or(f.format).unwrap_or(Format::Ndjson);
-        let flush_interval_ms = cli.flush_interval_ms.or(f.flush_interval_ms).unwrap_or(DEFAULT_FLUSH_INTERVAL_MS);
+        let flush_interval_ms = cli
+            .flush_interval_ms
+            .or(f.flush_interval_ms)
+            .unwrap_or(DEFAULT_FLUSH_INTERVAL_MS);
         if flush_interval_ms == 0 {
             return Err("flush-interval-ms must be at least 1".into());
         }
-        let max_batch_events = cli.max_batch_events.or(f.max_batch_events).unwrap_or(DEFAULT_MAX_BATCH_EVENTS);
+        let max_batch_events = cli
+            .max_batch_events
+            .or(f.max_batch_events)
+            .unwrap_or(DEFAULT_MAX_BATCH_EVENTS);
         if max_batch_events == 0 {
             return Err("max-batch-events must be at least 1".into());
         }
@@ -215,15 +241,24 @@ impl Config {
         if !(1..=1000).contains(&poll_ms) {
             return Err(format!("poll-ms must be 1..1000, not {poll_ms}"));
         }
-        let gzip_level = cli.gzip_level.or(f.gzip_level).unwrap_or(DEFAULT_GZIP_LEVEL);
+        let gzip_level = cli
+            .gzip_level
+            .or(f.gzip_level)
+            .unwrap_or(DEFAULT_GZIP_LEVEL);
         if gzip_level > 9 {
             return Err(format!("gzip-level must be 0..9, not {gzip_level}"));
         }
-        let max_open_files = cli.max_open_files.or(f.max_open_files).unwrap_or(DEFAULT_MAX_OPEN_FILES);
+        let max_open_files = cli
+            .max_open_files
+            .or(f.max_open_files)
+            .unwrap_or(DEFAULT_MAX_OPEN_FILES);
         if max_open_files == 0 {
             return Err("max-open-files must be at least 1".into());
         }
-        let stale_after_ms = cli.stale_after_ms.or(f.stale_after_ms).unwrap_or(DEFAULT_STALE_AFTER_MS);
+        let stale_after_ms = cli
+            .stale_after_ms
+            .or(f.stale_after_ms)
+            .unwrap_or(DEFAULT_STALE_AFTER_MS);
         if stale_after_ms == 0 {
             return Err("stale-after-ms must be at least 1".into());
         }
@@ -233,7 +268,10 @@ impl Config {
         }
         let log_level = match cli.log_level.or(f.log_level) {
             Some(s) => parse_level(&s)?,
-            None => env_log.as_deref().and_then(|s| parse_level(s).ok()).unwrap_or(log::LevelFilter::Info),
+            None => env_log
+                .as_deref()
+                .and_then(|s| parse_level(s).ok())
+                .unwrap_or(log::LevelFilter::Info),
         };
         Ok(Config {
             action,
@@ -264,7 +302,12 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::resolve(cli(&["--ring", "/r", "--sink", "file", "--dir", "/d"]), None, None).unwrap();
+        let c = Config::resolve(
+            cli(&["--ring", "/r", "--sink", "file", "--dir", "/d"]),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.action, Action::Run);
         assert_eq!(c.ring, PathBuf::from("/r"));
         assert_eq!(c.dir, PathBuf::from("/d"));
@@ -282,7 +325,12 @@ mod tests {
             "ring = '/file-ring'\ndir = '/file-dir'\nformat = 'msgpack'\nflush_interval_ms = 50\ngzip_level = 6\nlog_level = 'debug'\n",
         )
         .unwrap();
-        let c = Config::resolve(cli(&["--dir", "/cli-dir", "--gzip-level", "3", "--once"]), Some(f), Some("trace".into())).unwrap();
+        let c = Config::resolve(
+            cli(&["--dir", "/cli-dir", "--gzip-level", "3", "--once"]),
+            Some(f),
+            Some("trace".into()),
+        )
+        .unwrap();
         assert_eq!(c.ring, PathBuf::from("/file-ring"));
         assert_eq!(c.dir, PathBuf::from("/cli-dir"));
         assert_eq!(c.format, Format::Msgpack);
@@ -294,11 +342,30 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(Config::resolve(cli(&["--dir", "/d"]), None, None).unwrap_err().contains("--ring"));
-        assert!(Config::resolve(cli(&["--ring", "/r"]), None, None).unwrap_err().contains("--dir"));
-        assert!(Config::resolve(cli(&["--ring", "/r", "--dir", "/d", "--gzip-level", "10"]), None, None).is_err());
-        assert!(Config::resolve(cli(&["--ring", "/r", "--dir", "/d", "--max-batch-events", "0"]), None, None).is_err());
-        assert!(Config::resolve(cli(&["--ring", "/r", "--dir", "/d", "--log-level", "loud"]), None, None).is_err());
+        assert!(Config::resolve(cli(&["--dir", "/d"]), None, None)
+            .unwrap_err()
+            .contains("--ring"));
+        assert!(Config::resolve(cli(&["--ring", "/r"]), None, None)
+            .unwrap_err()
+            .contains("--dir"));
+        assert!(Config::resolve(
+            cli(&["--ring", "/r", "--dir", "/d", "--gzip-level", "10"]),
+            None,
+            None
+        )
+        .is_err());
+        assert!(Config::resolve(
+            cli(&["--ring", "/r", "--dir", "/d", "--max-batch-events", "0"]),
+            None,
+            None
+        )
+        .is_err());
+        assert!(Config::resolve(
+            cli(&["--ring", "/r", "--dir", "/d", "--log-level", "loud"]),
+            None,
+            None
+        )
+        .is_err());
         assert!(toml::from_str::<FileConfig>("rnig = '/x'").is_err());
         assert!(Cli::try_parse_from(["tracker-shipper", "--sink", "kafka"]).is_err());
     }

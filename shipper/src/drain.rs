@@ -83,13 +83,17 @@ pub fn run(
 ) -> io::Result<Exit> {
     let warnings = WarnLimiter::default();
     let threads = opts.threads.max(1);
-    let wopts = WriterOptions { flush_interval: opts.flush_interval, once: opts.once };
+    let wopts = WriterOptions {
+        flush_interval: opts.flush_interval,
+        once: opts.once,
+    };
     thread::scope(|s| {
         let (work_tx, work_rx) = bounded::<(u64, u64, Chunk)>(threads * 2);
         let (out_tx, out_rx) = bounded::<ToWriter>(threads * 4 + 4);
         let (err_tx, err_rx) = unbounded::<io::Error>();
         for i in 0..threads {
-            let (work_rx, out_tx, warnings, format) = (work_rx.clone(), out_tx.clone(), &warnings, opts.format);
+            let (work_rx, out_tx, warnings, format) =
+                (work_rx.clone(), out_tx.clone(), &warnings, opts.format);
             thread::Builder::new()
                 .name(format!("encode-{i}"))
                 .spawn_scoped(s, move || {
@@ -105,12 +109,20 @@ pub fn run(
         drop(work_rx);
         let writer = thread::Builder::new()
             .name("writer".into())
-            .spawn_scoped(s, || batch::run(ring, sink, out_rx, err_tx, &wopts, signals, &warnings, totals))
+            .spawn_scoped(s, || {
+                batch::run(
+                    ring, sink, out_rx, err_tx, &wopts, signals, &warnings, totals,
+                )
+            })
             .expect("spawning the writer thread");
-        let read = read_loop(ring, opts, signals, replaced, &work_tx, &out_tx, &err_rx, &warnings);
+        let read = read_loop(
+            ring, opts, signals, replaced, &work_tx, &out_tx, &err_rx, &warnings,
+        );
         drop(work_tx);
         drop(out_tx);
-        let written = writer.join().unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
         match (read, written) {
             (Ok(exit), Ok(())) => Ok(exit),
             // The writer's error says more than "the writer thread stopped".
@@ -148,7 +160,13 @@ fn read_loop(
     macro_rules! send_chunk {
         () => {{
             if chunk.end.is_some() {
-                let c = std::mem::replace(&mut chunk, Chunk { records: Vec::with_capacity(CHUNK_RECORDS), ..Chunk::default() });
+                let c = std::mem::replace(
+                    &mut chunk,
+                    Chunk {
+                        records: Vec::with_capacity(CHUNK_RECORDS),
+                        ..Chunk::default()
+                    },
+                );
                 work.send((gen, seq, c)).map_err(|_| writer_gone())?;
                 seq += 1;
             }
@@ -157,7 +175,8 @@ fn read_loop(
     macro_rules! finish {
         ($exit:expr) => {{
             send_chunk!();
-            out.send(ToWriter::Finish { gen, next_seq: seq }).map_err(|_| writer_gone())?;
+            out.send(ToWriter::Finish { gen, next_seq: seq })
+                .map_err(|_| writer_gone())?;
             return Ok($exit);
         }};
     }
@@ -180,7 +199,8 @@ fn read_loop(
             chunk = Chunk::default();
             in_batch = 0;
             reader = Reader::new(ring).with_stale_after(opts.stale_after);
-            out.send(ToWriter::Reset { gen }).map_err(|_| writer_gone())?;
+            out.send(ToWriter::Reset { gen })
+                .map_err(|_| writer_gone())?;
             continue;
         }
         match reader.next() {
@@ -240,11 +260,14 @@ fn read_loop(
                             );
                             old_ring_idle = Some((Instant::now(), pp));
                         }
-                        Some((since, p)) if p == pp && reader.position() >= pp => {
-                            if since.elapsed() >= OLD_RING_IDLE {
-                                finish!(Exit::RingReplaced);
-                            }
+                        Some((since, p))
+                            if p == pp
+                                && reader.position() >= pp
+                                && since.elapsed() >= OLD_RING_IDLE =>
+                        {
+                            finish!(Exit::RingReplaced);
                         }
+                        Some((_, p)) if p == pp && reader.position() >= pp => {}
                         Some(_) => old_ring_idle = Some((Instant::now(), pp)),
                         None => {}
                     }

@@ -110,7 +110,11 @@ pub fn encode_chunk(chunk: Chunk, format: Format, warnings: &WarnLimiter) -> Enc
                         e.0
                     );
                 }
-                out.dead.push(DeadRecord { pos: rec.pos, raw: rec.payload, reason: e.0 });
+                out.dead.push(DeadRecord {
+                    pos: rec.pos,
+                    raw: rec.payload,
+                    reason: e.0,
+                });
                 continue;
             }
         };

@@ -18,7 +18,11 @@ pub fn sanitize_type(event_type: &str, out: &mut String) {
         return;
     }
     for &b in event_type.as_bytes().iter().take(MAX_TYPE_LEN) {
-        out.push(if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' { b as char } else { '_' });
+        out.push(if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            b as char
+        } else {
+            '_'
+        });
     }
 }
 
@@ -131,8 +135,14 @@ mod tests {
     fn partitions() {
         // 2024-02-29T23:59:59.999999Z
         let ts: u64 = 1_709_251_199_999_999;
-        assert_eq!(partition_dir("click", ts / US_PER_HOUR), "type=click/date=2024-02-29/hour=23");
-        assert_eq!(partition_dir("click", ts / US_PER_HOUR + 1), "type=click/date=2024-03-01/hour=00");
+        assert_eq!(
+            partition_dir("click", ts / US_PER_HOUR),
+            "type=click/date=2024-02-29/hour=23"
+        );
+        assert_eq!(
+            partition_dir("click", ts / US_PER_HOUR + 1),
+            "type=click/date=2024-03-01/hour=00"
+        );
         assert_eq!(partition_dir("a b", 0), "type=a_b/date=1970-01-01/hour=00");
     }
 

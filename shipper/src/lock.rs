@@ -45,7 +45,11 @@ pub fn acquire(path: &Path, what: &str) -> Result<Lock, String> {
                 let mut owner = String::new();
                 let _ = file.read_to_string(&mut owner);
                 let owner = owner.trim();
-                let who = if owner.is_empty() { String::new() } else { format!(" (pid {owner})") };
+                let who = if owner.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {owner})")
+                };
                 return Err(format!(
                     "another tracker-shipper{who} is already running for {what}: {} is locked",
                     path.display()
@@ -74,6 +78,9 @@ mod tests {
         assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
         drop(l);
         acquire(&p, "the ring x").unwrap();
-        assert_eq!(ring_lock_path(Path::new("/dev/shm/a.ring")), PathBuf::from("/dev/shm/a.ring.shipper.lock"));
+        assert_eq!(
+            ring_lock_path(Path::new("/dev/shm/a.ring")),
+            PathBuf::from("/dev/shm/a.ring.shipper.lock")
+        );
     }
 }

@@ -20,8 +20,16 @@ impl log::Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let line = format!("{} {:<5} {}\n", rfc3339_ms(ms), record.level(), record.args());
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let line = format!(
+            "{} {:<5} {}\n",
+            rfc3339_ms(ms),
+            record.level(),
+            record.args()
+        );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 

@@ -31,8 +31,8 @@ use log::{error, info, warn};
 use tracker_core::event::Kind;
 use tracker_core::ring::{RingError, RingFile, RingStats, COUNTER_KINDS, HEADER_SIZE};
 
-use config::{Action, Cli, Config, SinkKind};
 use batch::Totals;
+use config::{Action, Cli, Config, SinkKind};
 use drain::{Exit, Options, Signals};
 use sink::file::FileSink;
 use sink::Sink;
@@ -72,7 +72,11 @@ fn main() -> ExitCode {
 
 /// The name of counter slot `i` (`impression`, ..., `custom`; `slotN` for unused slots).
 fn slot_name(i: usize) -> String {
-    Kind::ALL.iter().find(|k| k.index() == i).map(|k| k.name().to_string()).unwrap_or_else(|| format!("slot{i}"))
+    Kind::ALL
+        .iter()
+        .find(|k| k.index() == i)
+        .map(|k| k.name().to_string())
+        .unwrap_or_else(|| format!("slot{i}"))
 }
 
 /// Per-kind counters as a JSON object, with a `total`; unnamed slots only when non-zero.
@@ -105,9 +109,13 @@ fn stats_json(ring: &Path, s: &RingStats) -> serde_json::Value {
 
 /// `stats` / `--print-stats`: the ring's cursors and counters as JSON on stdout.
 fn print_stats(cfg: &Config) -> Result<(), String> {
-    let rf = RingFile::open_existing(&cfg.ring).map_err(|e| format!("cannot open the ring {}: {e}", cfg.ring.display()))?;
+    let rf = RingFile::open_existing(&cfg.ring)
+        .map_err(|e| format!("cannot open the ring {}: {e}", cfg.ring.display()))?;
     let j = stats_json(&cfg.ring, &rf.ring().stats());
-    println!("{}", serde_json::to_string_pretty(&j).expect("JSON of plain values"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&j).expect("JSON of plain values")
+    );
     Ok(())
 }
 
@@ -115,7 +123,9 @@ fn print_stats(cfg: &Config) -> Result<(), String> {
 fn ring_not_ready(path: &Path, e: &RingError) -> bool {
     match e {
         RingError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => true,
-        RingError::Format(_) => std::fs::metadata(path).map(|m| m.len() < HEADER_SIZE as u64).unwrap_or(true),
+        RingError::Format(_) => std::fs::metadata(path)
+            .map(|m| m.len() < HEADER_SIZE as u64)
+            .unwrap_or(true),
         _ => false,
     }
 }
@@ -147,7 +157,8 @@ fn install_signals() -> Result<Signals, String> {
     let s = Signals::default();
     for sig in [SIGTERM, SIGINT] {
         // A second SIGTERM/SIGINT while shutting down exits at once (still crash-safe).
-        flag::register_conditional_shutdown(sig, 1, s.stop.clone()).map_err(|e| format!("signal setup: {e}"))?;
+        flag::register_conditional_shutdown(sig, 1, s.stop.clone())
+            .map_err(|e| format!("signal setup: {e}"))?;
         flag::register(sig, s.stop.clone()).map_err(|e| format!("signal setup: {e}"))?;
     }
     flag::register(SIGHUP, s.hup.clone()).map_err(|e| format!("signal setup: {e}"))?;
@@ -161,7 +172,10 @@ fn run(cfg: &Config) -> Result<(), String> {
                 .map_err(|e| format!("output directory: {e}"))?,
         ),
     };
-    let _ring_lock = lock::acquire(&lock::ring_lock_path(&cfg.ring), &format!("the ring {}", cfg.ring.display()))?;
+    let _ring_lock = lock::acquire(
+        &lock::ring_lock_path(&cfg.ring),
+        &format!("the ring {}", cfg.ring.display()),
+    )?;
     let _dir_lock = lock::acquire(
         &cfg.dir.join(commit::SHIPPER_DIR).join("lock"),
         &format!("the directory {}", cfg.dir.display()),
@@ -184,7 +198,8 @@ fn run(cfg: &Config) -> Result<(), String> {
             return Ok(());
         };
         let ring = rf.ring();
-        sink.recover(ring).map_err(|e| format!("recovery failed: {e}"))?;
+        sink.recover(ring)
+            .map_err(|e| format!("recovery failed: {e}"))?;
         let s = ring.stats();
         info!(
             "tracker-shipper {} started{}: ring {} ({} bytes of data), producer cursor {}, consumer cursor {}, \

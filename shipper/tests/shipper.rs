@@ -26,7 +26,12 @@ fn once_writes_every_event_once_in_its_partition() {
     // 3 batches of 1000 events, each over the 5 types and the hours in it: several files.
     let files = committed_files(&f.out, ".ndjson.gz");
     assert!(files.len() >= 15, "{files:?}");
-    assert!(files.iter().any(|p| p.starts_with("type=sign_up_/date=2024-03-01/")), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|p| p.starts_with("type=sign_up_/date=2024-03-01/")),
+        "{files:?}"
+    );
     let s = f.ring().stats();
     assert_eq!(s.consumer_pos, s.producer_pos);
 
@@ -52,28 +57,55 @@ fn ndjson_lines_carry_the_event() {
     assert_eq!(l.json["campaign"], "camp-1");
     assert_eq!(l.json["dims"]["t"], "shipper-test");
     assert_eq!(l.json["time"], "2024-02-29T22:00:00.000000Z");
-    assert_eq!(l.file, format!("type=click/date=2024-02-29/hour=22/{}.ndjson.gz", events[0].id_hex));
+    assert_eq!(
+        l.file,
+        format!(
+            "type=click/date=2024-02-29/hour=22/{}.ndjson.gz",
+            events[0].id_hex
+        )
+    );
 }
 
 #[test]
 fn msgpack_format_writes_the_raw_records() {
     let f = Fixture::new(4 << 20);
-    let events = write_events(f.ring(), 2000, &["impression", "click", "custom_x"], 1_000_000);
-    f.once(&["--format", "msgpack", "--max-batch-events", "700", "--gzip-level", "6"]);
+    let events = write_events(
+        f.ring(),
+        2000,
+        &["impression", "click", "custom_x"],
+        1_000_000,
+    );
+    f.once(&[
+        "--format",
+        "msgpack",
+        "--max-batch-events",
+        "700",
+        "--gzip-level",
+        "6",
+    ]);
     check_clean(&f.out);
     assert!(committed_files(&f.out, ".ndjson.gz").is_empty());
     let files = committed_files(&f.out, ".msgpack.gz");
     assert!(!files.is_empty());
-    let by_payload: std::collections::HashMap<&[u8], &Written> = events.iter().map(|w| (&w.payload[..], w)).collect();
+    let by_payload: std::collections::HashMap<&[u8], &Written> =
+        events.iter().map(|w| (&w.payload[..], w)).collect();
     let mut seen = HashSet::new();
     for file in &files {
         let records = split_msgpack(&gunzip(&f.out.join(file)));
         for (i, r) in records.iter().enumerate() {
-            let w = by_payload.get(&r[..]).unwrap_or_else(|| panic!("{file}: record {i} is not one we wrote"));
+            let w = by_payload
+                .get(&r[..])
+                .unwrap_or_else(|| panic!("{file}: record {i} is not one we wrote"));
             assert!(seen.insert(w.id_hex.clone()), "{} twice", w.id_hex);
-            assert!(file.starts_with(&expected_partition(&w.event_type, w.ts)), "{file}");
+            assert!(
+                file.starts_with(&expected_partition(&w.event_type, w.ts)),
+                "{file}"
+            );
             if i == 0 {
-                assert!(file.ends_with(&format!("/{}.msgpack.gz", w.id_hex)), "{file}");
+                assert!(
+                    file.ends_with(&format!("/{}.msgpack.gz", w.id_hex)),
+                    "{file}"
+                );
             }
         }
     }
@@ -85,10 +117,18 @@ fn sigterm_commits_the_open_batch_and_exits_0() {
     let f = Fixture::new(4 << 20);
     let events = write_events(f.ring(), 500, &["impression", "video"], 1000);
     // Neither the size nor the interval would flush within the test: only SIGTERM does.
-    let mut child = f.spawn(&["--flush-interval-ms", "600000", "--max-batch-events", "1000000"]);
+    let mut child = f.spawn(&[
+        "--flush-interval-ms",
+        "600000",
+        "--max-batch-events",
+        "1000000",
+    ]);
     // Let it read the events (they are in the ring already), then stop it.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(committed_files(&f.out, ".ndjson.gz").is_empty(), "flushed before SIGTERM");
+    assert!(
+        committed_files(&f.out, ".ndjson.gz").is_empty(),
+        "flushed before SIGTERM"
+    );
     signal(&child, libc::SIGTERM);
     let st = wait_timeout(&mut child, Duration::from_secs(20));
     let err = stderr_of(&mut child);
@@ -121,15 +161,30 @@ fn running_shipper_flushes_on_the_interval() {
     let mut child = f.spawn(&["--flush-interval-ms", "100", "--poll-ms", "1"]);
     let mut events = Vec::new();
     for round in 0..5 {
-        events.extend(write_events(f.ring(), 200, &["impression", "click", "ev-custom"], 1000 + round));
+        events.extend(write_events(
+            f.ring(),
+            200,
+            &["impression", "click", "ev-custom"],
+            1000 + round,
+        ));
         std::thread::sleep(Duration::from_millis(150));
     }
-    let ok = wait_until(Duration::from_secs(10), || read_ndjson(&f.out).len() == events.len());
-    assert!(ok, "only {} of {} events committed while running", read_ndjson(&f.out).len(), events.len());
+    let ok = wait_until(Duration::from_secs(10), || {
+        read_ndjson(&f.out).len() == events.len()
+    });
+    assert!(
+        ok,
+        "only {} of {} events committed while running",
+        read_ndjson(&f.out).len(),
+        events.len()
+    );
     // Several commits happened while running (one file per partition per batch).
     assert!(committed_files(&f.out, ".ndjson.gz").len() > 3);
     signal(&child, libc::SIGTERM);
-    assert_eq!(wait_timeout(&mut child, Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(
+        wait_timeout(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
     check_exactly_once(&f.out, &events);
     check_clean(&f.out);
 }
@@ -145,7 +200,10 @@ fn garbage_goes_to_the_dead_letters_and_the_drain_goes_on() {
     good.extend(write_events(f.ring(), 5, &["click"], 1000));
     let out = f.once(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("undecodable record at ring position {pos1}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("undecodable record at ring position {pos1}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 dead letters"), "{stderr}");
     check_exactly_once(&f.out, &good);
     check_clean(&f.out);
@@ -155,7 +213,11 @@ fn garbage_goes_to_the_dead_letters_and_the_drain_goes_on() {
     let reasons = fs::read_to_string(dl.join("reasons.log")).unwrap();
     let lines: Vec<&str> = reasons.lines().collect();
     assert_eq!(lines.len(), 2, "{reasons}");
-    assert!(lines[0].contains(&format!("pos={pos1}\t")) && lines[0].contains(&format!("file={pos1}.bin")), "{reasons}");
+    assert!(
+        lines[0].contains(&format!("pos={pos1}\t"))
+            && lines[0].contains(&format!("file={pos1}.bin")),
+        "{reasons}"
+    );
     assert!(lines[1].contains(&format!("pos={pos2}\t")), "{reasons}");
     assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
 }
@@ -165,7 +227,10 @@ fn a_second_shipper_is_refused() {
     let f = Fixture::new(1 << 20);
     let mut first = f.spawn(&[]);
     let lock = f.out.join("_shipper/lock");
-    assert!(wait_until(Duration::from_secs(10), || fs::read_to_string(&lock).is_ok_and(|s| !s.trim().is_empty())));
+    assert!(wait_until(Duration::from_secs(10), || fs::read_to_string(
+        &lock
+    )
+    .is_ok_and(|s| !s.trim().is_empty())));
     // Same ring, same directory.
     let out = f.cmd(&["--once"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -175,21 +240,40 @@ fn a_second_shipper_is_refused() {
     // Same ring, another directory.
     let other_dir = f.tmp.path().join("other");
     let out = Command::new(BIN)
-        .args(["--ring", f.ring_path.to_str().unwrap(), "--sink", "file", "--dir", other_dir.to_str().unwrap(), "--once"])
+        .args([
+            "--ring",
+            f.ring_path.to_str().unwrap(),
+            "--sink",
+            "file",
+            "--dir",
+            other_dir.to_str().unwrap(),
+            "--once",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     // Another ring, same directory.
     let g = Fixture::new(1 << 20);
     let out = Command::new(BIN)
-        .args(["--ring", g.ring_path.to_str().unwrap(), "--sink", "file", "--dir", f.out.to_str().unwrap(), "--once"])
+        .args([
+            "--ring",
+            g.ring_path.to_str().unwrap(),
+            "--sink",
+            "file",
+            "--dir",
+            f.out.to_str().unwrap(),
+            "--once",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running for the directory"), "{err}");
     signal(&first, libc::SIGTERM);
-    assert_eq!(wait_timeout(&mut first, Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(
+        wait_timeout(&mut first, Duration::from_secs(20)).code(),
+        Some(0)
+    );
     // Free again.
     f.once(&[]);
 }
@@ -202,8 +286,16 @@ fn stats_print_cursors_and_counters_as_json() {
     write_events(f.ring(), 1, &["my-event"], 1);
     f.ring().count_rejected(0);
     for args in [vec!["stats", "--ring"], vec!["--print-stats", "--ring"]] {
-        let out = Command::new(BIN).args(&args).arg(&f.ring_path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg(&f.ring_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(j["written"]["impression"], 3);
         assert_eq!(j["written"]["click"], 2);
@@ -234,7 +326,12 @@ fn config_file_sets_options_and_the_command_line_wins() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN).arg("--config").arg(&cfg).arg("--once").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--once")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     // debug level: one line per commit; 50 events in batches of 10.
@@ -242,28 +339,60 @@ fn config_file_sets_options_and_the_command_line_wins() {
     assert_eq!(committed_files(&f.out, ".msgpack.gz").len(), 5);
     // The command line wins: ndjson.
     let more = write_events(f.ring(), 5, &["click"], 1);
-    let out = Command::new(BIN).arg("--config").arg(&cfg).args(["--once", "--format", "ndjson", "--log-level", "warn"]).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--once", "--format", "ndjson", "--log-level", "warn"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     check_exactly_once(&f.out, &more);
     drop(events);
     // Unknown keys are refused with exit code 2.
     fs::write(&cfg, "rign = \"x\"\n").unwrap();
-    let out = Command::new(BIN).arg("--config").arg(&cfg).arg("--once").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--once")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rign"));
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(BIN).args(["--dir", "/tmp/x"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--dir", "/tmp/x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ring"));
-    let out = Command::new(BIN).args(["--ring", "/x", "--sink", "kafka", "--dir", "/tmp/x"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--ring", "/x", "--sink", "kafka", "--dir", "/tmp/x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(BIN).args(["--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for opt in ["--ring", "--sink", "--dir", "--format", "--config", "--flush-interval-ms", "--max-batch-events", "--poll-ms", "--gzip-level", "--once", "--print-stats"] {
+    for opt in [
+        "--ring",
+        "--sink",
+        "--dir",
+        "--format",
+        "--config",
+        "--flush-interval-ms",
+        "--max-batch-events",
+        "--poll-ms",
+        "--gzip-level",
+        "--once",
+        "--print-stats",
+    ] {
         assert!(help.contains(opt), "{opt} missing from --help");
     }
 }
@@ -272,7 +401,15 @@ fn usage_errors_exit_2() {
 fn once_fails_without_a_ring() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["--ring", tmp.path().join("none.ring").to_str().unwrap(), "--sink", "file", "--dir", tmp.path().join("o").to_str().unwrap(), "--once"])
+        .args([
+            "--ring",
+            tmp.path().join("none.ring").to_str().unwrap(),
+            "--sink",
+            "file",
+            "--dir",
+            tmp.path().join("o").to_str().unwrap(),
+            "--once",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -285,16 +422,30 @@ fn daemon_waits_for_the_ring_to_appear() {
     let ring_path = tmp.path().join("later.ring");
     let out = tmp.path().join("o");
     let mut child = Command::new(BIN)
-        .args(["--ring", ring_path.to_str().unwrap(), "--sink", "file", "--dir", out.to_str().unwrap(), "--flush-interval-ms", "50"])
+        .args([
+            "--ring",
+            ring_path.to_str().unwrap(),
+            "--sink",
+            "file",
+            "--dir",
+            out.to_str().unwrap(),
+            "--flush-interval-ms",
+            "50",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let (rf, _) = tracker_core::ring::RingFile::open_or_create(&ring_path, 1 << 20).unwrap();
     let events = write_events(rf.ring(), 10, &["impression"], 1);
-    assert!(wait_until(Duration::from_secs(10), || read_ndjson(&out).len() == 10));
+    assert!(wait_until(Duration::from_secs(10), || read_ndjson(&out)
+        .len()
+        == 10));
     signal(&child, libc::SIGTERM);
-    assert_eq!(wait_timeout(&mut child, Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(
+        wait_timeout(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
     let err = stderr_of(&mut child);
     assert!(err.contains("waiting for the ring"), "{err}");
     check_exactly_once(&out, &events);
@@ -313,14 +464,21 @@ fn records_of_stalled_writers_are_skipped_and_committed_past() {
     // Blocks forever after reserving its space (the thread ends with the test process).
     std::thread::spawn(move || {
         let rf = tracker_core::ring::RingFile::open_existing(&path).unwrap();
-        let _ = rf.ring().write_stalled(0, &stuck.payload, std::process::id(), StallPoint::AfterCas, || {
-            r2.store(true, std::sync::atomic::Ordering::SeqCst);
-            loop {
-                std::thread::park();
-            }
-        });
+        let _ = rf.ring().write_stalled(
+            0,
+            &stuck.payload,
+            std::process::id(),
+            StallPoint::AfterCas,
+            || {
+                r2.store(true, std::sync::atomic::Ordering::SeqCst);
+                loop {
+                    std::thread::park();
+                }
+            },
+        );
     });
-    assert!(wait_until(Duration::from_secs(5), || reserved.load(std::sync::atomic::Ordering::SeqCst)));
+    assert!(wait_until(Duration::from_secs(5), || reserved
+        .load(std::sync::atomic::Ordering::SeqCst)));
     let after = write_events(f.ring(), 3, &["impression"], 1);
     let out = f.once(&["--stale-after-ms", "200"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -329,4 +487,76 @@ fn records_of_stalled_writers_are_skipped_and_committed_past() {
     check_exactly_once(&f.out, &all);
     assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
     assert_eq!(f.ring().stats().abandoned, 1);
+}
+
+#[test]
+fn io_errors_drop_the_batch_and_the_daemon_retries() {
+    let f = Fixture::new(1 << 20);
+    let events = write_events(f.ring(), 200, &["impression", "click"], 1000);
+    // A file where the click partition's directory must go: creating files in it fails.
+    fs::create_dir_all(&f.out).unwrap();
+    fs::write(f.out.join("type=click"), b"in the way").unwrap();
+
+    // --once: exit 1, nothing committed, nothing left behind, the ring untouched.
+    let out = f.cmd(&["--once"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sink error"), "{err}");
+    assert!(committed_files(&f.out, ".ndjson.gz").is_empty());
+    check_clean(&f.out);
+    assert_eq!(f.ring().consumer_pos(), 0);
+
+    // The daemon keeps retrying, and ships everything once the obstacle is gone.
+    let mut child = f.spawn(&["--flush-interval-ms", "50"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(committed_files(&f.out, ".ndjson.gz").is_empty());
+    assert_eq!(f.ring().consumer_pos(), 0);
+    fs::remove_file(f.out.join("type=click")).unwrap();
+    let ok = wait_until(Duration::from_secs(20), || {
+        read_ndjson(&f.out).len() == events.len()
+    });
+    signal(&child, libc::SIGTERM);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let err = stderr_of(&mut child);
+    assert!(ok, "not shipped after the obstacle was removed: {err}");
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(err.contains("retrying in 1s"), "{err}");
+    check_exactly_once(&f.out, &events);
+    check_clean(&f.out);
+}
+
+#[test]
+fn a_replaced_ring_file_is_drained_then_the_new_one_is_read() {
+    let f = Fixture::new(1 << 20);
+    let mut events = write_events(f.ring(), 50, &["impression"], 1000);
+    let mut child = f.spawn(&["--flush-interval-ms", "50"]);
+    assert!(wait_until(Duration::from_secs(10), || read_ndjson(&f.out)
+        .len()
+        == 50));
+    // The ring is removed and nginx makes a new one; old workers still write into the old one.
+    fs::rename(&f.ring_path, f.tmp.path().join("old.ring")).unwrap();
+    let (new_ring, _) =
+        tracker_core::ring::RingFile::open_or_create(&f.ring_path, 1 << 20).unwrap();
+    events.extend(write_events(f.ring(), 20, &["click"], 1000));
+    events.extend(write_events(new_ring.ring(), 30, &["video"], 1000));
+    let ok = wait_until(Duration::from_secs(40), || {
+        read_ndjson(&f.out).len() == events.len()
+    });
+    signal(&child, libc::SIGTERM);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let err = stderr_of(&mut child);
+    assert!(
+        ok,
+        "{} of {} events shipped: {err}",
+        read_ndjson(&f.out).len(),
+        events.len()
+    );
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(err.contains("switching to the new ring"), "{err}");
+    check_exactly_once(&f.out, &events);
+    assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+    assert_eq!(
+        new_ring.ring().consumer_pos(),
+        new_ring.ring().producer_pos()
+    );
 }

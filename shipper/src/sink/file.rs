@@ -38,7 +38,9 @@ use log::debug;
 use tracker_core::ring::Ring;
 
 use super::{Committed, Sink};
-use crate::commit::{self, crash_point, ctx, fsync_dir, Manifest, Rename, DEAD_LETTER_DIR, SHIPPER_DIR};
+use crate::commit::{
+    self, crash_point, ctx, fsync_dir, Manifest, Rename, DEAD_LETTER_DIR, SHIPPER_DIR,
+};
 use crate::config::Format;
 use crate::encode::{DeadRecord, EncodedChunk, Group};
 use crate::layout::{id_hex, numbered, partition_dir, rfc3339_ms, tmp_name};
@@ -77,8 +79,14 @@ pub struct FileSink {
 
 impl FileSink {
     /// A sink writing under `dir` (created if needed, with `_shipper/`).
-    pub fn new(dir: &Path, format: Format, gzip_level: u32, max_open: usize) -> io::Result<FileSink> {
-        fs::create_dir_all(dir.join(SHIPPER_DIR)).map_err(|e| ctx("cannot create", &dir.join(SHIPPER_DIR), e))?;
+    pub fn new(
+        dir: &Path,
+        format: Format,
+        gzip_level: u32,
+        max_open: usize,
+    ) -> io::Result<FileSink> {
+        fs::create_dir_all(dir.join(SHIPPER_DIR))
+            .map_err(|e| ctx("cannot create", &dir.join(SHIPPER_DIR), e))?;
         Ok(FileSink {
             dir: dir.to_path_buf(),
             format,
@@ -113,7 +121,15 @@ impl FileSink {
             let p = self.dir.join(&prefix);
             match fs::create_dir(&p) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if !p.is_dir() {
+                        return Err(ctx(
+                            "cannot create directory",
+                            &p,
+                            io::Error::from(io::ErrorKind::NotADirectory),
+                        ));
+                    }
+                }
                 Err(e) => return Err(ctx("cannot create directory", &p, e)),
             }
             fsync_dir(&parent)?;
@@ -162,8 +178,16 @@ impl FileSink {
         let final_name = self.free_name(&rel_dir, &id_hex(&g.first_id), self.format.extension());
         let file = self.create_tmp(format!("{rel_dir}/{}", tmp_name(&final_name)))?;
         let i = self.parts.len();
-        self.parts.push(Part { rel_dir, final_name, enc: GzEncoder::new(file, self.level), events: 0 });
-        self.index.entry(g.event_type.clone()).or_default().push((g.hour_bucket, i));
+        self.parts.push(Part {
+            rel_dir,
+            final_name,
+            enc: GzEncoder::new(file, self.level),
+            events: 0,
+        });
+        self.index
+            .entry(g.event_type.clone())
+            .or_default()
+            .push((g.hour_bucket, i));
         Ok(i)
     }
 
@@ -173,11 +197,24 @@ impl FileSink {
         let name = self.free_name(DEAD_LETTER_DIR, &d.pos.to_string(), "bin");
         let rel_tmp = format!("{DEAD_LETTER_DIR}/{}", tmp_name(&name));
         let mut f = self.create_tmp(rel_tmp.clone())?;
-        f.write_all(&d.raw).map_err(|e| ctx("cannot write", &self.dir.join(&rel_tmp), e))?;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let reason =
-            format!("{}\tpos={}\tlen={}\tfile={name}\t{}", rfc3339_ms(now_ms), d.pos, d.raw.len(), one_line(&d.reason));
-        self.dead.push(DeadLetter { rel_tmp, rel_final: format!("{DEAD_LETTER_DIR}/{name}"), reason });
+        f.write_all(&d.raw)
+            .map_err(|e| ctx("cannot write", &self.dir.join(&rel_tmp), e))?;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let reason = format!(
+            "{}\tpos={}\tlen={}\tfile={name}\t{}",
+            rfc3339_ms(now_ms),
+            d.pos,
+            d.raw.len(),
+            one_line(&d.reason)
+        );
+        self.dead.push(DeadLetter {
+            rel_tmp,
+            rel_final: format!("{DEAD_LETTER_DIR}/{name}"),
+            reason,
+        });
         Ok(())
     }
 
@@ -193,7 +230,9 @@ impl FileSink {
 
 /// Keeps a reason on one line of reasons.log.
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 impl Sink for FileSink {
@@ -202,7 +241,11 @@ impl Sink for FileSink {
             Format::Ndjson => "ndjson",
             Format::Msgpack => "msgpack",
         };
-        format!("file sink: {}, {fmt}, gzip level {}", self.dir.display(), self.level.level())
+        format!(
+            "file sink: {}, {fmt}, gzip level {}",
+            self.dir.display(),
+            self.level.level()
+        )
     }
 
     fn recover(&mut self, ring: &Ring) -> io::Result<()> {
@@ -213,7 +256,9 @@ impl Sink for FileSink {
         for g in &chunk.groups {
             let i = self.part_for(g)?;
             let p = &mut self.parts[i];
-            p.enc.write_all(&g.data).map_err(|e| ctx("cannot write in", &self.dir.join(&p.rel_dir), e))?;
+            p.enc
+                .write_all(&g.data)
+                .map_err(|e| ctx("cannot write in", &self.dir.join(&p.rel_dir), e))?;
             p.events += g.events;
         }
         for d in chunk.dead {
@@ -240,9 +285,12 @@ impl Sink for FileSink {
         let mut dirs = BTreeSet::new();
         for p in self.parts.iter_mut() {
             let path = self.dir.join(&p.rel_dir);
-            p.enc.try_finish().map_err(|e| ctx("cannot write in", &path, e))?;
+            p.enc
+                .try_finish()
+                .map_err(|e| ctx("cannot write in", &path, e))?;
             let f = p.enc.get_ref();
-            f.sync_data().map_err(|e| ctx("cannot fsync a file in", &path, e))?;
+            f.sync_data()
+                .map_err(|e| ctx("cannot fsync a file in", &path, e))?;
             out.bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
             out.events += p.events;
             out.files += 1;
@@ -255,8 +303,14 @@ impl Sink for FileSink {
         }
         for d in &self.dead {
             let path = self.dir.join(&d.rel_tmp);
-            File::open(&path).and_then(|f| f.sync_data()).map_err(|e| ctx("cannot fsync", &path, e))?;
-            renames.push(Rename { from: d.rel_tmp.clone(), to: d.rel_final.clone(), reason: Some(d.reason.clone()) });
+            File::open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| ctx("cannot fsync", &path, e))?;
+            renames.push(Rename {
+                from: d.rel_tmp.clone(),
+                to: d.rel_final.clone(),
+                reason: Some(d.reason.clone()),
+            });
             out.dead_letters += 1;
         }
         if !self.dead.is_empty() {
@@ -287,6 +341,8 @@ impl Sink for FileSink {
     fn abort(&mut self, ring: &Ring) -> io::Result<()> {
         let tmps = std::mem::take(&mut self.batch_tmps);
         self.clear_batch();
+        // Whatever failed may have been a directory: check them all again.
+        self.known_dirs.clear();
         // A manifest that was written is a decision: finish it. Otherwise drop the tmps.
         if let Some(m) = commit::read_manifest(&self.dir)? {
             commit::apply(&self.dir, &m, ring, true)?;

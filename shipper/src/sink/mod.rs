@@ -2,11 +2,12 @@
 //!
 //! The drain ([`crate::drain`]) reads the ring in order, from its consumer cursor, ahead of
 //! it; workers decode and serialize the records ([`crate::encode`]); the writer thread
-//! ([`crate::batch`]) hands the encoded chunks to the sink in ring order ([`Sink::add`]: events
-//! grouped by partition, and the records that do not decode, as dead letters) and every so
-//! often asks the sink to [`Sink::commit`] the batch up to a ring position. **Only the sink moves the ring's consumer
-//! cursor**, inside `commit`, after whatever the sink needs to consider the batch delivered:
-//! that ordering is what a sink's delivery guarantee rests on.
+//! ([`crate::batch`]) hands the encoded chunks to the sink in ring order ([`Sink::add`]:
+//! events grouped by partition, and the records that do not decode, as dead letters) and
+//! every so often asks the sink to [`Sink::commit`] the batch up to a ring position.
+//! **Only the sink moves the ring's consumer cursor**, inside `commit`, after whatever the
+//! sink needs to consider the batch delivered: that ordering is what a sink's delivery
+//! guarantee rests on.
 //!
 //! # Delivery guarantee (the contract every sink states)
 //!
@@ -23,7 +24,8 @@
 //!   counted and logged, and the drain goes on.
 //!
 //! A new sink (Kafka is next) implements this trait and states its own guarantee the same way:
-//! for Kafka, `commit` would flush the producer and wait for every acknowledgement
+//! for Kafka, `add` would produce one message per NDJSON line of each group (lines never
+//! contain a raw newline), and `commit` would flush the producer and wait for every acknowledgement
 //! (`acks=all`) before committing the ring, which is at-least-once (a crash between the
 //! broker's acknowledgement and the ring commit sends the batch again); exactly-once would need
 //! Kafka transactions with the ring position stored in the transaction.

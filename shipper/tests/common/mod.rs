@@ -33,7 +33,12 @@ impl Fixture {
         let ring_path = tmp.path().join("events.ring");
         let (rf, _) = RingFile::open_or_create(&ring_path, ring_size).unwrap();
         let out = tmp.path().join("out");
-        Fixture { tmp, ring_path, out, rf }
+        Fixture {
+            tmp,
+            ring_path,
+            out,
+            rf,
+        }
     }
 
     pub fn ring(&self) -> &Ring {
@@ -43,7 +48,12 @@ impl Fixture {
     /// The shipper with --ring, --sink file, --dir and `args`.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.arg("--ring").arg(&self.ring_path).arg("--sink").arg("file").arg("--dir").arg(&self.out);
+        c.arg("--ring")
+            .arg(&self.ring_path)
+            .arg("--sink")
+            .arg("file")
+            .arg("--dir")
+            .arg(&self.out);
         c.args(args);
         c.env_remove(CRASH_ENV);
         c
@@ -52,12 +62,21 @@ impl Fixture {
     /// Runs `--once` with `args` and checks that it succeeded.
     pub fn once(&self, args: &[&str]) -> Output {
         let out = self.cmd(&["--once"]).args(args).output().unwrap();
-        assert!(out.status.success(), "shipper --once failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "shipper --once failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        self.cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -79,7 +98,9 @@ pub fn new_id() -> [u8; 16] {
     let n = NONCE.fetch_add(1, Ordering::Relaxed);
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.to_be_bytes());
-    let r = std::process::id() as u64 ^ (Instant::now().elapsed().as_nanos() as u64) ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(n + 1);
+    let r = std::process::id() as u64
+        ^ (Instant::now().elapsed().as_nanos() as u64)
+        ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(n + 1);
     id[8..].copy_from_slice(&r.to_be_bytes());
     id
 }
@@ -112,7 +133,12 @@ pub fn event(event_type: &str, ts: u64, seq: u64) -> Written {
     };
     let mut payload = Vec::new();
     encode(&ev, &mut payload);
-    Written { id_hex: hex(&id), event_type: event_type.to_string(), ts, payload }
+    Written {
+        id_hex: hex(&id),
+        event_type: event_type.to_string(),
+        ts,
+        payload,
+    }
 }
 
 /// Writes `n` events of `types` (round robin), ts from T0 by `step_us`. Panics if the ring is full.
@@ -121,7 +147,8 @@ pub fn write_events(ring: &Ring, n: usize, types: &[&str], step_us: u64) -> Vec<
         .map(|i| {
             let t = types[i % types.len()];
             let w = event(t, T0 + i as u64 * step_us, i as u64);
-            ring.write(Kind::of_type(t).index(), &w.payload, std::process::id()).expect("ring write");
+            ring.write(Kind::of_type(t).index(), &w.payload, std::process::id())
+                .expect("ring write");
             w
         })
         .collect()
@@ -131,7 +158,15 @@ pub fn sanitize(t: &str) -> String {
     if t.is_empty() {
         return "_".into();
     }
-    t.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' { b as char } else { '_' }).collect()
+    t.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// `type=T/date=YYYY-MM-DD/hour=HH` computed independently of the shipper.
@@ -149,7 +184,10 @@ pub fn expected_partition(event_type: &str, ts: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("type={}/date={y:04}-{m:02}-{d:02}/hour={hour:02}", sanitize(event_type))
+    format!(
+        "type={}/date={y:04}-{m:02}-{d:02}/hour={hour:02}",
+        sanitize(event_type)
+    )
 }
 
 /// Every file under `dir` (relative paths), recursively.
@@ -176,13 +214,19 @@ pub fn all_files(dir: &Path) -> Vec<String> {
 pub fn committed_files(dir: &Path, ext: &str) -> Vec<String> {
     all_files(dir)
         .into_iter()
-        .filter(|f| f.starts_with("type=") && f.ends_with(ext) && !f.rsplit('/').next().unwrap().starts_with('.'))
+        .filter(|f| {
+            f.starts_with("type=")
+                && f.ends_with(ext)
+                && !f.rsplit('/').next().unwrap().starts_with('.')
+        })
         .collect()
 }
 
 pub fn gunzip(path: &Path) -> Vec<u8> {
     let mut v = Vec::new();
-    MultiGzDecoder::new(fs::File::open(path).unwrap()).read_to_end(&mut v).unwrap();
+    MultiGzDecoder::new(fs::File::open(path).unwrap())
+        .read_to_end(&mut v)
+        .unwrap();
     v
 }
 
@@ -207,9 +251,13 @@ pub fn read_ndjson(dir: &Path) -> Vec<Line> {
         let data = gunzip(&dir.join(&f));
         for (i, l) in BufReader::new(&data[..]).lines().enumerate() {
             let l = l.unwrap();
-            let json: serde_json::Value =
-                serde_json::from_str(&l).unwrap_or_else(|e| panic!("{f} line {}: not JSON ({e}): {l}", i + 1));
-            out.push(Line { file: f.clone(), line_no: i + 1, json });
+            let json: serde_json::Value = serde_json::from_str(&l)
+                .unwrap_or_else(|e| panic!("{f} line {}: not JSON ({e}): {l}", i + 1));
+            out.push(Line {
+                file: f.clone(),
+                line_no: i + 1,
+                json,
+            });
         }
     }
     out
@@ -225,20 +273,45 @@ pub fn check_exactly_once(dir: &Path, expected: &[Written]) {
     for l in &lines {
         let id = l.id().to_string();
         if let Some(prev) = seen.insert(id.clone(), l) {
-            panic!("event {id} twice: {}:{} and {}:{}", prev.file, prev.line_no, l.file, l.line_no);
+            panic!(
+                "event {id} twice: {}:{} and {}:{}",
+                prev.file, prev.line_no, l.file, l.line_no
+            );
         }
-        let w = want.get(id.as_str()).unwrap_or_else(|| panic!("unexpected event {id} in {}", l.file));
+        let w = want
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("unexpected event {id} in {}", l.file));
         let part = expected_partition(&w.event_type, w.ts);
-        assert!(l.file.starts_with(&format!("{part}/")), "event {id} ({} at {}) in {}, expected {part}", w.event_type, w.ts, l.file);
+        assert!(
+            l.file.starts_with(&format!("{part}/")),
+            "event {id} ({} at {}) in {}, expected {part}",
+            w.event_type,
+            w.ts,
+            l.file
+        );
         assert_eq!(l.json["type"].as_str().unwrap(), w.event_type);
         assert_eq!(l.json["ts"].as_u64().unwrap(), w.ts);
         if l.line_no == 1 {
             let name = l.file.rsplit('/').next().unwrap();
-            assert!(name.starts_with(&id), "file {} does not start with its first event id {id}", l.file);
+            assert!(
+                name.starts_with(&id),
+                "file {} does not start with its first event id {id}",
+                l.file
+            );
         }
     }
-    let missing: Vec<&str> = want.keys().filter(|id| !seen.contains_key(**id)).copied().collect();
-    assert!(missing.is_empty(), "{} of {} events missing, e.g. {:?}", missing.len(), expected.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<&str> = want
+        .keys()
+        .filter(|id| !seen.contains_key(**id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events missing, e.g. {:?}",
+        missing.len(),
+        expected.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 /// No temporary file and no manifest left.

@@ -53,7 +53,11 @@ fn killed_at_every_commit_step_then_restarted() {
         // Crash in the second batch's commit (the first batch makes 8 files: 4 types, 2 hours;
         // `renamed-one` is hit once per file).
         let hit = if point == "renamed-one" { 9 } else { 2 };
-        run_until_crash(&f, &format!("{point}:{hit}"), &["--max-batch-events", "400"]);
+        run_until_crash(
+            &f,
+            &format!("{point}:{hit}"),
+            &["--max-batch-events", "400"],
+        );
         let after_crash = all_files(&f.out);
         match point {
             "tmp-written" => assert!(
@@ -322,6 +326,9 @@ fn drain_rate_1m_events() {
         }
     }
     let _ = std::fs::remove_file(&shm_ring);
+    let mut lock = shm_ring.into_os_string();
+    lock.push(".shipper.lock");
+    let _ = std::fs::remove_file(lock);
 }
 
 /// Fills the ring at `$BENCH_RING` (created, 1 GiB) with `$BENCH_EVENTS` events (default 1M)

@@ -86,9 +86,9 @@ fn push_decoded(text: &mut Vec<u8>, raw: &[u8], max: usize, event_flags: &mut u3
 }
 
 /// A request header's bytes, cut to `max` (flagging the cut).
-fn header(h: *mut ngx::ffi::ngx_table_elt_t, max: usize, event_flags: &mut u32) -> Option<&'static [u8]> {
+fn header<'r>(_r: &'r ngx_http_request_t, h: *mut ngx::ffi::ngx_table_elt_t, max: usize, event_flags: &mut u32) -> Option<&'r [u8]> {
     // SAFETY: header pointers in headers_in are null or point to list elements that live as
-    // long as the request, which outlives every use here.
+    // long as the request `_r`, which the returned lifetime is tied to.
     let h = unsafe { h.as_ref() }?;
     let v = h.value.as_bytes();
     if v.len() > max {
@@ -208,8 +208,8 @@ unsafe fn track(
     // SAFETY: the connection of a live request is live.
     let addr = unsafe { (*r.connection).addr_text.as_bytes() };
     let ip = apply_ip_mode(lcf.ip.unwrap_or(tracker_core::input::IpMode::Anonymize), addr);
-    let user_agent = header(r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags);
-    let referer = header(r.headers_in.referer, MAX_REFERER, &mut event_flags);
+    let user_agent = header(r, r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags);
+    let referer = header(r, r.headers_in.referer, MAX_REFERER, &mut event_flags);
     let host = r.headers_in.server.as_bytes();
     if host.len() > MAX_HOST {
         event_flags |= flags::TRUNCATED;

@@ -131,6 +131,24 @@ struct Header {
     rejected: [AtomicU64; COUNTER_KINDS],          // 384
     abandoned: AtomicU64,                          // 448
     _r3: [AtomicU64; 7],                           // 456..512
+    _r4: [AtomicU64; 64],                          // 512..1024
+    cursors: [CursorSlot; CURSOR_SLOTS],           // 1024..2048
+}
+
+/// Number of named consumer cursors in the header (one per shipper sink).
+pub const CURSOR_SLOTS: usize = 16;
+/// Longest sink name kept in a cursor slot (longer names are cut).
+pub const CURSOR_NAME_MAX: usize = 48;
+
+/// A named consumer cursor (one cache line): how far one sink of the shipper has acknowledged.
+/// Written only by the shipper; nginx never reads it (it reads `consumer_pos`, which the
+/// shipper keeps at the smallest position of the claimed slots).
+#[repr(C)]
+struct CursorSlot {
+    /// 0: free; otherwise the FNV-1a hash of the name (never 0).
+    id: AtomicU64,
+    pos: AtomicU64,
+    name: [AtomicU64; CURSOR_NAME_MAX / 8],
 }
 
 const OFF_MAGIC: usize = std::mem::offset_of!(Header, magic);
@@ -141,7 +159,9 @@ const OFF_PRODUCER: usize = std::mem::offset_of!(Header, producer_pos);
 const OFF_CONSUMER: usize = std::mem::offset_of!(Header, consumer_pos);
 
 const _: () = {
-    assert!(std::mem::size_of::<Header>() == 512);
+    assert!(std::mem::size_of::<Header>() == 2048);
+    assert!(std::mem::size_of::<CursorSlot>() == 64);
+    assert!(std::mem::offset_of!(Header, cursors) == 1024);
     assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
     assert!(OFF_MAGIC == 0);
     assert!(OFF_VERSION == 8);
@@ -780,6 +800,128 @@ impl Ring {
         // over them (producers load the consumer cursor with Acquire).
         h.consumer_pos.fetch_max(pos, Release);
     }
+
+    /// The named consumer cursor `name` (a shipper sink): finds its slot, or claims a free one
+    /// starting at the consumer cursor. Only the shipper (one process, under its lock) calls
+    /// this. Err when every slot is taken by another name.
+    pub fn cursor(&self, name: &str) -> Result<Cursor<'_>, String> {
+        let id = cursor_id(name);
+        let slots = &self.header().cursors;
+        let slot = match slots.iter().position(|s| s.id.load(Acquire) == id) {
+            Some(i) => i,
+            None => {
+                let i = slots
+                    .iter()
+                    .position(|s| s.id.load(Acquire) == 0)
+                    .ok_or_else(|| format!("all {CURSOR_SLOTS} sink cursor slots of the ring are taken"))?;
+                let s = &slots[i];
+                s.pos.store(self.consumer_pos(), Release);
+                let mut bytes = [0u8; CURSOR_NAME_MAX];
+                let n = name.len().min(CURSOR_NAME_MAX);
+                bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+                for (w, c) in s.name.iter().zip(bytes.chunks_exact(8)) {
+                    w.store(u64::from_le_bytes(c.try_into().expect("8 bytes")), Relaxed);
+                }
+                // Release: the position and the name are visible to whoever sees the id.
+                s.id.store(id, Release);
+                i
+            }
+        };
+        Ok(Cursor { ring: self, slot })
+    }
+
+    /// Frees every claimed cursor slot whose name is not in `keep` (sinks no longer
+    /// configured, which would otherwise hold the consumer cursor back), then moves the
+    /// consumer cursor to the smallest remaining one. Returns the names freed.
+    pub fn release_cursors_except(&self, keep: &[&str]) -> Vec<String> {
+        let ids: Vec<u64> = keep.iter().map(|n| cursor_id(n)).collect();
+        let mut freed = Vec::new();
+        for (i, s) in self.header().cursors.iter().enumerate() {
+            let id = s.id.load(Acquire);
+            if id != 0 && !ids.contains(&id) {
+                freed.push(self.cursor_name(i));
+                s.id.store(0, Release);
+            }
+        }
+        self.commit_to_slowest_cursor();
+        freed
+    }
+
+    /// The claimed cursors: (name, position).
+    pub fn cursors(&self) -> Vec<(String, u64)> {
+        let c = self.consumer_pos();
+        let slots = &self.header().cursors;
+        (0..CURSOR_SLOTS)
+            .filter(|&i| slots[i].id.load(Acquire) != 0)
+            .map(|i| (self.cursor_name(i), slots[i].pos.load(Acquire).max(c)))
+            .collect()
+    }
+
+    fn cursor_name(&self, slot: usize) -> String {
+        let s = &self.header().cursors[slot];
+        let bytes: Vec<u8> = s.name.iter().flat_map(|w| w.load(Relaxed).to_le_bytes()).collect();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+
+    /// Moves the consumer cursor to the smallest claimed cursor (nothing if none is claimed).
+    fn commit_to_slowest_cursor(&self) {
+        let min = self
+            .header()
+            .cursors
+            .iter()
+            .filter(|s| s.id.load(Acquire) != 0)
+            .map(|s| s.pos.load(Acquire))
+            .min();
+        if let Some(m) = min {
+            self.commit(m);
+        }
+    }
+}
+
+/// FNV-1a of a cursor name, never 0 (0 marks a free slot).
+fn cursor_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// One sink's consumer cursor (see [`Ring::cursor`]). Each sink reads from its own position
+/// and acknowledges what its destination has; the ring's consumer cursor, which frees space
+/// for nginx, follows the slowest sink, so a slow or stopped sink never loses events that a
+/// faster one already shipped.
+#[derive(Clone, Copy)]
+pub struct Cursor<'r> {
+    ring: &'r Ring,
+    slot: usize,
+}
+
+impl<'r> Cursor<'r> {
+    pub fn ring(&self) -> &'r Ring {
+        self.ring
+    }
+
+    /// Where this sink resumes: everything before it is acknowledged by this sink.
+    pub fn position(&self) -> u64 {
+        let p = self.ring.header().cursors[self.slot].pos.load(Acquire);
+        p.max(self.ring.consumer_pos())
+    }
+
+    /// Acknowledges everything before `pos` for this sink (only moves forward, clamped to the
+    /// producer cursor), then moves the ring's consumer cursor to the slowest sink's position.
+    pub fn commit(&self, pos: u64) {
+        let pos = pos.min(self.ring.producer_pos());
+        self.ring.header().cursors[self.slot].pos.fetch_max(pos, AcqRel);
+        self.ring.commit_to_slowest_cursor();
+    }
+
+    /// A reader starting at this cursor's position.
+    pub fn reader(&self) -> Reader<'r> {
+        Reader::at(self.ring, self.position())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -818,12 +960,26 @@ pub struct Reader<'r> {
     pos: u64,
     stale_after: Duration,
     stuck: Option<Stuck>,
+    count_skips: bool,
 }
 
 impl<'r> Reader<'r> {
     /// Starts at the ring's consumer cursor.
     pub fn new(ring: &'r Ring) -> Reader<'r> {
-        Reader { ring, pos: ring.consumer_pos(), stale_after: DEFAULT_STALE_AFTER, stuck: None }
+        Reader::at(ring, ring.consumer_pos())
+    }
+
+    /// Starts at `pos`, a record boundary at or after the consumer cursor (a sink's
+    /// [`Cursor::position`]).
+    pub fn at(ring: &'r Ring, pos: u64) -> Reader<'r> {
+        Reader { ring, pos, stale_after: DEFAULT_STALE_AFTER, stuck: None, count_skips: true }
+    }
+
+    /// Whether skipped records are counted in the header's `abandoned` (default yes). When
+    /// several readers (sinks) read the same ring, only one counts them.
+    pub fn counting_skips(mut self, count: bool) -> Reader<'r> {
+        self.count_skips = count;
+        self
     }
 
     /// How long a record may stay uncommitted (reserved by a live writer, or never tagged)
@@ -910,7 +1066,9 @@ impl<'r> Reader<'r> {
     }
 
     fn skip(&mut self, from: u64, to: u64) -> Read {
-        self.ring.header().abandoned.fetch_add(1, Relaxed);
+        if self.count_skips {
+            self.ring.header().abandoned.fetch_add(1, Relaxed);
+        }
         self.pos = to;
         self.stuck = None;
         Read::Skipped { from, to }

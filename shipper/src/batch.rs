@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{error, info};
-use tracker_core::ring::{Ring, RingStats};
+use tracker_core::ring::{Cursor, Ring, RingStats, COUNTER_KINDS};
 
 use crate::drain::Signals;
 use crate::encode::{EncodedChunk, WarnLimiter};
+use crate::metrics::SinkMetrics;
 use crate::sink::{Committed, Sink};
 
 /// How often the summary may be logged.
@@ -29,7 +30,9 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Messages to the writer thread.
+/// Messages to the writer thread (chunks are moved once per ~1000 events: boxing them would
+/// not save anything).
+#[allow(clippy::large_enum_variant)]
 pub enum ToWriter {
     /// Chunk `seq` of generation `gen`.
     Chunk {
@@ -90,7 +93,8 @@ impl Summary {
     }
 
     /// Logs the summary if SUMMARY_EVERY has passed (or `force`) and something happened.
-    fn maybe_log(&mut self, ring: &Ring, now: &Totals, warnings: &WarnLimiter, force: bool) {
+    fn maybe_log(&mut self, cursor: &Cursor<'_>, name: &str, now: &Totals, warnings: &WarnLimiter, force: bool) {
+        let ring = cursor.ring();
         let elapsed = self.at.elapsed();
         if !force && elapsed < SUMMARY_EVERY {
             return;
@@ -109,10 +113,10 @@ impl Summary {
             || d_full + d_large + d_abandoned > 0
             || unlogged > 0;
         if active {
-            let lag = s.producer_pos.saturating_sub(s.consumer_pos);
+            let lag = s.producer_pos.saturating_sub(cursor.position());
             let secs = elapsed.as_secs_f64().max(0.001);
             info!(
-                "{:.1}s: {events} events ({:.0}/s) in {} files, {} bytes; {} dead letters, {} skipped records; \
+                "{name}: {:.1}s: {events} events ({:.0}/s) in {} files, {} bytes; {} dead letters, {} skipped records; \
                  lag {lag} bytes ({:.1}% of the ring); ring drops: full +{d_full} (total {}), too large +{d_large} \
                  (total {}), abandoned +{d_abandoned} (total {}){}",
                 secs,
@@ -139,6 +143,8 @@ impl Summary {
 /// The batch being gathered.
 #[derive(Default)]
 struct Batch {
+    /// Events per type in the batch.
+    by_kind: [u64; COUNTER_KINDS],
     /// Ring position after the last record of the batch (read or skipped).
     end: Option<u64>,
     started: Option<Instant>,
@@ -163,8 +169,9 @@ pub fn sleep_unless_stopped(d: Duration, signals: &Signals) {
 }
 
 struct Writer<'a> {
-    ring: &'a Ring,
+    cursor: &'a Cursor<'a>,
     sink: &'a mut dyn Sink,
+    metrics: &'a SinkMetrics,
     batch: Batch,
     totals: &'a mut Totals,
 }
@@ -174,6 +181,11 @@ impl Writer<'_> {
         let Some(end) = chunk.end else { return Ok(()) };
         self.totals.skipped += chunk.skipped;
         self.totals.skipped_bytes += chunk.skipped_bytes;
+        self.metrics.skipped.fetch_add(chunk.skipped, Ordering::Relaxed);
+        SinkMetrics::add(&self.metrics.read, &chunk.by_kind);
+        for (b, n) in self.batch.by_kind.iter_mut().zip(chunk.by_kind) {
+            *b += n;
+        }
         self.batch.started.get_or_insert_with(Instant::now);
         let last = chunk.last_of_batch;
         self.sink.add(chunk)?;
@@ -186,8 +198,16 @@ impl Writer<'_> {
 
     fn commit(&mut self) -> io::Result<()> {
         if let Some(end) = self.batch.end {
-            let c = self.sink.commit(self.ring, end)?;
+            let c = self.sink.commit(self.cursor, end)?;
             self.totals.add(&c);
+            self.metrics.commits.fetch_add(1, Ordering::Relaxed);
+            if self.sink.counts_acks_itself() {
+                // The sink counted its acknowledgements as they came.
+            } else {
+                SinkMetrics::add(&self.metrics.written, &self.batch.by_kind);
+                SinkMetrics::add(&self.metrics.acked, &self.batch.by_kind);
+                self.metrics.dead_letters.fetch_add(c.dead_letters, Ordering::Relaxed);
+            }
         }
         self.batch = Batch::default();
         Ok(())
@@ -198,8 +218,9 @@ impl Writer<'_> {
 /// is gone, or (with `once`, or when stopped while the sink cannot recover) on a sink error.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    ring: &Ring,
+    cursor: &Cursor<'_>,
     sink: &mut dyn Sink,
+    metrics: &SinkMetrics,
     rx: Receiver<ToWriter>,
     errors: Sender<io::Error>,
     opts: &WriterOptions,
@@ -207,10 +228,12 @@ pub fn run(
     warnings: &WarnLimiter,
     totals: &mut Totals,
 ) -> io::Result<()> {
+    let ring = cursor.ring();
     let mut summary = Summary::new(ring, *totals);
     let mut w = Writer {
-        ring,
+        cursor,
         sink,
+        metrics,
         batch: Batch::default(),
         totals,
     };
@@ -271,8 +294,15 @@ pub fn run(
                 result = w.commit();
             }
             if let Err(e) = result {
-                error!("sink error: {e}; the batch is dropped and read again from the ring");
-                abort(w.ring, w.sink, signals)?;
+                if e.kind() == io::ErrorKind::Interrupted && signals.stop.load(Ordering::Relaxed) {
+                    // Stopping while the destination is away: nothing to undo.
+                    info!("{}: {e}", w.metrics.name);
+                    let _ = abort(w.cursor, w.sink, signals);
+                    return Ok(());
+                }
+                error!("{} sink error: {e}; the batch is dropped and read again from the ring", w.metrics.name);
+                w.metrics.batch_errors.fetch_add(1, Ordering::Relaxed);
+                abort(w.cursor, w.sink, signals)?;
                 w.batch = Batch::default();
                 pending.clear();
                 discarding = true;
@@ -281,19 +311,19 @@ pub fn run(
                 }
                 let _ = errors.send(e);
             } else if finish_at == Some(next_seq) {
-                summary.maybe_log(ring, w.totals, warnings, true);
+                summary.maybe_log(w.cursor, w.metrics.name, w.totals, warnings, true);
                 return Ok(());
             }
         }
-        summary.maybe_log(ring, w.totals, warnings, false);
+        summary.maybe_log(w.cursor, w.metrics.name, w.totals, warnings, false);
     }
 }
 
 /// Brings the sink back to a state consistent with the ring, retrying with a growing pause.
-fn abort(ring: &Ring, sink: &mut dyn Sink, signals: &Signals) -> io::Result<()> {
+fn abort(cursor: &Cursor<'_>, sink: &mut dyn Sink, signals: &Signals) -> io::Result<()> {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match sink.abort(ring) {
+        match sink.abort(cursor) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 error!(

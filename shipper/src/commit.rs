@@ -62,7 +62,7 @@ use std::sync::OnceLock;
 
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
-use tracker_core::ring::Ring;
+use tracker_core::ring::Cursor;
 
 use crate::layout::is_tmp_name;
 
@@ -130,7 +130,8 @@ static CRASH_AT: OnceLock<Option<(String, AtomicU32)>> = OnceLock::new();
 
 /// Kills the process with SIGKILL when `TRACKER_SHIPPER_CRASH_AT` names this point (at its
 /// n-th hit). Points: `tmp-written`, `manifest-written`, `renamed-one`, `renamed`,
-/// `ring-committed`, `recovery-renamed-one`.
+/// `ring-committed`, `recovery-renamed-one`; the kafka sink's `kafka-acked` (every event of a
+/// batch acknowledged by the broker, the cursor not moved yet).
 pub fn crash_point(name: &str) {
     let hook = CRASH_AT.get_or_init(|| {
         let v = std::env::var(CRASH_ENV).ok()?;
@@ -248,13 +249,14 @@ pub fn read_manifest(dir: &Path) -> io::Result<Option<Manifest>> {
     Ok(Some(m))
 }
 
-/// Moves the consumer cursor to `end` if it is behind and `end` is a position of this ring.
-pub fn advance_ring(ring: &Ring, end: u64) -> bool {
-    let consumer = ring.consumer_pos();
+/// Moves the file sink's cursor (and so, if it is the slowest sink, the ring's consumer cursor)
+/// to `end` if it is behind and `end` is a position of this ring.
+pub fn advance_ring(cursor: &Cursor<'_>, end: u64) -> bool {
+    let consumer = cursor.position();
     if end <= consumer {
         return false;
     }
-    let producer = ring.producer_pos();
+    let producer = cursor.ring().producer_pos();
     if end > producer {
         warn!(
             "not committing ring position {end}: it is past the ring's producer cursor {producer}, \
@@ -262,13 +264,13 @@ pub fn advance_ring(ring: &Ring, end: u64) -> bool {
         );
         return false;
     }
-    ring.commit(end);
+    cursor.commit(end);
     true
 }
 
 /// Steps 2 to 4 for a durable manifest `m` (also the recovery of a manifest found at startup,
 /// with `recovering`: a missing tmp is then expected, if its final exists).
-pub fn apply(dir: &Path, m: &Manifest, ring: &Ring, recovering: bool) -> io::Result<Applied> {
+pub fn apply(dir: &Path, m: &Manifest, cursor: &Cursor<'_>, recovering: bool) -> io::Result<Applied> {
     let mut out = Applied::default();
     let mut dirs = BTreeSet::new();
     let mut reasons = Vec::new();
@@ -319,7 +321,7 @@ pub fn apply(dir: &Path, m: &Manifest, ring: &Ring, recovering: bool) -> io::Res
         append_reasons(dir, &reasons)?;
     }
     crash_point("renamed");
-    out.ring_committed = advance_ring(ring, m.end);
+    out.ring_committed = advance_ring(cursor, m.end);
     crash_point("ring-committed");
     let path = dir.join(MANIFEST);
     fs::remove_file(&path).map_err(|e| ctx("cannot remove", &path, e))?;
@@ -358,16 +360,16 @@ pub struct Recovered {
 /// Startup: finishes a manifest left by a crash, then deletes every temporary file not in a
 /// manifest. Must run before any reader starts (the reader starts at the consumer cursor that
 /// this may move) and with the output directory locked.
-pub fn recover(dir: &Path, ring: &Ring) -> io::Result<Recovered> {
+pub fn recover(dir: &Path, cursor: &Cursor<'_>) -> io::Result<Recovered> {
     let mut rec = Recovered::default();
     if let Some(m) = read_manifest(dir)? {
         info!(
             "finishing the commit of an interrupted batch: {} files, ring position {} (consumer cursor {})",
             m.renames.len(),
             m.end,
-            ring.consumer_pos()
+            cursor.position()
         );
-        let a = apply(dir, &m, ring, true)?;
+        let a = apply(dir, &m, cursor, true)?;
         info!(
             "interrupted batch committed: {} renamed, {} already in place, {} missing, ring {}",
             a.renamed,
@@ -483,7 +485,7 @@ mod tests {
             ],
         );
         write_manifest(&out, &m).unwrap();
-        let r = recover(&out, ring).unwrap();
+        let r = recover(&out, &ring.cursor("file").unwrap()).unwrap();
         let a = r.manifest.unwrap();
         assert_eq!(
             (a.renamed, a.already, a.missing, a.ring_committed),
@@ -496,7 +498,7 @@ mod tests {
         assert!(!out.join(format!("{p}/.stray.tmp")).exists());
         // Idempotent: again, nothing.
         write_manifest(&out, &m).unwrap();
-        let a = recover(&out, ring).unwrap().manifest.unwrap();
+        let a = recover(&out, &ring.cursor("file").unwrap()).unwrap().manifest.unwrap();
         assert_eq!((a.renamed, a.already, a.ring_committed), (0, 2, false));
     }
 
@@ -506,7 +508,7 @@ mod tests {
         let (rf, ends) = ring_with(t.path(), 2);
         let m = Manifest::new(ends[1] + 4096, vec![]);
         write_manifest(&out, &m).unwrap();
-        let a = recover(&out, rf.ring()).unwrap().manifest.unwrap();
+        let a = recover(&out, &rf.ring().cursor("file").unwrap()).unwrap().manifest.unwrap();
         assert!(!a.ring_committed);
         assert_eq!(rf.ring().consumer_pos(), 0);
     }
@@ -526,9 +528,9 @@ mod tests {
             }],
         );
         write_manifest(&out, &m).unwrap();
-        apply(&out, &m, rf.ring(), false).unwrap();
+        apply(&out, &m, &rf.ring().cursor("file").unwrap(), false).unwrap();
         write_manifest(&out, &m).unwrap();
-        recover(&out, rf.ring()).unwrap();
+        recover(&out, &rf.ring().cursor("file").unwrap()).unwrap();
         assert_eq!(fs::read_to_string(out.join(REASONS_LOG)).unwrap(), "r0\n");
     }
 }

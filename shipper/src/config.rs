@@ -1,6 +1,8 @@
 //! Command line and TOML configuration, merged into one [`Config`] (the command line wins over
 //! the file, the file over the defaults). Every option is documented in `docs/shipper.md`.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +15,10 @@ pub const DEFAULT_POLL_MS: u64 = 2;
 pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 pub const DEFAULT_MAX_OPEN_FILES: usize = 128;
 pub const DEFAULT_STALE_AFTER_MS: u64 = 2000;
+pub const DEFAULT_TOPIC_PREFIX: &str = "tracker.";
+pub const DEFAULT_CUSTOM_TOPIC: &str = "tracker.custom";
+pub const DEFAULT_LINGER_MS: u64 = 5;
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 5;
 
 /// Where the events go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -20,13 +26,63 @@ pub const DEFAULT_STALE_AFTER_MS: u64 = 2000;
 pub enum SinkKind {
     /// Hive-partitioned gzip files under --dir.
     File,
+    /// Apache Kafka (or a Kafka-protocol broker) at --brokers.
+    Kafka,
+}
+
+impl SinkKind {
+    /// The name of the sink's cursor in the ring and its `sink` label in the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::File => "file",
+            SinkKind::Kafka => "kafka",
+        }
+    }
+}
+
+/// What a Kafka message's key is (the partition it goes to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyField {
+    /// The campaign id: one campaign's events stay in order in one partition.
+    Campaign,
+    /// The click id, or the campaign id for events without one.
+    #[value(name = "click_id", alias = "click-id")]
+    ClickId,
+    /// No key: librdkafka spreads the messages over the partitions.
+    None,
+}
+
+/// Kafka compression codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 /// What the files contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// One JSON object per line (`<id>.ndjson.gz`).
+    /// One JSON object per line (`<id>.ndjson.gz`); for Kafka, one JSON object per message.
+    #[value(alias = "json")]
+    #[serde(alias = "json")]
     Ndjson,
     /// The ring records as they are: concatenated MessagePack maps (`<id>.msgpack.gz`).
     Msgpack,
@@ -47,7 +103,7 @@ impl Format {
 #[command(
     name = "tracker-shipper",
     version,
-    about = "Drains the nginx-tracker event ring into hive-partitioned gzip files",
+    about = "Drains the nginx-tracker event ring into Kafka and/or hive-partitioned gzip files",
     after_help = "Every option can also be set in the TOML file given with --config \
                   (key = option name with '_' for '-'); the command line wins. See docs/shipper.md."
 )]
@@ -63,15 +119,46 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 
-    /// Where the events go.
+    /// Where the events go: file, kafka, or both (`--sink kafka --sink file` or
+    /// `--sink kafka,file`), each sink with its own cursor in the ring [default: file].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub sink: Vec<SinkKind>,
+
+    /// Kafka bootstrap brokers, HOST:PORT,... (the kafka sink).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+
+    /// Kafka compression [default: lz4].
     #[arg(long, value_enum)]
-    pub sink: Option<SinkKind>,
+    pub compression: Option<Compression>,
+
+    /// Kafka message key [default: campaign].
+    #[arg(long, value_enum)]
+    pub key: Option<KeyField>,
+
+    /// Kafka producer linger (ms to wait to fill a batch) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub linger_ms: Option<u64>,
+
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9187.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Where the kafka sink writes the events Kafka refused for good [default: DIR/_dead_letter
+    /// when --dir is given].
+    #[arg(long, value_name = "DIR")]
+    pub dead_letter_dir: Option<PathBuf>,
+
+    /// Append the log to this file instead of stderr (reopened on SIGHUP, for logrotate).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 
     /// Output directory of the file sink.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// File contents: NDJSON (default), or the raw MessagePack records.
+    /// Event format: ndjson (alias json) or msgpack (the records as nginx wrote them), for every
+    /// sink given [default: ndjson for files, msgpack for Kafka].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
 
@@ -127,7 +214,13 @@ pub enum Command {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub ring: Option<PathBuf>,
+    /// One sink (the older form of `sinks`).
     pub sink: Option<SinkKind>,
+    pub sinks: Option<Vec<SinkKind>>,
+    pub metrics: Option<SocketAddr>,
+    pub log_file: Option<PathBuf>,
+    pub dead_letter_dir: Option<PathBuf>,
+    pub kafka: Option<KafkaFile>,
     pub dir: Option<PathBuf>,
     pub format: Option<Format>,
     pub flush_interval_ms: Option<u64>,
@@ -140,22 +233,88 @@ pub struct FileConfig {
     pub log_level: Option<String>,
 }
 
+/// The `[kafka]` table of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaFile {
+    pub brokers: Option<String>,
+    pub format: Option<Format>,
+    pub key: Option<KeyField>,
+    pub compression: Option<Compression>,
+    pub linger_ms: Option<u64>,
+    pub batch_size: Option<u64>,
+    pub max_in_flight: Option<u32>,
+    pub message_timeout_ms: Option<u64>,
+    pub topic_prefix: Option<String>,
+    pub default_topic: Option<String>,
+    #[serde(default)]
+    pub topics: BTreeMap<String, String>,
+    /// librdkafka properties, passed through as they are (values as strings, numbers or
+    /// booleans).
+    #[serde(default)]
+    pub properties: BTreeMap<String, toml::Value>,
+}
+
+/// The Kafka sink's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub format: Format,
+    pub key: KeyField,
+    pub compression: Compression,
+    pub linger_ms: u64,
+    /// librdkafka `batch.size` (bytes per partition batch); None: librdkafka's default.
+    pub batch_size: Option<u64>,
+    pub max_in_flight: u32,
+    /// librdkafka `message.timeout.ms`; 0: never give up (the default: events wait in the
+    /// ring for the broker, however long it is away).
+    pub message_timeout_ms: u64,
+    pub topic_prefix: String,
+    pub default_topic: String,
+    /// Event type -> topic, over the defaults.
+    pub topics: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// The topic of an event type: `topics[type]`, else `<prefix><type>` for the built-in
+    /// types, else the default topic (custom types).
+    pub fn topic_for(&self, event_type: &str) -> String {
+        if let Some(t) = self.topics.get(event_type) {
+            return t.clone();
+        }
+        if tracker_core::event::Kind::of_type(event_type) != tracker_core::event::Kind::Custom {
+            format!("{}{event_type}", self.topic_prefix)
+        } else {
+            self.default_topic.clone()
+        }
+    }
+}
+
 /// What to do.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     Run,
     Stats,
 }
 
 /// The merged configuration.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub action: Action,
     pub ring: PathBuf,
-    pub sink: SinkKind,
-    /// Set when `sink` is `file` and action is Run.
+    /// The sinks, each once, in the order given.
+    pub sinks: Vec<SinkKind>,
+    /// Set when the file sink is used and action is Run.
     pub dir: PathBuf,
+    /// The file sink's format.
     pub format: Format,
+    /// Set when the kafka sink is used and action is Run.
+    pub kafka: Option<KafkaConfig>,
+    pub metrics: Option<SocketAddr>,
+    pub log_file: Option<PathBuf>,
+    /// The kafka sink's dead letters (set when the kafka sink is used and action is Run).
+    pub dead_letter_dir: PathBuf,
     pub flush_interval: Duration,
     pub max_batch_events: usize,
     pub poll: Duration,
@@ -174,7 +333,7 @@ pub fn load_file(path: &Path) -> Result<FileConfig, String> {
     let mut fc: FileConfig =
         toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut fc.ring, &mut fc.dir].into_iter().flatten() {
+    for p in [&mut fc.ring, &mut fc.dir, &mut fc.log_file, &mut fc.dead_letter_dir].into_iter().flatten() {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -205,6 +364,13 @@ impl Config {
         env_log: Option<String>,
     ) -> Result<Config, String> {
         let f = file.unwrap_or_default();
+        let kafka_cli = KafkaCli {
+            brokers: cli.brokers.clone(),
+            linger_ms: cli.linger_ms,
+            format: cli.format,
+            key: cli.key,
+            compression: cli.compression,
+        };
         let action = if cli.print_stats || matches!(cli.command, Some(Command::Stats)) {
             Action::Stats
         } else {
@@ -214,15 +380,43 @@ impl Config {
             .ring
             .or(f.ring)
             .ok_or("no ring: give --ring PATH (or `ring` in the config file)")?;
-        let sink = cli.sink.or(f.sink).unwrap_or(SinkKind::File);
-        let dir = cli.dir.or(f.dir);
-        let dir = match (&action, sink) {
-            (Action::Run, SinkKind::File) => {
-                dir.ok_or("the file sink needs --dir DIR (or `dir` in the config file)")?
+        let mut sinks = Vec::new();
+        let given = if !cli.sink.is_empty() {
+            cli.sink.clone()
+        } else if let Some(v) = f.sinks.clone() {
+            v
+        } else {
+            f.sink.into_iter().collect()
+        };
+        for s in given {
+            if !sinks.contains(&s) {
+                sinks.push(s);
             }
-            _ => dir.unwrap_or_default(),
+        }
+        if sinks.is_empty() {
+            sinks.push(SinkKind::File);
+        }
+        let run = action == Action::Run;
+        let dir = cli.dir.or(f.dir);
+        let dir = if run && sinks.contains(&SinkKind::File) {
+            dir.ok_or("the file sink needs --dir DIR (or `dir` in the config file)")?
+        } else {
+            dir.unwrap_or_default()
         };
         let format = cli.format.or(f.format).unwrap_or(Format::Ndjson);
+        let kafka = if run && sinks.contains(&SinkKind::Kafka) {
+            Some(kafka_config(&kafka_cli, f.kafka.unwrap_or_default())?)
+        } else {
+            None
+        };
+        let dead_letter_dir = match cli.dead_letter_dir.clone().or(f.dead_letter_dir) {
+            Some(d) => d,
+            None if kafka.is_some() && !dir.as_os_str().is_empty() => dir.join(crate::commit::DEAD_LETTER_DIR),
+            None if kafka.is_some() => {
+                return Err("the kafka sink needs --dead-letter-dir DIR (or --dir) for the events Kafka refuses".into())
+            }
+            None => PathBuf::new(),
+        };
         let flush_interval_ms = cli
             .flush_interval_ms
             .or(f.flush_interval_ms)
@@ -276,9 +470,13 @@ impl Config {
         Ok(Config {
             action,
             ring,
-            sink,
+            sinks,
             dir,
             format,
+            kafka,
+            metrics: cli.metrics.or(f.metrics),
+            log_file: cli.log_file.or(f.log_file),
+            dead_letter_dir,
             flush_interval: Duration::from_millis(flush_interval_ms),
             max_batch_events,
             poll: Duration::from_millis(poll_ms),
@@ -290,6 +488,91 @@ impl Config {
             once: cli.once,
         })
     }
+}
+
+/// The command-line options of the Kafka sink.
+struct KafkaCli {
+    brokers: Option<String>,
+    linger_ms: Option<u64>,
+    format: Option<Format>,
+    key: Option<KeyField>,
+    compression: Option<Compression>,
+}
+
+/// The Kafka settings: command line over `[kafka]` over the defaults.
+fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
+    let brokers = cli
+        .brokers
+        .clone()
+        .or(k.brokers)
+        .ok_or("the kafka sink needs --brokers HOST:PORT,... (or `brokers` in [kafka])")?;
+    if brokers.trim().is_empty() || brokers.split(',').any(|b| b.trim().is_empty()) {
+        return Err(format!("bad --brokers {brokers:?}: expected HOST:PORT,..."));
+    }
+    let linger_ms = cli.linger_ms.or(k.linger_ms).unwrap_or(DEFAULT_LINGER_MS);
+    if linger_ms > 60_000 {
+        return Err(format!("linger-ms must be 0..60000, not {linger_ms}"));
+    }
+    let max_in_flight = k.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    if !(1..=5).contains(&max_in_flight) {
+        return Err(format!(
+            "[kafka] max_in_flight must be 1..5 (the idempotent producer keeps order only up to 5), not {max_in_flight}"
+        ));
+    }
+    let check_topic = |what: &str, t: &str| -> Result<(), String> {
+        let ok = !t.is_empty()
+            && t.len() <= 249
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && t != "."
+            && t != "..";
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "[kafka] {what}: {t:?} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+            ))
+        }
+    };
+    let topic_prefix = k
+        .topic_prefix
+        .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.to_string());
+    check_topic("topic_prefix", &format!("{topic_prefix}impression"))?;
+    let default_topic = k
+        .default_topic
+        .unwrap_or_else(|| DEFAULT_CUSTOM_TOPIC.to_string());
+    check_topic("default_topic", &default_topic)?;
+    for (ty, t) in &k.topics {
+        check_topic(&format!("topics.{ty}"), t)?;
+    }
+    let mut properties = BTreeMap::new();
+    for (name, v) in k.properties {
+        let v = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "[kafka.properties] {name}: {other} is not a string, number or boolean"
+                ))
+            }
+        };
+        properties.insert(name, v);
+    }
+    Ok(KafkaConfig {
+        brokers,
+        format: cli.format.or(k.format).unwrap_or(Format::Msgpack),
+        key: cli.key.or(k.key).unwrap_or(KeyField::Campaign),
+        compression: cli.compression.or(k.compression).unwrap_or(Compression::Lz4),
+        linger_ms,
+        batch_size: k.batch_size,
+        max_in_flight,
+        message_timeout_ms: k.message_timeout_ms.unwrap_or(0),
+        topic_prefix,
+        default_topic,
+        topics: k.topics,
+        properties,
+    })
 }
 
 #[cfg(test)]
@@ -367,7 +650,55 @@ mod tests {
         )
         .is_err());
         assert!(toml::from_str::<FileConfig>("rnig = '/x'").is_err());
-        assert!(Cli::try_parse_from(["tracker-shipper", "--sink", "kafka"]).is_err());
+        assert!(Cli::try_parse_from(["tracker-shipper", "--sink", "s3"]).is_err());
+        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), None, None).unwrap_err();
+        assert!(e.contains("--brokers"), "{e}");
+        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka", "--brokers", "b:1"]), None, None).unwrap_err();
+        assert!(e.contains("--dead-letter-dir"), "{e}");
+        let f: FileConfig = toml::from_str("[kafka]\nbrokers = 'b:1'\nmax_in_flight = 9\n").unwrap();
+        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), Some(f), None).unwrap_err();
+        assert!(e.contains("max_in_flight"), "{e}");
+        let f: FileConfig = toml::from_str("[kafka]\nbrokers = 'b:1'\n[kafka.topics]\nclick = 'no spaces'\n").unwrap();
+        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), Some(f), None).unwrap_err();
+        assert!(e.contains("topics.click"), "{e}");
+        assert!(toml::from_str::<FileConfig>("[kafka]\nbrokrs = 'x'\n").is_err());
+    }
+
+    #[test]
+    fn kafka_and_file_sinks() {
+        let f: FileConfig = toml::from_str(
+            "ring = '/r'\ndir = '/d'\nsinks = ['kafka', 'file']\n[kafka]\nbrokers = 'k1:9092,k2:9092'\nkey = 'click_id'\n\
+             compression = 'zstd'\ndefault_topic = 'other'\n[kafka.topics]\nclick = 'clicks-v2'\nsignup = 'signups'\n\
+             [kafka.properties]\n'socket.keepalive.enable' = true\n'batch.num.messages' = 5000\n",
+        )
+        .unwrap();
+        let c = Config::resolve(cli(&[]), Some(f), None).unwrap();
+        assert_eq!(c.sinks, [SinkKind::Kafka, SinkKind::File]);
+        assert_eq!(c.format, Format::Ndjson);
+        let k = c.kafka.unwrap();
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.format, Format::Msgpack);
+        assert_eq!(k.key, KeyField::ClickId);
+        assert_eq!(k.compression, Compression::Zstd);
+        assert_eq!(k.linger_ms, 5);
+        assert_eq!(k.message_timeout_ms, 0);
+        assert_eq!(k.topic_for("impression"), "tracker.impression");
+        assert_eq!(k.topic_for("click"), "clicks-v2");
+        assert_eq!(k.topic_for("signup"), "signups");
+        assert_eq!(k.topic_for("newsletter"), "other");
+        assert_eq!(k.properties["socket.keepalive.enable"], "true");
+        assert_eq!(k.properties["batch.num.messages"], "5000");
+
+        // The command line: repeated or comma-separated sinks, --format json for every sink.
+        let c = Config::resolve(
+            cli(&["--ring", "/r", "--sink", "kafka,file", "--sink", "kafka", "--brokers", "b:1", "--dir", "/d", "--format", "json"]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.sinks, [SinkKind::Kafka, SinkKind::File]);
+        assert_eq!(c.format, Format::Ndjson);
+        assert_eq!(c.kafka.unwrap().format, Format::Ndjson);
     }
 
     #[test]

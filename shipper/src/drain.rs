@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use log::{info, warn};
-use tracker_core::ring::{Read, Reader, Ring};
+use tracker_core::ring::{Cursor, Read};
 
 use crate::batch::{self, sleep_unless_stopped, ToWriter, Totals, WriterOptions};
-use crate::config::Format;
-use crate::encode::{encode_chunk, Chunk, WarnLimiter, CHUNK_RECORDS};
+use crate::encode::{encode_chunk, Chunk, Encoding, WarnLimiter, CHUNK_RECORDS};
+use crate::metrics::SinkMetrics;
 use crate::sink::Sink;
 
 /// How often the reader checks whether the ring file was replaced.
@@ -43,7 +43,10 @@ pub struct Options {
     pub once: bool,
     /// Encoding worker threads (at least 1).
     pub threads: usize,
-    pub format: Format,
+    pub encoding: Encoding,
+    /// Whether this drain counts the records of dead writers it skips in the ring header
+    /// (one sink does, so that they are counted once).
+    pub count_skips: bool,
 }
 
 /// Flags set by signal handlers.
@@ -70,12 +73,15 @@ fn writer_gone() -> io::Error {
     io::Error::other("the writer thread stopped")
 }
 
-/// Drains `ring` into `sink` until stopped (or, with `once`, until what the ring held at the
-/// start is committed). The sink must have recovered already. `replaced` tells whether the
-/// ring's path now names another file (checked every few seconds when idle).
+/// Drains the ring into `sink` from the sink's `cursor` until stopped (or, with `once`, until
+/// what the ring held at the start is committed). The sink must have recovered already.
+/// `replaced` tells whether the ring's path now names another file (checked every few seconds
+/// when idle).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
-    ring: &Ring,
+    cursor: &Cursor<'_>,
     sink: &mut dyn Sink,
+    metrics: &SinkMetrics,
     opts: &Options,
     signals: &Signals,
     replaced: &dyn Fn() -> bool,
@@ -92,13 +98,13 @@ pub fn run(
         let (out_tx, out_rx) = bounded::<ToWriter>(threads * 4 + 4);
         let (err_tx, err_rx) = unbounded::<io::Error>();
         for i in 0..threads {
-            let (work_rx, out_tx, warnings, format) =
-                (work_rx.clone(), out_tx.clone(), &warnings, opts.format);
+            let (work_rx, out_tx, warnings, encoding) =
+                (work_rx.clone(), out_tx.clone(), &warnings, opts.encoding);
             thread::Builder::new()
-                .name(format!("encode-{i}"))
+                .name(format!("{}-encode-{i}", metrics.name))
                 .spawn_scoped(s, move || {
                     for (gen, seq, chunk) in work_rx {
-                        let chunk = encode_chunk(chunk, format, warnings);
+                        let chunk = encode_chunk(chunk, encoding, warnings);
                         if out_tx.send(ToWriter::Chunk { gen, seq, chunk }).is_err() {
                             return;
                         }
@@ -108,15 +114,15 @@ pub fn run(
         }
         drop(work_rx);
         let writer = thread::Builder::new()
-            .name("writer".into())
+            .name(format!("{}-writer", metrics.name))
             .spawn_scoped(s, || {
                 batch::run(
-                    ring, sink, out_rx, err_tx, &wopts, signals, &warnings, totals,
+                    cursor, sink, metrics, out_rx, err_tx, &wopts, signals, &warnings, totals,
                 )
             })
             .expect("spawning the writer thread");
         let read = read_loop(
-            ring, opts, signals, replaced, &work_tx, &out_tx, &err_rx, &warnings,
+            cursor, opts, signals, replaced, &work_tx, &out_tx, &err_rx, &warnings,
         );
         drop(work_tx);
         drop(out_tx);
@@ -134,7 +140,7 @@ pub fn run(
 
 #[allow(clippy::too_many_arguments)]
 fn read_loop(
-    ring: &Ring,
+    cursor: &Cursor<'_>,
     opts: &Options,
     signals: &Signals,
     replaced: &dyn Fn() -> bool,
@@ -143,7 +149,14 @@ fn read_loop(
     errors: &Receiver<io::Error>,
     warnings: &WarnLimiter,
 ) -> io::Result<Exit> {
-    let mut reader = Reader::new(ring).with_stale_after(opts.stale_after);
+    let ring = cursor.ring();
+    let new_reader = || {
+        cursor
+            .reader()
+            .with_stale_after(opts.stale_after)
+            .counting_skips(opts.count_skips)
+    };
+    let mut reader = new_reader();
     let once_target = opts.once.then(|| ring.producer_pos());
     let (mut gen, mut seq) = (0u64, 0u64);
     let mut chunk = Chunk::default();
@@ -198,7 +211,7 @@ fn read_loop(
             seq = 0;
             chunk = Chunk::default();
             in_batch = 0;
-            reader = Reader::new(ring).with_stale_after(opts.stale_after);
+            reader = new_reader();
             out.send(ToWriter::Reset { gen })
                 .map_err(|_| writer_gone())?;
             continue;
@@ -244,9 +257,6 @@ fn read_loop(
                     if reader.position() >= target {
                         finish!(Exit::Drained);
                     }
-                }
-                if signals.hup.swap(false, Ordering::Relaxed) {
-                    info!("SIGHUP: nothing to reopen (the log goes to stderr)");
                 }
                 if !opts.once && last_replaced_check.elapsed() >= REPLACED_CHECK_EVERY {
                     last_replaced_check = Instant::now();

@@ -1,15 +1,18 @@
 //! Encoding, the CPU-heavy part of the drain, done by worker threads in parallel: a chunk of
 //! consecutive ring records is decoded and serialized (NDJSON lines, or the raw MessagePack
-//! records), grouped by partition (event type and UTC hour). Records that do not decode become
-//! dead letters. The writer thread then puts the chunks, in ring order, into the sink.
+//! records), either grouped by partition (event type and UTC hour: the file sink) or as one
+//! message per event with its key (the Kafka sink). Records that do not decode become dead
+//! letters. The writer thread then puts the chunks, in ring order, into the sink.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use log::warn;
-use tracker_core::event::decode;
-use tracker_core::ring::Record;
+use std::ops::Range;
 
-use crate::config::Format;
+use tracker_core::event::{decode, Kind};
+use tracker_core::ring::{Record, COUNTER_KINDS};
+
+use crate::config::{Format, KeyField};
 use crate::layout::US_PER_HOUR;
 
 /// Records per chunk handed to a worker (fewer when the ring runs empty).
@@ -41,6 +44,25 @@ pub struct Group {
     pub data: Vec<u8>,
 }
 
+/// How a sink wants its chunks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Encoding {
+    /// Events grouped by partition (type, hour), in `format`: the file sink.
+    Groups(Format),
+    /// One message per event, keyed by `KeyField`: the Kafka sink.
+    Messages(Format, KeyField),
+}
+
+/// One event as a message: its value is `EncodedChunk::buf[value]`.
+#[derive(Debug)]
+pub struct Message {
+    pub event_type: String,
+    /// `Kind::index()` of the type (for the per-type counters).
+    pub kind: usize,
+    pub key: Option<String>,
+    pub value: Range<usize>,
+}
+
 /// A record that did not decode.
 #[derive(Debug)]
 pub struct DeadRecord {
@@ -53,6 +75,11 @@ pub struct DeadRecord {
 #[derive(Debug, Default)]
 pub struct EncodedChunk {
     pub groups: Vec<Group>,
+    /// With [`Encoding::Messages`]: the events, in ring order, and their bytes.
+    pub messages: Vec<Message>,
+    pub buf: Vec<u8>,
+    /// Events per type (`Kind::index()`).
+    pub by_kind: [u64; COUNTER_KINDS],
     pub dead: Vec<DeadRecord>,
     pub end: Option<u64>,
     pub events: u64,
@@ -88,7 +115,7 @@ impl WarnLimiter {
 }
 
 /// Decodes and serializes a chunk.
-pub fn encode_chunk(chunk: Chunk, format: Format, warnings: &WarnLimiter) -> EncodedChunk {
+pub fn encode_chunk(chunk: Chunk, encoding: Encoding, warnings: &WarnLimiter) -> EncodedChunk {
     let mut out = EncodedChunk {
         end: chunk.end,
         skipped: chunk.skipped,
@@ -114,6 +141,31 @@ pub fn encode_chunk(chunk: Chunk, format: Format, warnings: &WarnLimiter) -> Enc
                     pos: rec.pos,
                     raw: rec.payload,
                     reason: e.0,
+                });
+                continue;
+            }
+        };
+        let kind = Kind::of_type(&ev.event_type).index();
+        out.by_kind[kind] += 1;
+        out.events += 1;
+        let format = match encoding {
+            Encoding::Groups(f) => f,
+            Encoding::Messages(format, key) => {
+                let start = out.buf.len();
+                match format {
+                    Format::Ndjson => ev.to_json_line(&mut out.buf),
+                    Format::Msgpack => out.buf.extend_from_slice(&rec.payload),
+                }
+                let key = match key {
+                    KeyField::Campaign => Some(ev.campaign),
+                    KeyField::ClickId => ev.click_id.or(Some(ev.campaign)),
+                    KeyField::None => None,
+                };
+                out.messages.push(Message {
+                    event_type: ev.event_type,
+                    kind,
+                    key,
+                    value: start..out.buf.len(),
                 });
                 continue;
             }
@@ -147,7 +199,6 @@ pub fn encode_chunk(chunk: Chunk, format: Format, warnings: &WarnLimiter) -> Enc
             Format::Msgpack => g.data.extend_from_slice(&rec.payload),
         }
         g.events += 1;
-        out.events += 1;
     }
     out
 }

@@ -1,15 +1,16 @@
-//! tracker-shipper: drains the nginx-tracker event ring into hive-partitioned gzip files.
-//! Usage and guarantees: `docs/shipper.md`.
+//! tracker-shipper: drains the nginx-tracker event ring into Kafka and/or hive-partitioned
+//! gzip files. Usage and guarantees: `docs/shipper.md`.
 //!
 //! - [`config`]: command line and TOML;
-//! - [`drain`]: the ring reader and the threads (reader, encoders, writer);
+//! - [`drain`]: one sink's pipeline: the ring reader and the threads (reader, encoders, writer);
 //! - [`encode`]: decoding and serializing chunks of records (worker threads);
 //! - [`batch`]: the writer thread: ordering, batching, commits, the periodic summary;
-//! - [`sink`]: where events go ([`sink::file`]: the file sink);
+//! - [`sink`]: where events go ([`sink::file`], [`sink::kafka`]), each with its own cursor;
 //! - [`commit`]: the file sink's manifest protocol (crash safety);
 //! - [`layout`]: partition directories and file names;
+//! - [`metrics`]: counters and the Prometheus endpoint;
 //! - [`lock`]: one shipper per ring and per directory;
-//! - [`logging`]: timestamped lines on stderr.
+//! - [`logging`], [`notify`]: log lines, systemd readiness.
 
 mod batch;
 mod commit;
@@ -19,11 +20,15 @@ mod encode;
 mod layout;
 mod lock;
 mod logging;
+mod metrics;
+mod notify;
 mod sink;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -34,32 +39,39 @@ use tracker_core::ring::{RingError, RingFile, RingStats, COUNTER_KINDS, HEADER_S
 use batch::Totals;
 use config::{Action, Cli, Config, SinkKind};
 use drain::{Exit, Options, Signals};
+use encode::Encoding;
+use metrics::{Metrics, SinkMetrics};
 use sink::file::FileSink;
+use sink::kafka::KafkaSink;
 use sink::Sink;
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Parses the command line and the config file it names into a [`Config`].
+fn load_config(args: &[OsString]) -> Result<Config, String> {
+    let cli = Cli::parse_from(args);
     let file = match &cli.config {
-        Some(p) => match config::load_file(p) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("tracker-shipper: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(p) => Some(config::load_file(p)?),
         None => None,
     };
-    let cfg = match Config::resolve(cli, file, std::env::var("RUST_LOG").ok()) {
+    Config::resolve(cli, file, std::env::var("RUST_LOG").ok())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cfg = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tracker-shipper: {e}");
             return ExitCode::from(2);
         }
     };
-    logging::init(cfg.log_level);
+    let log_file = if cfg.action == Action::Run { cfg.log_file.as_deref() } else { None };
+    if let Err(e) = logging::init(cfg.log_level, log_file) {
+        eprintln!("tracker-shipper: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cfg.action {
         Action::Stats => print_stats(&cfg),
-        Action::Run => run(&cfg),
+        Action::Run => run(&cfg, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,14 +103,24 @@ fn counters_json(a: &[u64; COUNTER_KINDS]) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-fn stats_json(ring: &Path, s: &RingStats) -> serde_json::Value {
+fn stats_json(ring: &Path, s: &RingStats, cursors: &[(String, u64)]) -> serde_json::Value {
     let lag = s.producer_pos.saturating_sub(s.consumer_pos);
+    let sinks: serde_json::Map<String, serde_json::Value> = cursors
+        .iter()
+        .map(|(n, p)| {
+            (
+                n.clone(),
+                serde_json::json!({ "position": p, "lag_bytes": s.producer_pos.saturating_sub(*p) }),
+            )
+        })
+        .collect();
     serde_json::json!({
         "ring": ring.display().to_string(),
         "data_size": s.data_size,
         "producer_pos": s.producer_pos,
         "consumer_pos": s.consumer_pos,
         "lag_bytes": lag,
+        "sinks": sinks,
         "written": counters_json(&s.written),
         "dropped_full": counters_json(&s.dropped_full),
         "dropped_too_large": counters_json(&s.dropped_too_large),
@@ -111,7 +133,7 @@ fn stats_json(ring: &Path, s: &RingStats) -> serde_json::Value {
 fn print_stats(cfg: &Config) -> Result<(), String> {
     let rf = RingFile::open_existing(&cfg.ring)
         .map_err(|e| format!("cannot open the ring {}: {e}", cfg.ring.display()))?;
-    let j = stats_json(&cfg.ring, &rf.ring().stats());
+    let j = stats_json(&cfg.ring, &rf.ring().stats(), &rf.ring().cursors());
     println!(
         "{}",
         serde_json::to_string_pretty(&j).expect("JSON of plain values")
@@ -165,81 +187,210 @@ fn install_signals() -> Result<Signals, String> {
     Ok(s)
 }
 
-fn run(cfg: &Config) -> Result<(), String> {
-    let mut sink: Box<dyn Sink> = match cfg.sink {
-        SinkKind::File => Box::new(
-            FileSink::new(&cfg.dir, cfg.format, cfg.gzip_level, cfg.max_open_files)
-                .map_err(|e| format!("output directory: {e}"))?,
-        ),
-    };
+/// One configured sink and what its pipeline needs.
+struct SinkRun {
+    kind: SinkKind,
+    sink: Box<dyn Sink>,
+    metrics: Arc<SinkMetrics>,
+    encoding: Encoding,
+    totals: Totals,
+}
+
+fn make_sinks(cfg: &Config, signals: &Signals) -> Result<Vec<SinkRun>, String> {
+    let mut out = Vec::new();
+    for &kind in &cfg.sinks {
+        let metrics = SinkMetrics::new(kind.name());
+        let (sink, encoding): (Box<dyn Sink>, Encoding) = match kind {
+            SinkKind::File => (
+                Box::new(
+                    FileSink::new(&cfg.dir, cfg.format, cfg.gzip_level, cfg.max_open_files)
+                        .map_err(|e| format!("output directory: {e}"))?,
+                ),
+                Encoding::Groups(cfg.format),
+            ),
+            SinkKind::Kafka => {
+                let k = cfg.kafka.clone().expect("resolved with the kafka sink");
+                let encoding = Encoding::Messages(k.format, k.key);
+                (
+                    Box::new(KafkaSink::new(
+                        k,
+                        cfg.dead_letter_dir.clone(),
+                        cfg.max_batch_events,
+                        metrics.clone(),
+                        signals.stop.clone(),
+                    )?),
+                    encoding,
+                )
+            }
+        };
+        out.push(SinkRun { kind, sink, metrics, encoding, totals: Totals::default() });
+    }
+    Ok(out)
+}
+
+/// SIGHUP: reopens the log file and reloads the configuration where that is safe (the log
+/// level); other changes are reported as needing a restart.
+fn reload(cfg: &Config, args: &[OsString]) {
+    match logging::reopen() {
+        Ok(true) => info!("SIGHUP: log file reopened"),
+        Ok(false) => {}
+        Err(e) => error!("SIGHUP: {e}"),
+    }
+    match load_config(args) {
+        Ok(new) => {
+            if new.log_level != log::max_level() {
+                logging::set_level(new.log_level);
+                info!("SIGHUP: log level now {}", new.log_level);
+            }
+            let same_but_level = Config { log_level: cfg.log_level, ..new };
+            if same_but_level != *cfg {
+                warn!("SIGHUP: the configuration changed beyond the log level: restart the shipper to apply it");
+            } else {
+                info!("SIGHUP: configuration reloaded");
+            }
+        }
+        Err(e) => error!("SIGHUP: configuration not reloaded: {e}"),
+    }
+}
+
+fn run(cfg: &Config, args: &[OsString]) -> Result<(), String> {
+    let signals = install_signals()?;
+    let mut sinks = make_sinks(cfg, &signals)?;
     let _ring_lock = lock::acquire(
         &lock::ring_lock_path(&cfg.ring),
         &format!("the ring {}", cfg.ring.display()),
     )?;
-    let _dir_lock = lock::acquire(
-        &cfg.dir.join(commit::SHIPPER_DIR).join("lock"),
-        &format!("the directory {}", cfg.dir.display()),
-    )?;
-    let signals = install_signals()?;
-    let opts = Options {
-        flush_interval: cfg.flush_interval,
-        max_batch_events: cfg.max_batch_events,
-        poll: cfg.poll,
-        stale_after: cfg.stale_after,
-        once: cfg.once,
-        threads: cfg.threads,
-        format: cfg.format,
+    let _dir_lock = if cfg.sinks.contains(&SinkKind::File) {
+        Some(lock::acquire(
+            &cfg.dir.join(commit::SHIPPER_DIR).join("lock"),
+            &format!("the directory {}", cfg.dir.display()),
+        )?)
+    } else {
+        None
     };
-    let mut totals = Totals::default();
+    let all_metrics = Arc::new(Metrics {
+        ring: cfg.ring.clone(),
+        sinks: sinks.iter().map(|s| s.metrics.clone()).collect(),
+        started: Instant::now(),
+    });
+    if let Some(addr) = cfg.metrics {
+        metrics::serve(addr, all_metrics).map_err(|e| format!("metrics on {addr}: {e}"))?;
+    }
+    let names: Vec<&str> = cfg.sinks.iter().map(|k| k.name()).collect();
     let started = Instant::now();
+    let mut ready = false;
     loop {
         let Some(rf) = open_ring(cfg, &signals)? else {
             info!("stopped before the ring appeared");
             return Ok(());
         };
         let ring = rf.ring();
-        sink.recover(ring)
-            .map_err(|e| format!("recovery failed: {e}"))?;
-        let s = ring.stats();
+        for name in ring.release_cursors_except(&names) {
+            warn!("released the ring cursor of the sink {name:?}, which is no longer configured");
+        }
+        let mut cursors = Vec::new();
+        for s in sinks.iter_mut() {
+            let c = ring.cursor(s.kind.name())?;
+            s.sink
+                .recover(&c)
+                .map_err(|e| format!("{} sink recovery failed: {e}", s.kind.name()))?;
+            cursors.push(c);
+        }
+        let st = ring.stats();
         info!(
             "tracker-shipper {} started{}: ring {} ({} bytes of data), producer cursor {}, consumer cursor {}, \
-             lag {} bytes; {}; batches of up to {} events or {} ms, {} encoding threads",
+             lag {} bytes; batches of up to {} events or {} ms, {} encoding threads per sink",
             env!("CARGO_PKG_VERSION"),
             if cfg.once { " (--once)" } else { "" },
             cfg.ring.display(),
-            s.data_size,
-            s.producer_pos,
-            s.consumer_pos,
-            s.producer_pos.saturating_sub(s.consumer_pos),
-            sink.describe(),
+            st.data_size,
+            st.producer_pos,
+            st.consumer_pos,
+            st.producer_pos.saturating_sub(st.consumer_pos),
             cfg.max_batch_events,
             cfg.flush_interval.as_millis(),
             cfg.threads,
         );
+        for (s, c) in sinks.iter().zip(&cursors) {
+            info!("{} (cursor {})", s.sink.describe(), c.position());
+        }
+        if !ready {
+            notify::notify("READY=1");
+            ready = true;
+        }
         let replaced = || !rf.is_file_at(&cfg.ring).unwrap_or(true);
-        let exit = drain::run(ring, sink.as_mut(), &opts, &signals, &replaced, &mut totals)
-            .map_err(|e| format!("stopping: {e}"))?;
-        match exit {
-            Exit::RingReplaced => {
-                info!("switching to the new ring at {}", cfg.ring.display());
-                continue;
+        let exits = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            for (i, (s, c)) in sinks.iter_mut().zip(&cursors).enumerate() {
+                let opts = Options {
+                    flush_interval: cfg.flush_interval,
+                    max_batch_events: cfg.max_batch_events,
+                    poll: cfg.poll,
+                    stale_after: cfg.stale_after,
+                    once: cfg.once,
+                    threads: cfg.threads,
+                    encoding: s.encoding,
+                    count_skips: i == 0,
+                };
+                let (signals, replaced) = (&signals, &replaced);
+                let h = std::thread::Builder::new()
+                    .name(format!("{}-reader", s.kind.name()))
+                    .spawn_scoped(scope, move || {
+                        let r = drain::run(c, s.sink.as_mut(), &s.metrics, &opts, signals, replaced, &mut s.totals);
+                        if r.is_err() {
+                            // One sink failed: stop the others (they commit what they have).
+                            signals.stop.store(true, Ordering::Relaxed);
+                        }
+                        r
+                    })
+                    .expect("spawning a sink thread");
+                handles.push(h);
             }
-            Exit::Stopped | Exit::Drained => {
-                info!(
-                    "{}: {} events, {} dead letters, {} skipped records in {} files ({} bytes, {} commits) in {:.1}s; \
-                     consumer cursor {}",
-                    if exit == Exit::Stopped { "stopped" } else { "drained" },
-                    totals.events,
-                    totals.dead_letters,
-                    totals.skipped,
-                    totals.files,
-                    totals.bytes,
-                    totals.commits,
-                    started.elapsed().as_secs_f64(),
-                    ring.consumer_pos(),
-                );
-                return Ok(());
+            let mut stopping_said = false;
+            while handles.iter().any(|h| !h.is_finished()) {
+                if signals.hup.swap(false, Ordering::Relaxed) {
+                    reload(cfg, args);
+                }
+                if !stopping_said && signals.stop.load(Ordering::Relaxed) {
+                    notify::notify("STOPPING=1");
+                    stopping_said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a sink thread panicked"))))
+                .collect::<Vec<_>>()
+        });
+        let mut all_replaced = true;
+        for (s, e) in sinks.iter().zip(&exits) {
+            match e {
+                Ok(Exit::RingReplaced) => {}
+                Ok(_) => all_replaced = false,
+                Err(e) => return Err(format!("{} sink: stopping: {e}", s.kind.name())),
             }
         }
+        if all_replaced && !signals.stop.load(Ordering::Relaxed) {
+            info!("switching to the new ring at {}", cfg.ring.display());
+            continue;
+        }
+        for s in &sinks {
+            let t = &s.totals;
+            info!(
+                "{} sink {}: {} events, {} dead letters, {} skipped records in {} files ({} bytes, {} commits) in {:.1}s; \
+                 its cursor {}",
+                s.kind.name(),
+                if cfg.once && !signals.stop.load(Ordering::Relaxed) { "drained" } else { "stopped" },
+                t.events,
+                t.dead_letters,
+                t.skipped,
+                t.files,
+                t.bytes,
+                t.commits,
+                started.elapsed().as_secs_f64(),
+                ring.cursor(s.kind.name()).map(|c| c.position()).unwrap_or(0),
+            );
+        }
+        return Ok(());
     }
 }

@@ -35,7 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use log::debug;
-use tracker_core::ring::Ring;
+use tracker_core::ring::Cursor;
 
 use super::{Committed, Sink};
 use crate::commit::{
@@ -248,8 +248,8 @@ impl Sink for FileSink {
         )
     }
 
-    fn recover(&mut self, ring: &Ring) -> io::Result<()> {
-        commit::recover(&self.dir, ring).map(|_| ())
+    fn recover(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
+        commit::recover(&self.dir, cursor).map(|_| ())
     }
 
     fn add(&mut self, chunk: EncodedChunk) -> io::Result<()> {
@@ -271,12 +271,12 @@ impl Sink for FileSink {
         self.parts.len() >= self.max_open
     }
 
-    fn commit(&mut self, ring: &Ring, end: u64) -> io::Result<Committed> {
+    fn commit(&mut self, cursor: &Cursor<'_>, end: u64) -> io::Result<Committed> {
         let mut out = Committed::default();
         let started = std::time::Instant::now();
         if self.parts.is_empty() && self.dead.is_empty() {
             // Only skipped records (or nothing): no file to write.
-            commit::advance_ring(ring, end);
+            commit::advance_ring(cursor, end);
             self.clear_batch();
             return Ok(out);
         }
@@ -325,7 +325,7 @@ impl Sink for FileSink {
         commit::write_manifest(&self.dir, &m)?;
         crash_point("manifest-written");
         // Steps 2-4: renames, ring commit, manifest removal.
-        let a = commit::apply(&self.dir, &m, ring, false)?;
+        let a = commit::apply(&self.dir, &m, cursor, false)?;
         debug!(
             "committed {} events, {} dead letters in {} files ({} bytes), ring position {end}, in {} ms",
             out.events,
@@ -338,14 +338,14 @@ impl Sink for FileSink {
         Ok(out)
     }
 
-    fn abort(&mut self, ring: &Ring) -> io::Result<()> {
+    fn abort(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
         let tmps = std::mem::take(&mut self.batch_tmps);
         self.clear_batch();
         // Whatever failed may have been a directory: check them all again.
         self.known_dirs.clear();
         // A manifest that was written is a decision: finish it. Otherwise drop the tmps.
         if let Some(m) = commit::read_manifest(&self.dir)? {
-            commit::apply(&self.dir, &m, ring, true)?;
+            commit::apply(&self.dir, &m, cursor, true)?;
         }
         for rel in tmps {
             let p = self.dir.join(&rel);

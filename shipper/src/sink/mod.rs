@@ -1,11 +1,11 @@
 //! Sinks: where the drained events go.
 //!
-//! The drain ([`crate::drain`]) reads the ring in order, from its consumer cursor, ahead of
+//! The drain ([`crate::drain`]) reads the ring in order, from the sink's cursor, ahead of
 //! it; workers decode and serialize the records ([`crate::encode`]); the writer thread
 //! ([`crate::batch`]) hands the encoded chunks to the sink in ring order ([`Sink::add`]:
 //! events grouped by partition, and the records that do not decode, as dead letters) and
 //! every so often asks the sink to [`Sink::commit`] the batch up to a ring position.
-//! **Only the sink moves the ring's consumer cursor**, inside `commit`, after whatever the
+//! **Only the sink moves its cursor**, inside `commit`, after whatever the
 //! sink needs to consider the batch delivered: that ordering is what a sink's delivery
 //! guarantee rests on.
 //!
@@ -23,18 +23,21 @@
 //! - Records that do not decode are never written as events: they go to the dead letters, are
 //!   counted and logged, and the drain goes on.
 //!
-//! A new sink (Kafka is next) implements this trait and states its own guarantee the same way:
-//! for Kafka, `add` would produce one message per NDJSON line of each group (lines never
-//! contain a raw newline), and `commit` would flush the producer and wait for every acknowledgement
-//! (`acks=all`) before committing the ring, which is at-least-once (a crash between the
-//! broker's acknowledgement and the ring commit sends the batch again); exactly-once would need
-//! Kafka transactions with the ring position stored in the transaction.
+//! Every sink has its own named cursor in the ring ([`Cursor`]): it reads from its own
+//! position and acknowledges only its own progress. The ring's consumer cursor (the space
+//! nginx may reuse) follows the slowest sink, so a slow or unreachable sink never loses events
+//! that another one already delivered, and never holds the others back except by filling the
+//! ring.
+//!
+//! The sinks, each stating its guarantee: [`file`] (exactly-once into committed files),
+//! [`kafka`] (at-least-once, idempotent producer).
 
 pub mod file;
+pub mod kafka;
 
 use std::io;
 
-use tracker_core::ring::Ring;
+use tracker_core::ring::Cursor;
 
 use crate::encode::EncodedChunk;
 
@@ -55,24 +58,31 @@ pub trait Sink: Send {
     fn describe(&self) -> String;
 
     /// Called once before the first read: finishes or undoes whatever a previous run left
-    /// half-done (and may move the ring's consumer cursor past batches that run delivered).
-    fn recover(&mut self, ring: &Ring) -> io::Result<()>;
+    /// half-done (and may move its cursor past batches that run delivered).
+    fn recover(&mut self, cursor: &Cursor<'_>) -> io::Result<()>;
 
     /// Adds an encoded chunk (the next records of the ring, in order: events grouped by
     /// partition, and dead letters) to the current batch.
     fn add(&mut self, chunk: EncodedChunk) -> io::Result<()>;
+
+    /// Whether the sink updates the `written`/`acked`/`dead_letters` metrics itself (as the
+    /// destination reports them); otherwise the writer counts a batch's events when its commit
+    /// succeeds.
+    fn counts_acks_itself(&self) -> bool {
+        false
+    }
 
     /// Whether the batch should be committed now whatever its size (e.g. too many open files).
     fn wants_commit(&self) -> bool {
         false
     }
 
-    /// Delivers the current batch, then acknowledges the ring up to `end` (the end of the last
-    /// record read, or skipped). On success the sink is ready for the next batch.
-    fn commit(&mut self, ring: &Ring, end: u64) -> io::Result<Committed>;
+    /// Delivers the current batch, then acknowledges its cursor up to `end` (the end of the
+    /// last record read, or skipped). On success the sink is ready for the next batch.
+    fn commit(&mut self, cursor: &Cursor<'_>, end: u64) -> io::Result<Committed>;
 
     /// After an error in `add` or `commit`: drops the current batch and brings
-    /// the destination back to a state consistent with the ring's consumer cursor (the caller
+    /// the destination back to a state consistent with its cursor (the caller
     /// then reads again from the cursor).
-    fn abort(&mut self, ring: &Ring) -> io::Result<()>;
+    fn abort(&mut self, cursor: &Cursor<'_>) -> io::Result<()>;
 }

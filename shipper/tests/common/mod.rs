@@ -111,6 +111,11 @@ pub fn hex(id: &[u8; 16]) -> String {
 
 /// Encodes one event.
 pub fn event(event_type: &str, ts: u64, seq: u64) -> Written {
+    event_for(event_type, ts, seq, "camp-1", None)
+}
+
+/// Encodes one event of `campaign`, with a click id.
+pub fn event_for(event_type: &str, ts: u64, seq: u64, campaign: &str, click_id: Option<&str>) -> Written {
     let id = new_id();
     let seq_s = seq.to_string();
     let dims: [(&[u8], &[u8]); 2] = [(b"t", b"shipper-test"), (b"seq", seq_s.as_bytes())];
@@ -118,8 +123,8 @@ pub fn event(event_type: &str, ts: u64, seq: u64) -> Written {
         id,
         ts_us: ts,
         event_type: event_type.as_bytes(),
-        campaign: b"camp-1",
-        click_id: None,
+        campaign: campaign.as_bytes(),
+        click_id: click_id.map(str::as_bytes),
         dims: &dims,
         ip: Some(b"192.0.2.0"),
         user_agent: Some(b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"),

@@ -1,0 +1,511 @@
+//! The Kafka sink: one message per event, through librdkafka's idempotent producer.
+//!
+//! - Topic: one per event type (`tracker.impression`, ...; custom types go to the default
+//!   topic), overridable per type (`[kafka.topics]`). Key: the campaign id (or the click id, or
+//!   none). Value: the event's MessagePack record exactly as nginx wrote it (or one JSON
+//!   object). Headers: `schema_version` and `event_type`.
+//! - Producer: `enable.idempotence=true` (so `acks=all`, retries without duplicates or
+//!   reordering, at most 5 requests in flight per connection), lz4 by default,
+//!   `message.timeout.ms=0`: librdkafka never gives up on a message because the broker is
+//!   away; the ring holds the events meanwhile.
+//!
+//! # Delivery guarantee: at-least-once
+//!
+//! `add` produces every event of the batch; `commit` waits until librdkafka has reported every
+//! one of them (acknowledged by all in-sync replicas, or refused for good), writes the refused
+//! ones to the dead letters (fsynced), and only then moves this sink's cursor in the ring to
+//! the end of the batch. So the cursor only ever covers a contiguous prefix of events that
+//! Kafka has (or that are in the dead letters with the reason). A shipper killed between the
+//! broker's acknowledgement and the cursor commit sends those events again when it restarts:
+//! consumers that need exactly-once drop repeats by the event `id` (a UUIDv7, unique).
+//!
+//! While the broker is unreachable `commit` keeps waiting (librdkafka reconnects with backoff),
+//! the sink reports itself down (log line once, `tracker_shipper_destination_up 0`), the ring
+//! fills (visible as lag), and when the broker returns everything waiting is delivered and
+//! logged once. A SIGTERM during the wait stops without acknowledging: the events stay in the
+//! ring for the next run.
+//!
+//! Refused for good: errors that retrying cannot fix (message too large, authorization, unknown
+//! topic, invalid record...). Such a message goes to `<dead-letter-dir>/kafka-<ring pos>.jsonl`
+//! with its topic, key, value and the reason, is counted
+//! (`tracker_shipper_delivery_errors_total{reason=...}`) and logged; the others go on. A fatal
+//! producer error (the idempotent producer lost its sequence) drops the producer: the batch is
+//! read again from the ring with a new producer (at-least-once).
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use tracker_core::event::SCHEMA_VERSION;
+use tracker_core::ring::{Cursor, COUNTER_KINDS};
+
+use super::{Committed, Sink};
+use crate::commit::{ctx, fsync_dir};
+use crate::config::{Format, KafkaConfig};
+use crate::encode::EncodedChunk;
+use crate::metrics::SinkMetrics;
+
+/// With no acknowledgement for this long while messages wait, the broker counts as down.
+const NO_PROGRESS_DOWN: Duration = Duration::from_secs(10);
+/// How long one `poll` of the producer blocks while waiting.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A message librdkafka refused for good.
+struct Refused {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    code: Option<RDKafkaErrorCode>,
+    reason: String,
+    /// Whether retrying cannot help (see [`permanent`]).
+    permanent: bool,
+}
+
+#[derive(Default)]
+struct Deliveries {
+    /// Produced in this batch and not reported yet.
+    outstanding: u64,
+    acked: u64,
+    acked_by_kind: [u64; COUNTER_KINDS],
+    refused: Vec<Refused>,
+    last_progress: Option<Instant>,
+}
+
+/// The producer's context: delivery reports and client errors, called from `poll`.
+struct Context {
+    metrics: Arc<SinkMetrics>,
+    d: Mutex<Deliveries>,
+}
+
+impl Context {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Deliveries> {
+        self.d.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the broker reachable; logs the end of an outage once.
+    fn up(&self) {
+        let since = *self.metrics.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.metrics.set_up(true) == 0 {
+            info!(
+                "kafka: brokers reachable again{}; sending the events that waited in the ring",
+                since.map(|t| format!(" after {:.0}s", t.elapsed().as_secs_f64())).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Marks the broker unreachable; logs the start of an outage once.
+    fn down(&self, why: &str) {
+        if self.metrics.set_up(false) != 0 {
+            warn!(
+                "kafka: brokers unreachable ({why}); events wait in the ring (see the lag) and are sent when \
+                 they are back"
+            );
+        }
+    }
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // librdkafka repeats connection errors every few seconds: our own outage lines say it
+        // once; its lines are for debugging.
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                error!("librdkafka {fac}: {message}")
+            }
+            _ => debug!("librdkafka {fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.down(reason),
+            Some(RDKafkaErrorCode::Fatal) => error!("kafka: fatal producer error: {reason}"),
+            _ => debug!("kafka client error: {error}: {reason}"),
+        }
+    }
+}
+
+impl ProducerContext for Context {
+    /// The event type's `Kind::index()`.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
+        let mut d = self.lock();
+        d.outstanding = d.outstanding.saturating_sub(1);
+        d.last_progress = Some(Instant::now());
+        match result {
+            Ok(_) => {
+                d.acked += 1;
+                d.acked_by_kind[kind.min(COUNTER_KINDS - 1)] += 1;
+                drop(d);
+                self.up();
+            }
+            Err((e, m)) => d.refused.push(Refused {
+                topic: m.topic().to_string(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                code: e.rdkafka_error_code(),
+                reason: e.to_string(),
+                permanent: permanent(e.rdkafka_error_code()),
+            }),
+        }
+    }
+}
+
+/// Whether a delivery error means the message can never be delivered as it is (dead letter),
+/// rather than "not now" (the batch is read again from the ring).
+fn permanent(code: Option<RDKafkaErrorCode>) -> bool {
+    use RDKafkaErrorCode::*;
+    !matches!(
+        code,
+        None | Some(
+            MessageTimedOut
+                | RequestTimedOut
+                | PurgeQueue
+                | PurgeInflight
+                | QueueFull
+                | AllBrokersDown
+                | BrokerTransportFailure
+                | NetworkException
+                | NotEnoughReplicas
+                | NotEnoughReplicasAfterAppend
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | OutOfOrderSequenceNumber
+                | UnknownProducerId
+                | InvalidProducerEpoch
+                | Fatal
+                | BrokerDestroy
+        )
+    )
+}
+
+pub struct KafkaSink {
+    cfg: KafkaConfig,
+    producer: BaseProducer<Context>,
+    metrics: Arc<SinkMetrics>,
+    stop: Arc<AtomicBool>,
+    dead_dir: PathBuf,
+    topics: HashMap<String, String>,
+    /// Events produced in the current batch, by type.
+    batch_written: u64,
+    /// Messages refused when produced (not queued), for the dead letters.
+    refused_now: Vec<Refused>,
+    max_queue: usize,
+    /// The `schema_version` header.
+    schema: String,
+}
+
+fn client_config(cfg: &KafkaConfig, max_queue: usize) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", "nginx-tracker-shipper")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", cfg.max_in_flight.to_string())
+        .set("compression.type", cfg.compression.name())
+        .set("linger.ms", cfg.linger_ms.to_string())
+        .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", max_queue.to_string())
+        // Reconnect quickly after an outage, without hammering a broker that is away.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set_log_level(RDKafkaLogLevel::Info);
+    if let Some(b) = cfg.batch_size {
+        c.set("batch.size", b.to_string());
+    }
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+impl KafkaSink {
+    /// `max_batch_events`: the most events a batch holds (librdkafka's queue is sized for it).
+    pub fn new(
+        cfg: KafkaConfig,
+        dead_dir: PathBuf,
+        max_batch_events: usize,
+        metrics: Arc<SinkMetrics>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<KafkaSink, String> {
+        let max_queue = (max_batch_events + 1024).clamp(1024, 10_000_000);
+        let producer = Self::producer(&cfg, max_queue, &metrics)?;
+        fs::create_dir_all(&dead_dir)
+            .map_err(|e| format!("cannot create the dead-letter directory {}: {e}", dead_dir.display()))?;
+        Ok(KafkaSink {
+            cfg,
+            producer,
+            metrics,
+            stop,
+            dead_dir,
+            topics: HashMap::new(),
+            batch_written: 0,
+            refused_now: Vec::new(),
+            max_queue,
+            schema: SCHEMA_VERSION.to_string(),
+        })
+    }
+
+    fn producer(cfg: &KafkaConfig, max_queue: usize, metrics: &Arc<SinkMetrics>) -> Result<BaseProducer<Context>, String> {
+        let ctx = Context {
+            metrics: metrics.clone(),
+            d: Mutex::new(Deliveries::default()),
+        };
+        client_config(cfg, max_queue)
+            .create_with_context(ctx)
+            .map_err(|e| format!("kafka producer: {e}"))
+    }
+
+    fn topic(&mut self, event_type: &str) -> &str {
+        if !self.topics.contains_key(event_type) {
+            let t = self.cfg.topic_for(event_type);
+            self.topics.insert(event_type.to_string(), t);
+        }
+        &self.topics[event_type]
+    }
+
+    fn stopping(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::Interrupted,
+            "stopping before Kafka acknowledged the batch: its events stay in the ring for the next run",
+        )
+    }
+
+    /// Writes the refused messages of the batch to a dead-letter file, durably.
+    fn dead_letters(&self, refused: &[Refused], end: u64) -> io::Result<()> {
+        let path = self.dead_dir.join(format!("kafka-{end}.jsonl"));
+        let mut out = Vec::new();
+        for r in refused {
+            let line = serde_json::json!({
+                "topic": r.topic,
+                "key": r.key.as_deref().map(String::from_utf8_lossy),
+                "reason": r.reason,
+                "value_hex": hex(&r.value),
+                "value_format": match self.cfg.format { Format::Msgpack => "msgpack", Format::Ndjson => "json" },
+            });
+            serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
+            out.push(b'\n');
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| ctx("cannot create", &path, e))?;
+        f.write_all(&out).map_err(|e| ctx("cannot write", &path, e))?;
+        f.sync_data().map_err(|e| ctx("cannot fsync", &path, e))?;
+        fsync_dir(&self.dead_dir)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(H[(x >> 4) as usize] as char);
+        s.push(H[(x & 15) as usize] as char);
+    }
+    s
+}
+
+impl Sink for KafkaSink {
+    fn describe(&self) -> String {
+        format!(
+            "kafka sink: brokers {}, {}, key {:?}, {} compression, linger {} ms, idempotent (acks=all), \
+             topics {}<type> (custom types: {}), dead letters in {}",
+            self.cfg.brokers,
+            match self.cfg.format {
+                Format::Msgpack => "MessagePack values",
+                Format::Ndjson => "JSON values",
+            },
+            self.cfg.key,
+            self.cfg.compression.name(),
+            self.cfg.linger_ms,
+            self.cfg.topic_prefix,
+            self.cfg.default_topic,
+            self.dead_dir.display(),
+        )
+    }
+
+    fn counts_acks_itself(&self) -> bool {
+        true
+    }
+
+    fn recover(&mut self, _cursor: &Cursor<'_>) -> io::Result<()> {
+        // Nothing on our side survives a crash: the events after the cursor are sent again.
+        Ok(())
+    }
+
+    fn add(&mut self, chunk: EncodedChunk) -> io::Result<()> {
+        let mut written = [0u64; COUNTER_KINDS];
+        for d in chunk.dead {
+            // Not an event (a bug or a torn write): kept with the reason, never sent.
+            self.refused_now.push(Refused {
+                topic: String::new(),
+                key: None,
+                value: d.raw,
+                code: None,
+                reason: format!("undecodable ring record at position {}: {}", d.pos, d.reason),
+                permanent: true,
+            });
+        }
+        for m in &chunk.messages {
+            let topic = self.topic(&m.event_type).to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: "schema_version",
+                    value: Some(self.schema.as_str()),
+                })
+                .insert(Header {
+                    key: "event_type",
+                    value: Some(m.event_type.as_str()),
+                });
+            let value = &chunk.buf[m.value.clone()];
+            let mut record = BaseRecord::with_opaque_to(&topic, m.kind)
+                .payload(value)
+                .headers(headers);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_bytes());
+            }
+            // Counted before the send: the delivery report may come during a poll below.
+            self.producer.context().lock().outstanding += 1;
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => {
+                        written[m.kind] += 1;
+                        self.batch_written += 1;
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        // librdkafka's queue is full (the broker is slow or away): wait.
+                        if self.stop.load(Relaxed) {
+                            self.producer.context().lock().outstanding -= 1;
+                            return Err(self.stopping());
+                        }
+                        self.producer.poll(POLL);
+                        record = r;
+                    }
+                    Err((e, r)) => {
+                        // Refused before it was queued (too large, unknown topic, ...).
+                        self.producer.context().lock().outstanding -= 1;
+                        self.refused_now.push(Refused {
+                            topic: topic.clone(),
+                            key: r.key.map(<[u8]>::to_vec),
+                            value: value.to_vec(),
+                            code: e.rdkafka_error_code(),
+                            reason: e.to_string(),
+                            permanent: permanent(e.rdkafka_error_code()),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        SinkMetrics::add(&self.metrics.written, &written);
+        // Serve the delivery reports that are ready, without waiting.
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    fn commit(&mut self, cursor: &Cursor<'_>, end: u64) -> io::Result<Committed> {
+        let waiting_since = Instant::now();
+        loop {
+            self.producer.poll(POLL);
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                return Err(io::Error::other(format!(
+                    "kafka: fatal producer error {code:?}: {reason}; the batch is sent again with a new producer"
+                )));
+            }
+            let (outstanding, last) = {
+                let d = self.producer.context().lock();
+                (d.outstanding, d.last_progress)
+            };
+            if outstanding == 0 {
+                break;
+            }
+            if self.stop.load(Relaxed) {
+                return Err(self.stopping());
+            }
+            let quiet = last.map_or(waiting_since.elapsed(), |t| t.elapsed().min(waiting_since.elapsed()));
+            if quiet >= NO_PROGRESS_DOWN {
+                self.producer.context().down(&format!(
+                    "no acknowledgement for {}s, {outstanding} events waiting",
+                    quiet.as_secs()
+                ));
+            }
+        }
+        let (acked, acked_by_kind, mut refused) = {
+            let mut d = self.producer.context().lock();
+            (
+                std::mem::take(&mut d.acked),
+                std::mem::take(&mut d.acked_by_kind),
+                std::mem::take(&mut d.refused),
+            )
+        };
+        refused.append(&mut self.refused_now);
+        SinkMetrics::add(&self.metrics.acked, &acked_by_kind);
+        if let Some(r) = refused.iter().find(|r| !r.permanent) {
+            // Not a reason to give up on the event: read the batch again (at-least-once).
+            return Err(io::Error::other(format!(
+                "kafka: delivery failed for now ({}); the batch is sent again",
+                r.reason
+            )));
+        }
+        if !refused.is_empty() {
+            self.dead_letters(&refused, end)?;
+            for r in &refused {
+                let reason = match r.code {
+                    Some(c) => format!("{c:?}"),
+                    None if r.topic.is_empty() => "Undecodable".into(),
+                    None => "Other".into(),
+                };
+                self.metrics.delivery_error(&reason);
+            }
+            self.metrics.dead_letters.fetch_add(refused.len() as u64, Relaxed);
+            error!(
+                "kafka: {} events refused for good, written to {}: first: topic {}: {}",
+                refused.len(),
+                self.dead_dir.join(format!("kafka-{end}.jsonl")).display(),
+                refused[0].topic,
+                refused[0].reason
+            );
+        }
+        crate::commit::crash_point("kafka-acked");
+        cursor.commit(end);
+        let out = Committed {
+            events: acked,
+            dead_letters: refused.len() as u64,
+            files: 0,
+            bytes: 0,
+        };
+        debug!(
+            "kafka: committed ring position {end}: {acked} events acknowledged, {} refused, waited {} ms",
+            refused.len(),
+            waiting_since.elapsed().as_millis()
+        );
+        self.batch_written = 0;
+        Ok(out)
+    }
+
+    fn abort(&mut self, _cursor: &Cursor<'_>) -> io::Result<()> {
+        // Drop the producer and what it holds (the batch is read again from the cursor) and
+        // start a new one: this also clears a fatal idempotence state.
+        let fresh = Self::producer(&self.cfg, self.max_queue, &self.metrics).map_err(io::Error::other)?;
+        let old = std::mem::replace(&mut self.producer, fresh);
+        old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        drop(old);
+        self.refused_now.clear();
+        self.batch_written = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,473 @@
+//! The kafka sink against librdkafka's mock cluster (real Kafka protocol on 127.0.0.1 sockets,
+//! brokers that can be taken down and errors that can be injected), driving the real shipper
+//! binary: routing, keys, headers and values; exactly once without crashes (idempotent
+//! producer); broker outages with the events kept in the ring; dead letters; a SIGKILL after
+//! the broker's acknowledgement (at-least-once); two sinks with their own cursors.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{Offset, TopicPartitionList};
+use tracker_core::event::{decode, Kind};
+use tracker_core::ring::Ring;
+
+const TYPES: [&str; 5] = ["impression", "click", "conversion", "video", "signup"];
+
+/// One message as consumed.
+#[derive(Debug, Clone)]
+struct Got {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+    value: Vec<u8>,
+}
+
+fn mock(brokers: i32) -> MockCluster<'static, DefaultProducerContext> {
+    MockCluster::new(brokers).expect("librdkafka mock cluster")
+}
+
+/// Reads every message of `topics` from the beginning (no consumer group offsets).
+fn consume_all(bootstrap: &str, topics: &[&str]) -> Vec<Got> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "shipper-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = HashMap::new();
+    for &t in topics {
+        let md = c.fetch_metadata(Some(t), Duration::from_secs(10)).unwrap();
+        for p in md.topics()[0].partitions() {
+            let (_, high) = c
+                .fetch_watermarks(t, p.id(), Duration::from_secs(10))
+                .unwrap();
+            if high > 0 {
+                tpl.add_partition_offset(t, p.id(), Offset::Beginning).unwrap();
+                highs.insert((t.to_string(), p.id()), high);
+            }
+        }
+    }
+    let total: i64 = highs.values().sum();
+    let mut out = Vec::new();
+    if total == 0 {
+        return out;
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < total && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for x in h.iter() {
+                        headers.insert(
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Got {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    headers,
+                    value: m.payload().unwrap_or_default().to_vec(),
+                });
+            }
+            Some(Err(e)) => panic!("consumer: {e}"),
+            None => {}
+        }
+    }
+    assert_eq!(out.len() as i64, total, "could not read every message back");
+    out
+}
+
+fn topic_of(t: &str) -> String {
+    match t {
+        "signup" => "signups".into(),
+        t if Kind::of_type(t) != Kind::Custom => format!("tracker.{t}"),
+        _ => "tracker.custom".into(),
+    }
+}
+
+const ALL_TOPICS: [&str; 6] = [
+    "tracker.impression",
+    "tracker.click",
+    "tracker.conversion",
+    "tracker.video",
+    "tracker.custom",
+    "signups",
+];
+
+/// Writes `n` events of TYPES over 10 campaigns, with a click id on clicks.
+fn write_mixed(ring: &Ring, n: usize, from: usize) -> Vec<(Written, String)> {
+    (from..from + n)
+        .map(|i| {
+            let t = TYPES[i % TYPES.len()];
+            let camp = format!("camp-{}", i % 10);
+            let click = format!("clk-{i}");
+            let w = event_for(
+                t,
+                T0 + i as u64 * 1000,
+                i as u64,
+                &camp,
+                (t == "click").then_some(click.as_str()),
+            );
+            ring.write(Kind::of_type(t).index(), &w.payload, std::process::id())
+                .expect("ring write");
+            (w, camp)
+        })
+        .collect()
+}
+
+fn kafka_cmd(f: &Fixture, bootstrap: &str, extra: &[&str]) -> Command {
+    let conf = f.tmp.path().join("shipper.toml");
+    std::fs::write(
+        &conf,
+        "[kafka]\nlinger_ms = 2\n[kafka.topics]\nsignup = 'signups'\n",
+    )
+    .unwrap();
+    let mut c = Command::new(BIN);
+    c.arg("--config")
+        .arg(&conf)
+        .arg("--ring")
+        .arg(&f.ring_path)
+        .arg("--sink")
+        .arg("kafka")
+        .arg("--brokers")
+        .arg(bootstrap)
+        .arg("--dead-letter-dir")
+        .arg(f.tmp.path().join("dead"))
+        .arg("--flush-interval-ms")
+        .arg("100")
+        .args(extra)
+        .env_remove(CRASH_ENV)
+        .env("RUST_LOG", "info");
+    c
+}
+
+fn spawn(mut c: Command) -> Child {
+    c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r);
+    r
+}
+
+/// The value of one metric line (exact name with labels) in a scrape.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn check_message(g: &Got, w: &Written, camp: &str) {
+    assert_eq!(g.topic, topic_of(&w.event_type), "topic of a {}", w.event_type);
+    assert_eq!(g.key.as_deref(), Some(camp), "key");
+    assert_eq!(g.headers.get("schema_version").map(String::as_str), Some("1"));
+    assert_eq!(g.headers.get("event_type"), Some(&w.event_type));
+    // The value is the record exactly as nginx wrote it.
+    assert_eq!(g.value, w.payload, "value of {}", w.id_hex);
+}
+
+/// Ids of the consumed messages -> how many times.
+fn id_counts(got: &[Got]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for g in got {
+        let ev = decode(&g.value).expect("a value that decodes");
+        *m.entry(hex(&ev.id)).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn kafka_routes_keys_and_delivers_each_event_once() {
+    let cluster = mock(3);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(4 << 20);
+    let written = write_mixed(f.ring(), 3000, 0);
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "shipper failed: {log}");
+    assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos(), "{log}");
+
+    let got = consume_all(&b, &ALL_TOPICS);
+    assert_eq!(got.len(), written.len(), "one message per event, no duplicates");
+    let by_id: HashMap<String, &Got> = got
+        .iter()
+        .map(|g| (hex(&decode(&g.value).unwrap().id), g))
+        .collect();
+    for (w, camp) in &written {
+        let g = by_id.get(&w.id_hex).unwrap_or_else(|| panic!("event {} missing", w.id_hex));
+        check_message(g, w, camp);
+    }
+    // One campaign's events stay in order: in its partition, by offset, seq grows.
+    let mut last: HashMap<(String, String), (i32, i64, u64)> = HashMap::new();
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|g| (g.topic.clone(), g.partition, g.offset));
+    for g in &sorted {
+        let ev = decode(&g.value).unwrap();
+        let seq: u64 = ev.dims.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap();
+        let k = (g.topic.clone(), ev.campaign.clone());
+        if let Some((p, _, s)) = last.get(&k) {
+            assert_eq!(*p, g.partition, "campaign {} spread over partitions", ev.campaign);
+            assert!(seq > *s, "campaign {} out of order", ev.campaign);
+        }
+        last.insert(k, (g.partition, g.offset, seq));
+    }
+}
+
+#[test]
+fn kafka_broker_outage_keeps_events_in_the_ring_then_resumes() {
+    let cluster = mock(3);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(4 << 20);
+    let port = free_port();
+    let mut child = spawn(kafka_cmd(&f, &b, &["--metrics", &format!("127.0.0.1:{port}")]));
+    let ring = f.ring();
+    let mut written = write_mixed(ring, 500, 0);
+    assert!(
+        wait_until(Duration::from_secs(30), || ring.consumer_pos() == ring.producer_pos()),
+        "first events not acknowledged"
+    );
+    let up = |t: &str| metric(t, "tracker_shipper_destination_up{sink=\"kafka\"}");
+    assert_eq!(up(&scrape(port)), Some(1.0));
+
+    // Every broker down: the events stay in the ring, the shipper says so.
+    for id in 1..=3 {
+        cluster.broker_down(id).unwrap();
+    }
+    let before = ring.consumer_pos();
+    written.extend(write_mixed(ring, 500, 500));
+    assert!(
+        wait_until(Duration::from_secs(30), || up(&scrape(port)) == Some(0.0)),
+        "the outage is not reported in the metrics:\n{}",
+        scrape(port)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ring.consumer_pos(), before, "acknowledged while the brokers were down");
+    let m = scrape(port);
+    let lag = metric(&m, "tracker_ring_lag_bytes{sink=\"kafka\"}").unwrap();
+    assert!(lag > 0.0, "{m}");
+    assert!(metric(&m, "tracker_shipper_events_read_total{sink=\"kafka\",type=\"click\"}").unwrap() >= 100.0);
+
+    // Back: everything is delivered, nothing twice (same producer, idempotent).
+    for id in 1..=3 {
+        cluster.broker_up(id).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || ring.consumer_pos() == ring.producer_pos()),
+        "not resumed after the outage"
+    );
+    assert_eq!(up(&scrape(port)), Some(1.0));
+    signal(&child, libc::SIGTERM);
+    assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
+    let log = stderr_of(&mut child);
+    assert_eq!(log.matches("brokers unreachable").count(), 1, "{log}");
+    assert_eq!(log.matches("brokers reachable again").count(), 1, "{log}");
+
+    let got = consume_all(&b, &ALL_TOPICS);
+    let counts = id_counts(&got);
+    for (w, _) in &written {
+        assert_eq!(counts.get(&w.id_hex), Some(&1), "event {}", w.id_hex);
+    }
+    assert_eq!(got.len(), written.len());
+}
+
+#[test]
+fn kafka_sigterm_during_an_outage_keeps_the_events() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster.broker_down(1).unwrap();
+    let f = Fixture::new(1 << 20);
+    let ring = f.ring();
+    let written = write_mixed(ring, 200, 0);
+    let mut child = spawn(kafka_cmd(&f, &b, &[]));
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&child, libc::SIGTERM);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let log = stderr_of(&mut child);
+    assert!(st.success(), "{st}: {log}");
+    assert_eq!(ring.consumer_pos(), 0, "acknowledged without a broker: {log}");
+
+    // The next run delivers them.
+    cluster.broker_up(1).unwrap();
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let counts = id_counts(&consume_all(&b, &ALL_TOPICS));
+    for (w, _) in &written {
+        assert!(counts.contains_key(&w.id_hex), "event {} lost", w.id_hex);
+    }
+}
+
+#[test]
+fn kafka_refused_messages_go_to_the_dead_letters_and_transient_errors_are_retried() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    // The broker refuses the next produce requests for a while with retriable errors:
+    // librdkafka retries them (idempotently).
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
+    );
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let mut written = write_mixed(ring, 300, 0);
+    // One event larger than the producer accepts (message.max.bytes below).
+    let big_dims = "x".repeat(20_000);
+    let big = {
+        let mut w = event_for("click", T0, 9999, "camp-big", None);
+        let dims: [(&[u8], &[u8]); 1] = [(b"blob", big_dims.as_bytes())];
+        let ev = tracker_core::event::EventRef {
+            id: new_id(),
+            ts_us: T0,
+            event_type: b"click",
+            campaign: b"camp-big",
+            dims: &dims,
+            status: 302,
+            ..Default::default()
+        };
+        w.payload.clear();
+        tracker_core::event::encode(&ev, &mut w.payload);
+        w.id_hex = hex(&ev.id);
+        w
+    };
+    ring.write(Kind::Click.index(), &big.payload, std::process::id()).unwrap();
+    written.extend(write_mixed(ring, 300, 300));
+    let mut c = kafka_cmd(&f, &b, &["--once"]);
+    // Over the config kafka_cmd wrote: a producer limit below the big event's size.
+    std::fs::write(
+        f.tmp.path().join("shipper.toml"),
+        "[kafka]\n[kafka.topics]\nsignup = 'signups'\n[kafka.properties]\n'message.max.bytes' = 10000\n",
+    )
+    .unwrap();
+    let out = c.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("refused for good"), "{log}");
+    assert_eq!(ring.consumer_pos(), ring.producer_pos());
+
+    let dead: Vec<_> = std::fs::read_dir(f.tmp.path().join("dead"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let text = std::fs::read_to_string(&dead[0]).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["topic"], "tracker.click");
+    assert_eq!(lines[0]["key"], "camp-big");
+    assert!(lines[0]["reason"].as_str().unwrap().to_lowercase().contains("too large"), "{text}");
+    let hex_value: String = big.payload.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(lines[0]["value_hex"], hex_value.as_str());
+
+    let counts = id_counts(&consume_all(&b, &ALL_TOPICS));
+    assert!(!counts.contains_key(&big.id_hex));
+    for (w, _) in &written {
+        assert_eq!(counts.get(&w.id_hex), Some(&1), "event {}", w.id_hex);
+    }
+}
+
+#[test]
+fn kafka_sigkill_after_the_ack_resends_at_least_once() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let written = write_mixed(ring, 2000, 0);
+    // Dies after the broker acknowledged the second batch, before the cursor moved.
+    let mut c = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"]);
+    c.env(CRASH_ENV, "kafka-acked:2");
+    let st = c.output().unwrap().status;
+    assert!(!st.success(), "the crash hook did not fire");
+    let pos = ring.consumer_pos();
+    assert!(pos > 0 && pos < ring.producer_pos(), "cursor {pos}");
+
+    let out = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ring.consumer_pos(), ring.producer_pos());
+
+    let got = consume_all(&b, &ALL_TOPICS);
+    let counts = id_counts(&got);
+    for (w, _) in &written {
+        assert!(counts.contains_key(&w.id_hex), "event {} lost", w.id_hex);
+    }
+    let dups = counts.values().filter(|&&n| n > 1).count();
+    // The second batch was acknowledged but not committed: it is sent again, whole.
+    assert_eq!(dups, 500, "duplicates after one crash");
+    assert_eq!(got.len(), written.len() + 500);
+}
+
+#[test]
+fn two_sinks_have_their_own_cursors() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster.broker_down(1).unwrap();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let written = write_mixed(ring, 1000, 0);
+    let mut c = kafka_cmd(&f, &b, &[]);
+    c.arg("--sink").arg("file").arg("--dir").arg(&f.out);
+    let mut child = spawn(c);
+
+    // The file sink ships everything while Kafka is away; the ring keeps the events for Kafka.
+    let stats = || {
+        let o = f.cmd(&["stats"]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || stats()["sinks"]["file"]["lag_bytes"] == 0),
+        "file sink did not catch up: {}",
+        stats()
+    );
+    let s = stats();
+    assert!(s["sinks"]["kafka"]["lag_bytes"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(ring.consumer_pos(), 0, "the ring moved past events Kafka does not have");
+    let only: Vec<Written> = written.iter().map(|(w, _)| w.clone()).collect();
+    check_exactly_once(&f.out, &only);
+
+    cluster.broker_up(1).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || ring.consumer_pos() == ring.producer_pos()),
+        "kafka did not catch up: {}",
+        stats()
+    );
+    signal(&child, libc::SIGTERM);
+    assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
+    let counts = id_counts(&consume_all(&b, &ALL_TOPICS));
+    for w in &only {
+        assert_eq!(counts.get(&w.id_hex), Some(&1), "event {}", w.id_hex);
+    }
+    check_exactly_once(&f.out, &only);
+}

@@ -471,3 +471,50 @@ fn two_sinks_have_their_own_cursors() {
     }
     check_exactly_once(&f.out, &only);
 }
+
+#[test]
+fn kafka_unknown_topic_and_denied_topic_are_dead_letters_not_silence() {
+    use rdkafka::types::RDKafkaRespErr;
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster
+        .topic_error("tracker.video", RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+        .unwrap();
+    cluster
+        .topic_error("tracker.conversion", RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        .unwrap();
+    let f = Fixture::new(4 << 20);
+    let written = write_mixed(f.ring(), 100, 0);
+    let c = kafka_cmd(&f, &b, &["--once"]);
+    std::fs::write(
+        f.tmp.path().join("shipper.toml"),
+        "[kafka]\n[kafka.topics]\nsignup = 'signups'\n[kafka.properties]\n'topic.metadata.propagation.max.ms' = 1000\n",
+    )
+    .unwrap();
+    let mut c = c;
+    let out = c.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("refused for good"), "{log}");
+    let mut dead = Vec::new();
+    for e in std::fs::read_dir(f.tmp.path().join("dead")).unwrap() {
+        for l in std::fs::read_to_string(e.unwrap().path()).unwrap().lines() {
+            dead.push(serde_json::from_str::<serde_json::Value>(l).unwrap());
+        }
+    }
+    let dead_topics: std::collections::BTreeSet<String> =
+        dead.iter().map(|d| d["topic"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        dead_topics.into_iter().collect::<Vec<_>>(),
+        ["tracker.conversion", "tracker.video"],
+        "{dead:?}"
+    );
+    assert_eq!(dead.len(), 40, "every video and conversion event: {dead:?}");
+    let counts = id_counts(&consume_all(&b, &["tracker.impression", "tracker.click", "signups"]));
+    for (w, _) in &written {
+        let delivered = counts.get(&w.id_hex).copied().unwrap_or(0);
+        let expect = usize::from(w.event_type != "video" && w.event_type != "conversion");
+        assert_eq!(delivered, expect, "{} event {}", w.event_type, w.id_hex);
+    }
+    assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+}

@@ -15,6 +15,9 @@ PACKAGES=(
     # bindgen (nginx-sys) needs libclang; the nginx configure and the vendored build need a
     # C toolchain and the libraries nginx links (nginx-dev pulls in their -dev packages)
     libclang-dev gcc make libc6-dev libpcre2-dev libssl-dev zlib1g-dev
+    # the shipper's Kafka client: librdkafka is built from the source bundled in rdkafka-sys
+    # (C, make), linked with the system's OpenSSL, found through pkg-config
+    pkg-config
     # load generator, HTTP client, process tools for the tests and the demo
     wrk curl procps
     # Perl and the modules OpenResty's Test::Nginx (fetched by scripts/test-nginx.sh) uses

@@ -18,8 +18,9 @@ PACKAGES=(
     # the shipper's Kafka client: librdkafka is built from the source bundled in rdkafka-sys
     # (C, make), linked with the system's OpenSSL, found through pkg-config
     pkg-config
-    # load generator, HTTP client, process tools for the tests and the demo
-    wrk curl procps
+    # load generator, HTTP client, process tools for the tests and the demo; systemd-analyze
+    # and systemd-tmpfiles for the shipper's service test (t/e2e/shipper-service.sh)
+    wrk curl procps systemd
     # Perl and the modules OpenResty's Test::Nginx (fetched by scripts/test-nginx.sh) uses
     perl libtest-base-perl libipc-run-perl liblist-moreutils-perl libtest-longstring-perl
     liburi-perl libwww-perl libhttp-message-perl libtext-diff-perl

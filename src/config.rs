@@ -5,7 +5,7 @@ use core::ffi::{c_char, c_void};
 use core::{mem, ptr};
 use std::path::PathBuf;
 
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_parse_size, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1,
@@ -519,4 +519,34 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
         return Err(());
     }
     Ok(())
+}
+
+/// `init_module`: when the master runs as root, gives the ring file to the workers' user and
+/// group (the `user` directive; nginx's default `nobody` and its group otherwise) so that a
+/// shipper in that group can open it. As `ngx_create_paths` does: only when the user is set
+/// and the owner differs.
+pub fn give_ring_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
+    use ngx::core::{CoreModuleMainConf, NgxCoreModule};
+    let Some(mcf) = crate::Module::main_conf(cycle) else { return Status::NGX_OK };
+    let Some(ring) = mcf.ring.as_ref() else { return Status::NGX_OK };
+    let Some(ccf) = NgxCoreModule::main_conf(cycle) else { return Status::NGX_OK };
+    // `user` unset is NGX_CONF_UNSET_UINT cast to ngx_uid_t (all ones), as nginx compares it.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || ccf.user == ngx::ffi::ngx_uid_t::MAX {
+        return Status::NGX_OK;
+    }
+    match ring.give_to(ccf.user, ccf.group) {
+        Ok(_) => Status::NGX_OK,
+        Err(e) => {
+            ngx::ngx_log_error!(
+                ngx::ffi::NGX_LOG_EMERG,
+                cycle.log,
+                "\"tracker_ring\": cannot give the ring file to the worker user {}:{}: {}",
+                ccf.user,
+                ccf.group,
+                e
+            );
+            Status::NGX_ERROR
+        }
+    }
 }

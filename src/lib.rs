@@ -50,6 +50,16 @@ unsafe extern "C" fn merge_loc_conf(
     unsafe { config::merge_loc_conf(cf, prev.cast(), conf.cast()) }
 }
 
+/// In the master, once the configuration is complete (the `user` directive is known): hands
+/// the ring file to the worker user and group, as nginx does with its temp paths.
+unsafe extern "C" fn init_module(cycle: *mut ngx::ffi::ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the cycle being initialized, valid for this call.
+    match unsafe { cycle.as_ref() } {
+        Some(c) => config::give_ring_to_workers(c).into(),
+        None => Status::NGX_OK.into(),
+    }
+}
+
 // SAFETY: MainConf is the type create_main_conf allocates for this module.
 unsafe impl HttpModuleMainConf for Module {
     type MainConf = config::MainConf;
@@ -81,5 +91,6 @@ pub static mut ngx_http_tracker_module: ngx_module_t = ngx_module_t {
     // SAFETY: taking the address of the static command table; nginx reads it at load time.
     commands: unsafe { &raw mut config::COMMANDS[0] },
     type_: NGX_HTTP_MODULE as _,
+    init_module: Some(init_module),
     ..ngx_module_t::default()
 };

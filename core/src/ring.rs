@@ -488,6 +488,19 @@ impl RingFile {
         &self.ring
     }
 
+    /// Gives the file to `uid:gid` if it is not theirs already (nginx's master, running as
+    /// root, hands the ring to its worker user so that a shipper in that user's group can open
+    /// it, as nginx does with its temp paths). Returns whether it changed anything.
+    pub fn give_to(&self, uid: u32, gid: u32) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self._file.metadata()?;
+        if m.uid() == uid && m.gid() == gid {
+            return Ok(false);
+        }
+        std::os::unix::fs::fchown(&self._file, Some(uid), Some(gid))?;
+        Ok(true)
+    }
+
     /// Whether `path` still names the file this mapping is of (same device and inode). A
     /// shipper can use it to notice that the file was removed and created again.
     pub fn is_file_at(&self, path: &Path) -> io::Result<bool> {

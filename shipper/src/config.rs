@@ -220,6 +220,8 @@ pub struct FileConfig {
     pub metrics: Option<SocketAddr>,
     pub log_file: Option<PathBuf>,
     pub dead_letter_dir: Option<PathBuf>,
+    /// The file sink's options, as a table (over the same keys at the top level).
+    pub file: Option<FileSinkFile>,
     pub kafka: Option<KafkaFile>,
     pub dir: Option<PathBuf>,
     pub format: Option<Format>,
@@ -231,6 +233,16 @@ pub struct FileConfig {
     pub stale_after_ms: Option<u64>,
     pub threads: Option<usize>,
     pub log_level: Option<String>,
+}
+
+/// The `[file]` table of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkFile {
+    pub dir: Option<PathBuf>,
+    pub format: Option<Format>,
+    pub gzip_level: Option<u32>,
+    pub max_open_files: Option<usize>,
 }
 
 /// The `[kafka]` table of the TOML file.
@@ -333,6 +345,13 @@ pub fn load_file(path: &Path) -> Result<FileConfig, String> {
     let mut fc: FileConfig =
         toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
+    // The [file] table's keys count as the top-level ones (and win over them).
+    if let Some(t) = fc.file.take() {
+        fc.dir = t.dir.or(fc.dir.take());
+        fc.format = t.format.or(fc.format);
+        fc.gzip_level = t.gzip_level.or(fc.gzip_level);
+        fc.max_open_files = t.max_open_files.or(fc.max_open_files);
+    }
     for p in [&mut fc.ring, &mut fc.dir, &mut fc.log_file, &mut fc.dead_letter_dir].into_iter().flatten() {
         if p.is_relative() {
             *p = base.join(&*p);
@@ -707,6 +726,33 @@ mod tests {
         assert_eq!(c.action, Action::Stats);
         let c = Config::resolve(cli(&["--ring", "/r", "--print-stats"]), None, None).unwrap();
         assert_eq!(c.action, Action::Stats);
+    }
+
+    #[test]
+    fn file_table_and_the_example_config() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.toml");
+        std::fs::write(&p, "ring = '/r'\ndir = '/top'\ngzip_level = 3\n[file]\ndir = 'events'\nformat = 'msgpack'\n").unwrap();
+        let c = Config::resolve(cli(&[]), Some(load_file(&p).unwrap()), None).unwrap();
+        assert_eq!(c.dir, d.path().join("events"));
+        assert_eq!(c.format, Format::Msgpack);
+        assert_eq!(c.gzip_level, 3);
+        // The example shipped with the systemd unit parses, and so does its Kafka part.
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/shipper.toml.example");
+        let c = Config::resolve(cli(&[]), Some(load_file(Path::new(example)).unwrap()), None).unwrap();
+        assert_eq!(c.sinks, [SinkKind::File]);
+        let text = std::fs::read_to_string(example).unwrap();
+        let uncommented: String = text
+            .lines()
+            .filter(|l| !l.starts_with("# sinks"))
+            .map(|l| l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l))
+            .map(|l| if l.starts_with("sinks") { "sinks = [\"kafka\", \"file\"]" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&p, uncommented).unwrap();
+        let c = Config::resolve(cli(&[]), Some(load_file(&p).unwrap()), None).unwrap();
+        assert_eq!(c.sinks, [SinkKind::Kafka, SinkKind::File]);
+        assert!(c.kafka.is_some());
     }
 
     #[test]

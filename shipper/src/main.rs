@@ -357,6 +357,9 @@ fn run(cfg: &Config, args: &[OsString]) -> Result<(), String> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            if !stopping_said && signals.stop.load(Ordering::Relaxed) {
+                notify::notify("STOPPING=1");
+            }
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a sink thread panicked"))))

@@ -518,3 +518,37 @@ fn kafka_unknown_topic_and_denied_topic_are_dead_letters_not_silence() {
     }
     assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
 }
+
+/// The kafka sink's drain rate into librdkafka's mock cluster (in this process: the broker side
+/// shares the CPU). Not a test: a measurement, printed.
+/// `cargo test --release -p tracker-shipper --test kafka -- --ignored --nocapture kafka_drain_rate`.
+/// `KAFKA_BENCH_BROKERS=127.0.0.1:9092` measures against a real broker instead.
+#[test]
+#[ignore]
+fn kafka_drain_rate() {
+    let n = 300_000;
+    let cluster = mock(1);
+    let b = std::env::var("KAFKA_BENCH_BROKERS").unwrap_or_else(|_| cluster.bootstrap_servers());
+    let f = Fixture::new(1 << 28);
+    let t = Instant::now();
+    let written = write_mixed(f.ring(), n, 0);
+    let bytes: usize = written.iter().map(|(w, _)| w.payload.len()).sum();
+    eprintln!("wrote {n} events ({} bytes each) in {:?}", bytes / n, t.elapsed());
+    for (format, compression) in [("msgpack", "lz4"), ("json", "lz4"), ("msgpack", "zstd")] {
+        let start = f.ring().consumer_pos();
+        let t = Instant::now();
+        let o = kafka_cmd(&f, &b, &["--once", "--format", format, "--compression", compression])
+            .output()
+            .unwrap();
+        let el = t.elapsed();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+        eprintln!(
+            "kafka {format} {compression}: {n} events in {el:?}: {:.0} events/s, {:.1} MB/s of payload",
+            n as f64 / el.as_secs_f64(),
+            bytes as f64 / el.as_secs_f64() / 1e6,
+        );
+        let _ = start;
+        write_mixed(f.ring(), n, n);
+    }
+}

@@ -7,7 +7,8 @@
 #                   module's nginx symbols only resolve inside nginx, so it is tested in nginx
 #   3. Test::Nginx  prove -r t/ against /usr/sbin/nginx with the module loaded
 #                   (Test::Nginx from scripts/test-nginx.sh)
-#   4. end-to-end   every t/e2e/*.sh
+#   4. end-to-end   every t/e2e/*.sh (first `scripts/tansu.sh install`: the Kafka-compatible
+#                   broker of t/e2e/kafka-end-to-end.sh, built once into .cache/tansu)
 #   5. vendored     scripts/vendored-smoke.sh: the module built against nginx-src, in its nginx
 #
 # Every stage prints a header and the script stops at the first failure.
@@ -80,6 +81,10 @@ fi
 
 run_e2e() {
     [ -n "${TEST_TMP:-}" ] || export_test_env
+    # The Kafka-compatible broker of t/e2e/kafka-end-to-end.sh: installed into .cache/tansu the
+    # first time (cargo install, 10-20 minutes), then found there.
+    bash "$ROOT/scripts/tansu.sh" install
+    export TANSU_BIN="$CACHE_DIR/tansu/bin/tansu"
     local f n=0
     for f in "$ROOT"/t/e2e/*.sh; do
         [ -f "$f" ] || continue

@@ -162,8 +162,33 @@ fn kafka_cmd(f: &Fixture, bootstrap: &str, extra: &[&str]) -> Command {
     c
 }
 
-fn spawn(mut c: Command) -> Child {
-    c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+/// A running shipper, killed if the test panics before it stops it.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(mut c: Command) -> Running {
+    Running(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
 }
 
 fn free_port() -> u16 {

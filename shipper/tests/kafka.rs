@@ -577,3 +577,36 @@ fn kafka_drain_rate() {
         write_mixed(f.ring(), n, n);
     }
 }
+
+#[test]
+fn kafka_json_values_and_click_id_keys() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(1 << 20);
+    let written = write_mixed(f.ring(), 50, 0);
+    let out = kafka_cmd(&f, &b, &["--once", "--format", "json", "--key", "click_id"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = consume_all(&b, &ALL_TOPICS);
+    assert_eq!(got.len(), written.len());
+    let by_id: HashMap<String, &Got> = got
+        .iter()
+        .map(|g| {
+            let j: serde_json::Value = serde_json::from_slice(&g.value).expect("a JSON value");
+            (j["id"].as_str().unwrap().to_string(), g)
+        })
+        .collect();
+    for (w, camp) in &written {
+        let g = by_id[&w.id_hex];
+        let j: serde_json::Value = serde_json::from_slice(&g.value).unwrap();
+        // The same JSON object as a line of the file sink (docs/event-schema.md).
+        let ev = decode(&w.payload).unwrap();
+        let mut line = Vec::new();
+        ev.to_json_line(&mut line);
+        assert_eq!(j, serde_json::from_slice::<serde_json::Value>(&line).unwrap());
+        assert_eq!(g.topic, topic_of(&w.event_type));
+        let want_key = ev.click_id.clone().unwrap_or_else(|| camp.clone());
+        assert_eq!(g.key.as_deref(), Some(want_key.as_str()), "key of a {}", w.event_type);
+    }
+}

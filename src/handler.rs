@@ -265,6 +265,7 @@ unsafe fn track(
                 value,
                 video_event: video_event.map(|at| &text[at]),
                 watch_time,
+                cost_micros: None,
             };
             event::encode(&ev, &mut w.event);
             if let Err(WriteError::Full) = ring.write(kind.index(), &w.event, pid) {

@@ -59,6 +59,8 @@ pub mod flags {
     pub const INVALID_VALUE: u32 = 1 << 3;     // "invalid_value": conversion value / watch time not a number
     pub const INVALID_VIDEO_EVENT: u32 = 1 << 4; // "invalid_video_event": not start|q1|mid|q3|complete
     pub const TRUNCATED: u32 = 1 << 5;         // "truncated": a field was cut to its length limit
+    pub const OVER_BUDGET: u32 = 1 << 6;       // "over_budget": a cap of the campaign was reached: not charged
+    pub const OUTSIDE_SCHEDULE: u32 = 1 << 7;  // "outside_schedule": before the campaign's start or after its end
     /// (bit, name) pairs in schema order.
     pub const NAMES: &[(u32, &str)] = &[
         (UNKNOWN_CAMPAIGN, "unknown_campaign"),
@@ -67,6 +69,8 @@ pub mod flags {
         (INVALID_VALUE, "invalid_value"),
         (INVALID_VIDEO_EVENT, "invalid_video_event"),
         (TRUNCATED, "truncated"),
+        (OVER_BUDGET, "over_budget"),
+        (OUTSIDE_SCHEDULE, "outside_schedule"),
     ];
 }
 
@@ -89,6 +93,9 @@ pub struct EventRef<'a> {
     pub value: Option<f64>,
     pub video_event: Option<&'a [u8]>,
     pub watch_time: Option<f64>,
+    /// What the banker charged the campaign for this event, in micro-units of its currency
+    /// (omitted when nothing was charged).
+    pub cost_micros: Option<u64>,
 }
 
 
@@ -127,7 +134,8 @@ fn write_key(out: &mut Vec<u8>, key: &str) {
 
 /// Encodes `ev` as a MessagePack map into `out` (cleared first). Does not allocate when `out`
 /// already has the capacity. Keys: v, id (bin 16), ts, type, campaign, click_id, dims, ip, ua,
-/// referer, host, status, flags, value, video_event, watch_time; optional ones are omitted when None/empty.
+/// referer, host, status, flags, value, video_event, watch_time, cost_micros; optional ones are
+/// omitted when None/empty.
 ///
 /// Keys are written in that order. Byte strings are written as MessagePack `str` with invalid
 /// UTF-8 replaced by U+FFFD; flag bits not in [`flags::NAMES`] are ignored.
@@ -146,6 +154,7 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
         ev.value.is_some(),
         ev.video_event.is_some(),
         ev.watch_time.is_some(),
+        ev.cost_micros.is_some(),
     ];
     let nkeys = 6 + optional.iter().filter(|&&b| b).count() as u32;
     let _ = write_map_len(out, nkeys);
@@ -200,6 +209,10 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
         write_key(out, "watch_time");
         let _ = write_f64(out, watch_time);
     }
+    if let Some(cost) = ev.cost_micros {
+        write_key(out, "cost_micros");
+        let _ = write_uint(out, cost);
+    }
 }
 
 /// An event as the shipper decodes it.
@@ -228,6 +241,8 @@ pub struct Event {
     pub value: Option<f64>,
     pub video_event: Option<String>,
     pub watch_time: Option<f64>,
+    /// Micro-units charged by the banker (absent: nothing charged).
+    pub cost_micros: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -282,7 +297,8 @@ impl Event {
     ///
     /// Appends to `out` (it does not clear it). Keys in order: v, id, time, ts, type, campaign,
     /// click_id, dims (always, `{}` when empty; a repeated name keeps its first value), ip, ua,
-    /// referer, host, status, flags (omitted when empty), value, video_event, watch_time.
+    /// referer, host, status, flags (omitted when empty), value, video_event, watch_time,
+    /// cost_micros.
     /// A non-finite value or watch_time is written as null.
     pub fn to_json_line(&self, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail, and every key is a string.
@@ -389,6 +405,7 @@ impl Serialize for Event {
             self.value.is_some(),
             self.video_event.is_some(),
             self.watch_time.is_some(),
+            self.cost_micros.is_some(),
         ];
         // v, id, ts, type, campaign, dims, status (+ time in human-readable form).
         let n = 7 + usize::from(hr) + optional.iter().filter(|&&b| b).count();
@@ -426,6 +443,9 @@ impl Serialize for Event {
         if let Some(x) = &self.watch_time {
             m.serialize_entry("watch_time", x)?;
         }
+        if let Some(x) = &self.cost_micros {
+            m.serialize_entry("cost_micros", x)?;
+        }
         m.end()
     }
 }
@@ -460,6 +480,8 @@ struct Wire {
     video_event: Option<String>,
     #[serde(default)]
     watch_time: Option<f64>,
+    #[serde(default)]
+    cost_micros: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for Event {
@@ -485,6 +507,7 @@ impl<'de> Deserialize<'de> for Event {
             value: w.value,
             video_event: w.video_event,
             watch_time: w.watch_time,
+            cost_micros: w.cost_micros,
         })
     }
 }
@@ -606,6 +629,7 @@ mod tests {
             value: Some(12.5),
             video_event: Some(b"q1"),
             watch_time: Some(7.5),
+            cost_micros: Some(250_000),
         }
     }
 
@@ -655,7 +679,7 @@ mod tests {
         encode(&r, &mut buf);
         assert_eq!(
             keys(&buf),
-            ["v", "id", "ts", "type", "campaign", "click_id", "dims", "ip", "ua", "referer", "host", "status", "flags", "value", "video_event", "watch_time"]
+            ["v", "id", "ts", "type", "campaign", "click_id", "dims", "ip", "ua", "referer", "host", "status", "flags", "value", "video_event", "watch_time", "cost_micros"]
         );
         let e = decode(&buf).unwrap();
         assert_eq!(e.v, 1);
@@ -677,6 +701,7 @@ mod tests {
         assert_eq!(e.value, Some(12.5));
         assert_eq!(e.video_event.as_deref(), Some("q1"));
         assert_eq!(e.watch_time, Some(7.5));
+        assert_eq!(e.cost_micros, Some(250_000));
         // Serde's MessagePack form of an Event is the same schema.
         let again = rmp_serde::to_vec_named(&e).unwrap();
         assert_eq!(decode(&again).unwrap(), e);
@@ -922,7 +947,7 @@ mod tests {
                 r#"{"v":1,"id":"018f3a4b5c6d71238401020304050607","time":"2024-05-01T12:34:56.789012Z","ts":1714566896789012,"#,
                 r#""type":"conversion","campaign":"summer-sale","click_id":"0190abcdef","dims":{"publisher":"a \"b\"","n":"1"},"#,
                 r#""ip":"192.0.2.0","ua":"Mozilla/5.0","referer":"https://pub.example/a?x=1","host":"t.example.com","status":200,"#,
-                r#""flags":["invalid_value","truncated"],"value":12.5,"video_event":"q1","watch_time":7.5}"#
+                r#""flags":["invalid_value","truncated"],"value":12.5,"video_event":"q1","watch_time":7.5,"cost_micros":250000}"#
             )
         );
         assert!(!line.contains('\n'));
@@ -949,6 +974,7 @@ mod tests {
             value: None,
             video_event: None,
             watch_time: None,
+            cost_micros: None,
         };
         let mut line = Vec::new();
         minimal.to_json_line(&mut line);

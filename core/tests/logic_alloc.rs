@@ -47,6 +47,7 @@ fn encode_and_expand_do_not_allocate() {
         value: Some(1.25),
         video_event: Some(b"q3"),
         watch_time: Some(12.0),
+        cost_micros: Some(1),
     };
     let mut event = Vec::with_capacity(4096);
     let mut target = Vec::with_capacity(4096);

@@ -52,6 +52,7 @@ fn sample_events(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
             value: (rng.next() & 1 == 0).then(|| f64::from_bits(rng.next())),
             video_event: video.as_deref(),
             watch_time: (rng.next() & 1 == 0).then_some(1.5),
+            cost_micros: (rng.next() & 1 == 0).then(|| rng.next()),
         };
         let mut buf = Vec::new();
         encode(&ev, &mut buf);

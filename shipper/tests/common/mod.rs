@@ -135,6 +135,7 @@ pub fn event_for(event_type: &str, ts: u64, seq: u64, campaign: &str, click_id: 
         value: None,
         video_event: None,
         watch_time: None,
+        cost_micros: None,
     };
     let mut payload = Vec::new();
     encode(&ev, &mut payload);

@@ -4,12 +4,16 @@
 //! - [`ring`]: the shared-memory ring (layout, producer, consumer), see `docs/ring.md`;
 //! - [`event`]: the event schema and its MessagePack encoding, see `docs/event-schema.md`;
 //! - [`campaign`]: the campaigns file and the shared-memory campaign table;
+//! - [`banker`]: per-campaign counters and budget caps, charged atomically across workers;
+//! - [`record`]: one campaign's bytes in shared memory and the index over them;
 //! - [`landing`]: landing-URL macros (`{click_id}`, `{campaign}`, `{dim.NAME}`);
 //! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
 //! - [`id`]: 16-byte time-ordered event ids.
+pub mod banker;
 pub mod campaign;
 pub mod event;
 pub mod id;
 pub mod input;
 pub mod landing;
+pub mod record;
 pub mod ring;

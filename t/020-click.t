@@ -20,8 +20,8 @@ our $LONG65 = 'b' x 65;
 write_campaigns([
     { id => 'summer', status => 'active',
       landing_url => 'https://shop.example.com/summer?pub={dim.publisher}&click={click_id}&c={campaign}',
-      # other fields are accepted and ignored
-      name => 'Summer sale', budget => { daily => 100, currency => 'EUR' }, tags => ['a', 'b'] },
+      # budget fields (no cap reached here)
+      price_per_click => 0.25, daily_budget => 100 },
     { id => 'inpath', status => 'active',
       landing_url => 'https://shop.example.com/p/{dim.publisher}/landing' },
     { id => 'paused-one', status => 'paused', landing_url => 'https://shop.example.com/paused' },

@@ -60,6 +60,15 @@ HTTP
     like($out, qr/\[emerg\].*tracker_campaigns.*t-bad\.json.*line 3/, 'the message names the file and line 3');
     like($out, qr/test failed/, 'nginx -t says the test failed');
 
+    # A misspelt budget field is refused, never ignored.
+    write_file($bad, qq{[\n  {"id": "a", "status": "active", "landing_url": "https://a.example.com/", "dayly_budget": 5}\n]\n});
+    ($rc, $out) = $ngx->test_conf;
+    isnt($rc, 0, 'nginx -t fails on an unknown campaign field');
+    like($out, qr/\[emerg\].*t-bad\.json.*line 2: campaign "a": unknown field "dayly_budget"/, 'the message names the field');
+    write_file($bad, qq{[\n  {"id": "a", "status": "active", "landing_url": "https://a.example.com/", "daily_budget": "lots"}\n]\n});
+    ($rc, $out) = $ngx->test_conf;
+    like($out, qr/campaign "a": daily_budget: must be a number/, 'a bad budget value names the field');
+
     write_campaigns([{ id => 'a', status => 'active', landing_url => 'https://a.example.com/' }], $bad);
     ($rc, $out) = $ngx->test_conf;
     is($rc, 0, 'nginx -t passes once the file is fixed') or diag $out;

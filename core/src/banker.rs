@@ -162,7 +162,6 @@ impl Account {
         // The caps that apply: (counter, is it daily, amount, cap); then what was reserved.
         let mut steps: [Option<(&AtomicU64, bool, u64, u64)>; 4] = [None; 4];
         let mut done: [Option<(&AtomicU64, bool, u64)>; 4] = [None; 4];
-        let mut n = 0;
         steps[0] = Some((&self.spend_total, false, cost, caps.total_spend_micros.unwrap_or(unlimited)));
         steps[1] = Some((&self.spend_day, true, cost, caps.daily_spend_micros.unwrap_or(unlimited)));
         match kind {
@@ -176,7 +175,7 @@ impl Account {
             }
             _ => {}
         }
-        for (c, daily, amount, cap) in steps.into_iter().flatten() {
+        for (n, (c, daily, amount, cap)) in steps.into_iter().flatten().enumerate() {
             let ok = if daily { reserve_daily(c, day, amount, cap) } else { reserve_total(c, amount, cap) };
             if !ok {
                 for (c, daily, amount) in done[..n].iter().flatten() {
@@ -190,7 +189,6 @@ impl Account {
                 return Charge::OverBudget;
             }
             done[n] = Some((c, daily, amount));
-            n += 1;
         }
         Charge::Charged(cost)
     }

@@ -1,4 +1,5 @@
-//! Campaigns: the JSON file, and the flat table that lives in nginx shared memory.
+//! Campaigns: the JSON file and its validation. (In shared memory, a campaign is a record of
+//! [`crate::record`].)
 //!
 //! The file is a JSON array of objects `{"id", "status", "landing_url", ...}` (the fields are
 //! in `docs/directives.md`, `tracker_campaigns`); the admin API takes the same objects
@@ -7,19 +8,6 @@
 //! built by [`build_table`] and read in place by [`TableView`]: open addressing over u32
 //! offsets, so lookups are O(1) and position-independent (any mapping address works).
 //!
-//! Table image (all integers little-endian):
-//!
-//! ```text
-//! header   magic u32 (the bytes "TRKC"), version u32 (1), count u32,
-//!          nbuckets u32 (a power of two, >= 2 * count, >= 8), total_len u32 (image length)
-//! buckets  nbuckets x u32: 0 = empty, else the offset of an entry from the image start
-//! entries  id_len u16, status u8 (0 active, 1 paused, 2 ended), reserved u8, url_len u32,
-//!          id bytes, url bytes, zero padding to a multiple of 4
-//! ```
-//!
-//! A campaign is in the bucket `fnv1a64(id) & (nbuckets - 1)` or, by linear probing, in one of
-//! the following buckets before the next empty one.
-
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -46,23 +34,6 @@ impl Status {
             "active" => Some(Status::Active),
             "paused" => Some(Status::Paused),
             "ended" => Some(Status::Ended),
-            _ => None,
-        }
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            Status::Active => 0,
-            Status::Paused => 1,
-            Status::Ended => 2,
-        }
-    }
-
-    fn of_code(c: u8) -> Option<Status> {
-        match c {
-            0 => Some(Status::Active),
-            1 => Some(Status::Paused),
-            2 => Some(Status::Ended),
             _ => None,
         }
     }
@@ -424,9 +395,6 @@ pub fn parse_file(text: &str) -> Result<Vec<Campaign>, FileError> {
         seen.insert(id.clone(), line);
         out.push(c);
     }
-    if table_size(&out) > u32::MAX as usize {
-        return Err(FileError { line: 1, message: "too many campaigns: the table would exceed 4 GiB".into() });
-    }
     Ok(out)
 }
 
@@ -468,163 +436,6 @@ impl<'t> LineCounter<'t> {
         self.at = off;
         self.line
     }
-}
-
-const MAGIC: u32 = u32::from_le_bytes(*b"TRKC");
-/// Version of the table image layout.
-pub const TABLE_VERSION: u32 = 1;
-const HEADER_LEN: usize = 20;
-const ENTRY_HEAD: usize = 8;
-const MIN_BUCKETS: usize = 8;
-
-fn nbuckets_for(count: usize) -> usize {
-    count.saturating_mul(2).max(MIN_BUCKETS).checked_next_power_of_two().unwrap_or(usize::MAX)
-}
-
-fn entry_len(c: &Campaign) -> usize {
-    (ENTRY_HEAD + c.id.len() + c.landing_url.len() + 3) & !3
-}
-
-/// FNV-1a, 64 bits.
-fn fnv1a64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// The number of bytes [`build_table`] needs for these campaigns.
-pub fn table_size(campaigns: &[Campaign]) -> usize {
-    let entries: usize = campaigns.iter().map(entry_len).fold(0, usize::saturating_add);
-    HEADER_LEN
-        .saturating_add(nbuckets_for(campaigns.len()).saturating_mul(4))
-        .saturating_add(entries)
-}
-
-/// Builds the table image into `out` (cleared first). `out.len() == table_size(campaigns)` after.
-///
-/// The campaigns should come from [`parse_file`] (unique ids of at most 64 bytes, a table under
-/// 4 GiB). With duplicate ids, lookups find the first. Panics if the image would not fit u32
-/// offsets (impossible for `parse_file` output).
-pub fn build_table(campaigns: &[Campaign], out: &mut Vec<u8>) {
-    let total = table_size(campaigns);
-    assert!(total <= u32::MAX as usize, "campaign table over 4 GiB");
-    let nbuckets = nbuckets_for(campaigns.len());
-    out.clear();
-    out.reserve(total);
-    for v in [MAGIC, TABLE_VERSION, campaigns.len() as u32, nbuckets as u32, total as u32] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    let buckets_at = out.len();
-    out.resize(buckets_at + 4 * nbuckets, 0);
-    let mask = nbuckets - 1;
-    for c in campaigns {
-        let off = out.len();
-        let id = c.id.as_bytes();
-        let url = c.landing_url.as_bytes();
-        let id_len = u16::try_from(id.len()).expect("campaign id over 65535 bytes");
-        out.extend_from_slice(&id_len.to_le_bytes());
-        out.push(c.status.code());
-        out.push(0);
-        out.extend_from_slice(&(url.len() as u32).to_le_bytes());
-        out.extend_from_slice(id);
-        out.extend_from_slice(url);
-        out.resize(off + entry_len(c), 0);
-        let mut b = (fnv1a64(id) as usize) & mask;
-        loop {
-            let slot = buckets_at + 4 * b;
-            if out[slot..slot + 4] == [0; 4] {
-                out[slot..slot + 4].copy_from_slice(&(off as u32).to_le_bytes());
-                break;
-            }
-            b = (b + 1) & mask;
-        }
-    }
-    debug_assert_eq!(out.len(), total);
-}
-
-/// A campaign found in a table.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CampaignRef<'a> { pub status: Status, pub landing_url: &'a [u8] }
-
-/// Reads a table image in place. All offsets are bounds-checked: a corrupt or torn image gives
-/// wrong answers or None, never a panic (the module re-checks a sequence number around lookups).
-#[derive(Clone, Copy)]
-pub struct TableView<'a> {
-    /// The image, cut to its total_len.
-    image: &'a [u8],
-    count: usize,
-    nbuckets: usize,
-}
-
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    let end = at.checked_add(4)?;
-    let s = b.get(at..end)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-impl<'a> TableView<'a> {
-    /// None when the image is not a table (bad magic or sizes). The image may be longer than
-    /// the table (only its first total_len bytes are read).
-    pub fn new(image: &'a [u8]) -> Option<TableView<'a>> {
-        if read_u32(image, 0)? != MAGIC || read_u32(image, 4)? != TABLE_VERSION {
-            return None;
-        }
-        let count = read_u32(image, 8)? as usize;
-        let nbuckets = read_u32(image, 12)? as usize;
-        let total = read_u32(image, 16)? as usize;
-        if !nbuckets.is_power_of_two() || nbuckets < MIN_BUCKETS || count > nbuckets / 2 {
-            return None;
-        }
-        if total > image.len() || HEADER_LEN.checked_add(nbuckets.checked_mul(4)?)? > total {
-            return None;
-        }
-        Some(TableView { image: &image[..total], count, nbuckets })
-    }
-
-    /// The number of campaigns.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn get(&self, id: &[u8]) -> Option<CampaignRef<'a>> {
-        let image = self.image;
-        let mask = self.nbuckets.wrapping_sub(1);
-        let mut b = (fnv1a64(id) as usize) & mask;
-        for _ in 0..self.nbuckets {
-            let off = read_u32(image, HEADER_LEN + 4 * b)? as usize;
-            if off == 0 {
-                return None;
-            }
-            if let Some((eid, status, url)) = entry_at(image, off) {
-                if eid == id {
-                    return Some(CampaignRef { status: Status::of_code(status)?, landing_url: url });
-                }
-            }
-            b = (b + 1) & mask;
-        }
-        None
-    }
-}
-
-/// The (id, status code, url) of the entry at `off`, if it lies within the image.
-fn entry_at(image: &[u8], off: usize) -> Option<(&[u8], u8, &[u8])> {
-    let head = image.get(off..off.checked_add(ENTRY_HEAD)?)?;
-    let id_len = u16::from_le_bytes([head[0], head[1]]) as usize;
-    let status = head[2];
-    let url_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    let id_at = off + ENTRY_HEAD;
-    let url_at = id_at.checked_add(id_len)?;
-    let end = url_at.checked_add(url_len)?;
-    let id = image.get(id_at..url_at)?;
-    let url = image.get(url_at..end)?;
-    Some((id, status, url))
 }
 
 #[cfg(test)]
@@ -777,172 +588,6 @@ mod tests {
         assert_eq!(parse_offset("0200"), None);
         for t in [-86_400 * 365 * 100, -1, 0, 1, 1_764_000_000, 4_102_444_800] {
             assert_eq!(parse_time(&json!(rfc3339(t))), Ok(t), "{t}");
-        }
-    }
-
-    #[test]
-    fn table_finds_100k_campaigns() {
-        let list: Vec<Campaign> = (0..100_000)
-            .map(|i| {
-                let status = [Status::Active, Status::Paused, Status::Ended][i % 3];
-                c(&format!("camp-{i}"), status, &format!("https://l{i}.example.com/{{click_id}}?n={}", "x".repeat(i % 7)))
-            })
-            .collect();
-        let mut image = vec![1, 2, 3];
-        build_table(&list, &mut image);
-        assert_eq!(image.len(), table_size(&list));
-        assert_eq!(image.len() % 4, 0);
-        let t = TableView::new(&image).unwrap();
-        assert_eq!(t.len(), 100_000);
-        for cmp in &list {
-            let got = t.get(cmp.id.as_bytes()).unwrap_or_else(|| panic!("{} not found", cmp.id));
-            assert_eq!(got.status, cmp.status);
-            assert_eq!(got.landing_url, cmp.landing_url.as_bytes());
-        }
-        for i in 0..100_000 {
-            assert_eq!(t.get(format!("absent-{i}").as_bytes()), None);
-        }
-        assert_eq!(t.get(b"camp-100000"), None);
-        assert_eq!(t.get(b"camp-1 "), None);
-        assert_eq!(t.get(b""), None);
-        // Header fields.
-        assert_eq!(&image[0..4], b"TRKC");
-        let nb = u32::from_le_bytes(image[12..16].try_into().unwrap()) as usize;
-        assert!(nb.is_power_of_two() && nb >= 200_000);
-        // A longer buffer (zone) still reads.
-        image.extend_from_slice(&[0xff; 64]);
-        assert!(TableView::new(&image).unwrap().get(b"camp-7").is_some());
-    }
-
-    #[test]
-    fn empty_and_small_tables() {
-        let mut image = Vec::new();
-        build_table(&[], &mut image);
-        assert_eq!(image.len(), table_size(&[]));
-        assert_eq!(image.len(), HEADER_LEN + 4 * MIN_BUCKETS);
-        let t = TableView::new(&image).unwrap();
-        assert_eq!(t.len(), 0);
-        assert!(t.is_empty());
-        assert_eq!(t.get(b"a"), None);
-        assert_eq!(t.get(b""), None);
-
-        let list = [c("a", Status::Paused, "https://a/"), c("b", Status::Active, "")];
-        build_table(&list, &mut image);
-        let t = TableView::new(&image).unwrap();
-        assert_eq!(t.get(b"a"), Some(CampaignRef { status: Status::Paused, landing_url: b"https://a/" }));
-        assert_eq!(t.get(b"b"), Some(CampaignRef { status: Status::Active, landing_url: b"" }));
-        assert_eq!(t.get(b"c"), None);
-    }
-
-    #[test]
-    fn rejects_non_tables() {
-        let mut image = Vec::new();
-        build_table(&[c("a", Status::Active, "https://a/")], &mut image);
-        assert!(TableView::new(&image).is_some());
-        assert!(TableView::new(&[]).is_none());
-        assert!(TableView::new(&image[..image.len() - 1]).is_none(), "shorter than total_len");
-        let mut bad = image.clone();
-        bad[0] = b'X';
-        assert!(TableView::new(&bad).is_none(), "magic");
-        let mut bad = image.clone();
-        bad[4] = 2;
-        assert!(TableView::new(&bad).is_none(), "version");
-        let mut bad = image.clone();
-        bad[12] = 12;
-        assert!(TableView::new(&bad).is_none(), "nbuckets not a power of two");
-        let mut bad = image.clone();
-        bad[12..16].copy_from_slice(&(1u32 << 30).to_le_bytes());
-        assert!(TableView::new(&bad).is_none(), "buckets beyond the image");
-        let mut bad = image.clone();
-        bad[8..12].copy_from_slice(&100u32.to_le_bytes());
-        assert!(TableView::new(&bad).is_none(), "count over nbuckets / 2");
-    }
-
-    /// xorshift64*, for the corruption test.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-    }
-
-    #[test]
-    fn corrupt_images_never_panic() {
-        let list: Vec<Campaign> =
-            (0..50).map(|i| c(&format!("c{i}"), Status::Active, &format!("https://x{i}.example/"))).collect();
-        let mut good = Vec::new();
-        build_table(&list, &mut good);
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let probes: Vec<Vec<u8>> = (0..60).map(|i| format!("c{i}").into_bytes()).collect();
-        for round in 0..20_000 {
-            let mut img = good.clone();
-            match round % 4 {
-                0 => {
-                    // Flip a few random bytes anywhere.
-                    for _ in 0..(1 + rng.next() % 8) {
-                        let at = (rng.next() as usize) % img.len();
-                        img[at] = rng.next() as u8;
-                    }
-                }
-                1 => {
-                    // Point buckets at random offsets.
-                    for _ in 0..(1 + rng.next() % 8) {
-                        let b = (rng.next() as usize) % 128;
-                        let v = match rng.next() % 3 {
-                            0 => rng.next() as u32,
-                            1 => (img.len() as u32).wrapping_sub((rng.next() % 16) as u32),
-                            _ => (rng.next() % img.len() as u64) as u32,
-                        };
-                        img[HEADER_LEN + 4 * b..HEADER_LEN + 4 * b + 4].copy_from_slice(&v.to_le_bytes());
-                    }
-                }
-                2 => {
-                    // Torn: truncated, with header claiming the full length fixed up.
-                    let cut = HEADER_LEN + (rng.next() as usize) % (img.len() - HEADER_LEN);
-                    img.truncate(cut);
-                    let total = img.len() as u32;
-                    img[16..20].copy_from_slice(&total.to_le_bytes());
-                }
-                _ => {
-                    // Random bytes behind a valid header.
-                    for b in img[HEADER_LEN..].iter_mut() {
-                        *b = rng.next() as u8;
-                    }
-                    // Entry lengths at their maximum.
-                    if rng.next() & 1 == 0 {
-                        for b in img[HEADER_LEN + 512..].iter_mut() {
-                            *b = 0xff;
-                        }
-                    }
-                }
-            }
-            if let Some(t) = TableView::new(&img) {
-                for p in &probes {
-                    let _ = t.get(p);
-                }
-                let _ = t.get(b"");
-                let _ = t.len();
-            }
-        }
-        // Pure random images, some with a valid magic and version.
-        for _ in 0..20_000 {
-            let len = (rng.next() % 300) as usize;
-            let mut img: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            if len >= 20 && rng.next() & 1 == 0 {
-                img[0..4].copy_from_slice(b"TRKC");
-                img[4..8].copy_from_slice(&1u32.to_le_bytes());
-                img[12..16].copy_from_slice(&8u32.to_le_bytes());
-                img[8..12].copy_from_slice(&((rng.next() % 5) as u32).to_le_bytes());
-                img[16..20].copy_from_slice(&(len as u32).to_le_bytes());
-            }
-            if let Some(t) = TableView::new(&img) {
-                for p in &probes[..5] {
-                    let _ = t.get(p);
-                }
-            }
         }
     }
 }

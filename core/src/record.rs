@@ -262,14 +262,18 @@ pub fn find<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Option<&'
     None
 }
 
+/// The index has no free slot.
+#[derive(Debug, PartialEq)]
+pub struct IndexFull;
+
 /// Where `id` goes: its current slot (Ok(slot, Some(value))), or the first deleted or empty
 /// slot on its probe path (Ok(slot, None)); Err when the index has no room. Writers only (one
 /// at a time).
-pub fn slot_for<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Option<&'r [u8]>) -> Result<(usize, Option<u32>), ()> {
+pub fn slot_for<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Option<&'r [u8]>) -> Result<(usize, Option<u32>), IndexFull> {
     if let Some((i, v)) = find(index, id, &id_at) {
         return Ok((i, Some(v)));
     }
-    let mask = index.len().checked_sub(1).ok_or(())?;
+    let mask = index.len().checked_sub(1).ok_or(IndexFull)?;
     let mut i = hash(id) as usize & mask;
     for _ in 0..index.len() {
         let v = index[i].load(Acquire);
@@ -278,7 +282,7 @@ pub fn slot_for<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Optio
         }
         i = (i + 1) & mask;
     }
-    Err(())
+    Err(IndexFull)
 }
 
 #[cfg(test)]

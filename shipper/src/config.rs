@@ -19,6 +19,8 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "tracker.";
 pub const DEFAULT_CUSTOM_TOPIC: &str = "tracker.custom";
 pub const DEFAULT_LINGER_MS: u64 = 5;
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 5;
+/// The aggregate sink's batches: one file per hour per batch, so fewer, larger batches.
+pub const DEFAULT_AGGREGATE_FLUSH_INTERVAL_MS: u64 = 60_000;
 
 /// Where the events go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -28,6 +30,8 @@ pub enum SinkKind {
     File,
     /// Apache Kafka (or a Kafka-protocol broker) at --brokers.
     Kafka,
+    /// Hourly aggregates by campaign, publisher and type, as NDJSON files under --aggregate-dir.
+    Aggregate,
 }
 
 impl SinkKind {
@@ -36,6 +40,7 @@ impl SinkKind {
         match self {
             SinkKind::File => "file",
             SinkKind::Kafka => "kafka",
+            SinkKind::Aggregate => "aggregate",
         }
     }
 }
@@ -119,8 +124,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 
-    /// Where the events go: file, kafka, or both (`--sink kafka --sink file` or
-    /// `--sink kafka,file`), each sink with its own cursor in the ring [default: file].
+    /// Where the events go: file, kafka, aggregate, or several (`--sink kafka --sink file` or
+    /// `--sink kafka,file,aggregate`), each sink with its own cursor in the ring [default: file].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub sink: Vec<SinkKind>,
 
@@ -156,6 +161,14 @@ pub struct Cli {
     /// Output directory of the file sink.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Output directory of the aggregate sink [default: DIR/_aggregates when --dir is given].
+    #[arg(long, value_name = "DIR")]
+    pub aggregate_dir: Option<PathBuf>,
+
+    /// Commit an aggregate batch at the latest this long after its first event [default: 60000].
+    #[arg(long, value_name = "N")]
+    pub aggregate_flush_interval_ms: Option<u64>,
 
     /// Event format: ndjson (alias json) or msgpack (the records as nginx wrote them), for every
     /// sink given [default: ndjson for files, msgpack for Kafka].
@@ -223,6 +236,8 @@ pub struct FileConfig {
     /// The file sink's options, as a table (over the same keys at the top level).
     pub file: Option<FileSinkFile>,
     pub kafka: Option<KafkaFile>,
+    /// The aggregate sink's options.
+    pub aggregate: Option<AggregateFile>,
     pub dir: Option<PathBuf>,
     pub format: Option<Format>,
     pub flush_interval_ms: Option<u64>,
@@ -243,6 +258,27 @@ pub struct FileSinkFile {
     pub format: Option<Format>,
     pub gzip_level: Option<u32>,
     pub max_open_files: Option<usize>,
+}
+
+/// The `[aggregate]` table of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateFile {
+    pub dir: Option<PathBuf>,
+    pub publisher_dimension: Option<String>,
+    pub flush_interval_ms: Option<u64>,
+    /// Only `ndjson`.
+    pub format: Option<Format>,
+}
+
+/// The aggregate sink's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggregateConfig {
+    pub dir: PathBuf,
+    /// The dimension whose value is the row's publisher.
+    pub publisher_dimension: String,
+    /// The aggregate sink's flush interval (instead of the other sinks').
+    pub flush_interval: Duration,
 }
 
 /// The `[kafka]` table of the TOML file.
@@ -323,6 +359,8 @@ pub struct Config {
     pub format: Format,
     /// Set when the kafka sink is used and action is Run.
     pub kafka: Option<KafkaConfig>,
+    /// Set when the aggregate sink is used and action is Run.
+    pub aggregate: Option<AggregateConfig>,
     pub metrics: Option<SocketAddr>,
     pub log_file: Option<PathBuf>,
     /// The kafka sink's dead letters (set when the kafka sink is used and action is Run).
@@ -352,7 +390,8 @@ pub fn load_file(path: &Path) -> Result<FileConfig, String> {
         fc.gzip_level = t.gzip_level.or(fc.gzip_level);
         fc.max_open_files = t.max_open_files.or(fc.max_open_files);
     }
-    for p in [&mut fc.ring, &mut fc.dir, &mut fc.log_file, &mut fc.dead_letter_dir].into_iter().flatten() {
+    let agg_dir = fc.aggregate.as_mut().and_then(|a| a.dir.as_mut());
+    for p in [&mut fc.ring, &mut fc.dir, &mut fc.log_file, &mut fc.dead_letter_dir].into_iter().flatten().chain(agg_dir) {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -428,6 +467,17 @@ impl Config {
         } else {
             None
         };
+        let aggregate = if run && sinks.contains(&SinkKind::Aggregate) {
+            Some(aggregate_config(
+                cli.aggregate_dir.clone(),
+                cli.aggregate_flush_interval_ms,
+                f.aggregate.unwrap_or_default(),
+                &dir,
+                sinks.contains(&SinkKind::File),
+            )?)
+        } else {
+            None
+        };
         let dead_letter_dir = match cli.dead_letter_dir.clone().or(f.dead_letter_dir) {
             Some(d) => d,
             None if kafka.is_some() && !dir.as_os_str().is_empty() => dir.join(crate::commit::DEAD_LETTER_DIR),
@@ -493,6 +543,7 @@ impl Config {
             dir,
             format,
             kafka,
+            aggregate,
             metrics: cli.metrics.or(f.metrics),
             log_file: cli.log_file.or(f.log_file),
             dead_letter_dir,
@@ -507,6 +558,53 @@ impl Config {
             once: cli.once,
         })
     }
+}
+
+/// The aggregate settings: `--aggregate-dir` over `[aggregate]` over the defaults. `dir` is the
+/// file sink's directory (empty if none), `with_file` whether the file sink is used too.
+fn aggregate_config(
+    cli_dir: Option<PathBuf>,
+    cli_flush_ms: Option<u64>,
+    a: AggregateFile,
+    dir: &Path,
+    with_file: bool,
+) -> Result<AggregateConfig, String> {
+    let agg_dir = match cli_dir.or(a.dir) {
+        Some(d) => d,
+        None if !dir.as_os_str().is_empty() => dir.join("_aggregates"),
+        None => {
+            return Err("the aggregate sink needs --aggregate-dir DIR (or --dir, or `dir` in [aggregate])".into())
+        }
+    };
+    // Each directory has its own manifest and stray-tmp cleanup: the aggregate directory may be
+    // inside the file sink's (recovered first), not the same nor around it.
+    if with_file && dir.starts_with(&agg_dir) {
+        return Err(format!(
+            "the aggregate directory {} must not be the file sink's directory {} nor contain it              (use a directory of its own, e.g. the default DIR/_aggregates)",
+            agg_dir.display(),
+            dir.display()
+        ));
+    }
+    if a.format.is_some_and(|f| f != Format::Ndjson) {
+        return Err("[aggregate] format: the aggregate sink writes ndjson only".into());
+    }
+    let publisher_dimension = a
+        .publisher_dimension
+        .unwrap_or_else(|| crate::aggregate::DEFAULT_PUBLISHER_DIMENSION.to_string());
+    if publisher_dimension.is_empty() {
+        return Err("[aggregate] publisher_dimension must not be empty".into());
+    }
+    let flush_ms = cli_flush_ms
+        .or(a.flush_interval_ms)
+        .unwrap_or(DEFAULT_AGGREGATE_FLUSH_INTERVAL_MS);
+    if flush_ms == 0 {
+        return Err("aggregate-flush-interval-ms must be at least 1".into());
+    }
+    Ok(AggregateConfig {
+        dir: agg_dir,
+        publisher_dimension,
+        flush_interval: Duration::from_millis(flush_ms),
+    })
 }
 
 /// The command-line options of the Kafka sink.
@@ -718,6 +816,59 @@ mod tests {
         assert_eq!(c.sinks, [SinkKind::Kafka, SinkKind::File]);
         assert_eq!(c.format, Format::Ndjson);
         assert_eq!(c.kafka.unwrap().format, Format::Ndjson);
+    }
+
+    #[test]
+    fn aggregate_sink() {
+        // With --dir: DIR/_aggregates, the publisher dimension "publisher".
+        let c = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka,file,aggregate", "--brokers", "b:1", "--dir", "/d"]), None, None)
+            .unwrap();
+        assert_eq!(c.sinks, [SinkKind::Kafka, SinkKind::File, SinkKind::Aggregate]);
+        assert_eq!(
+            c.aggregate,
+            Some(AggregateConfig {
+                dir: PathBuf::from("/d/_aggregates"),
+                publisher_dimension: "publisher".into(),
+                flush_interval: Duration::from_secs(60),
+            })
+        );
+        // --aggregate-dir over [aggregate] dir; the table's other keys.
+        let f: FileConfig =
+            toml::from_str("ring = '/r'\nsinks = ['aggregate']\n[aggregate]\ndir = '/agg-file'\npublisher_dimension = 'site'\nformat = 'ndjson'\nflush_interval_ms = 5000\n")
+                .unwrap();
+        let c = Config::resolve(cli(&["--aggregate-dir", "/agg-cli"]), Some(f), None).unwrap();
+        let a = c.aggregate.unwrap();
+        assert_eq!(a.dir, PathBuf::from("/agg-cli"));
+        assert_eq!(a.publisher_dimension, "site");
+        assert_eq!(a.flush_interval, Duration::from_secs(5));
+        assert_eq!(c.flush_interval, Duration::from_secs(1));
+        assert_eq!(c.sinks, [SinkKind::Aggregate]);
+        // A relative [aggregate] dir is relative to the config file.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.toml");
+        std::fs::write(&p, "ring = '/r'\nsink = 'aggregate'\n[aggregate]\ndir = 'agg'\n").unwrap();
+        let c = Config::resolve(cli(&[]), Some(load_file(&p).unwrap()), None).unwrap();
+        assert_eq!(c.aggregate.unwrap().dir, d.path().join("agg"));
+        // Errors: no directory, the file sink's directory or one around it, msgpack, unknown keys.
+        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "aggregate"]), None, None).unwrap_err();
+        assert!(e.contains("--aggregate-dir"), "{e}");
+        for agg in ["/d", "/"] {
+            let e = Config::resolve(cli(&["--ring", "/r", "--sink", "file,aggregate", "--dir", "/d", "--aggregate-dir", agg]), None, None)
+                .unwrap_err();
+            assert!(e.contains("must not be the file sink's directory"), "{e}");
+        }
+        assert!(Config::resolve(cli(&["--ring", "/r", "--sink", "aggregate", "--dir", "/d", "--aggregate-dir", "/d"]), None, None).is_ok());
+        let f: FileConfig = toml::from_str("[aggregate]\nformat = 'msgpack'\n").unwrap();
+        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "aggregate", "--dir", "/d"]), Some(f), None).unwrap_err();
+        assert!(e.contains("ndjson only"), "{e}");
+        assert!(toml::from_str::<FileConfig>("[aggregate]\npublisher = 'x'\n").is_err());
+        // Not used: not resolved (and --format msgpack for the other sinks is fine).
+        let c = Config::resolve(cli(&["--ring", "/r", "--dir", "/d", "--format", "msgpack"]), None, None).unwrap();
+        assert_eq!(c.aggregate, None);
+        let c = Config::resolve(cli(&["--ring", "/r", "--sink", "file,aggregate", "--dir", "/d", "--format", "msgpack"]), None, None)
+            .unwrap();
+        assert_eq!(c.format, Format::Msgpack);
+        assert!(c.aggregate.is_some());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Encoding, the CPU-heavy part of the drain, done by worker threads in parallel: a chunk of
 //! consecutive ring records is decoded and serialized (NDJSON lines, or the raw MessagePack
 //! records), either grouped by partition (event type and UTC hour: the file sink) or as one
-//! message per event with its key (the Kafka sink). Records that do not decode become dead
-//! letters. The writer thread then puts the chunks, in ring order, into the sink.
+//! message per event with its key (the Kafka sink), or aggregated into hourly rows (the
+//! aggregate sink). Records that do not decode become dead letters. The writer thread then
+//! puts the chunks, in ring order, into the sink.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -12,6 +13,7 @@ use std::ops::Range;
 use tracker_core::event::{decode, Kind};
 use tracker_core::ring::{Record, COUNTER_KINDS};
 
+use crate::aggregate::Aggregates;
 use crate::config::{Format, KeyField};
 use crate::layout::US_PER_HOUR;
 
@@ -51,6 +53,9 @@ pub enum Encoding {
     Groups(Format),
     /// One message per event, keyed by `KeyField`: the Kafka sink.
     Messages(Format, KeyField),
+    /// The chunk's hourly aggregates, the publisher taken from the named dimension: the
+    /// aggregate sink (the sink merges the chunks of a batch).
+    Aggregates(&'static str),
 }
 
 /// One event as a message: its value is `EncodedChunk::buf[value]`.
@@ -78,6 +83,8 @@ pub struct EncodedChunk {
     /// With [`Encoding::Messages`]: the events, in ring order, and their bytes.
     pub messages: Vec<Message>,
     pub buf: Vec<u8>,
+    /// With [`Encoding::Aggregates`]: the rows of the chunk's events.
+    pub aggregates: Aggregates,
     /// Events per type (`Kind::index()`).
     pub by_kind: [u64; COUNTER_KINDS],
     pub dead: Vec<DeadRecord>,
@@ -150,6 +157,10 @@ pub fn encode_chunk(chunk: Chunk, encoding: Encoding, warnings: &WarnLimiter) ->
         out.events += 1;
         let format = match encoding {
             Encoding::Groups(f) => f,
+            Encoding::Aggregates(publisher_dim) => {
+                out.aggregates.add_owned(ev, publisher_dim);
+                continue;
+            }
             Encoding::Messages(format, key) => {
                 let start = out.buf.len();
                 match format {

@@ -5,13 +5,16 @@
 //! - [`drain`]: one sink's pipeline: the ring reader and the threads (reader, encoders, writer);
 //! - [`encode`]: decoding and serializing chunks of records (worker threads);
 //! - [`batch`]: the writer thread: ordering, batching, commits, the periodic summary;
-//! - [`sink`]: where events go ([`sink::file`], [`sink::kafka`]), each with its own cursor;
+//! - [`sink`]: where events go ([`sink::file`], [`sink::kafka`], [`sink::aggregate`]), each
+//!   with its own cursor;
+//! - [`aggregate`]: hourly rows by campaign, publisher and type (the aggregate sink's sums);
 //! - [`commit`]: the file sink's manifest protocol (crash safety);
 //! - [`layout`]: partition directories and file names;
 //! - [`metrics`]: counters and the Prometheus endpoint;
 //! - [`lock`]: one shipper per ring and per directory;
 //! - [`logging`], [`notify`]: log lines, systemd readiness.
 
+mod aggregate;
 mod batch;
 mod commit;
 mod config;
@@ -41,6 +44,7 @@ use config::{Action, Cli, Config, SinkKind};
 use drain::{Exit, Options, Signals};
 use encode::Encoding;
 use metrics::{Metrics, SinkMetrics};
+use sink::aggregate::AggregateSink;
 use sink::file::FileSink;
 use sink::kafka::KafkaSink;
 use sink::Sink;
@@ -222,6 +226,19 @@ fn make_sinks(cfg: &Config, signals: &Signals) -> Result<Vec<SinkRun>, String> {
                     encoding,
                 )
             }
+            SinkKind::Aggregate => {
+                let a = cfg.aggregate.as_ref().expect("resolved with the aggregate sink");
+                // The encoding is Copy (handed to every worker): the dimension name lives for
+                // the process (one string, leaked once).
+                let dim: &'static str = Box::leak(a.publisher_dimension.clone().into_boxed_str());
+                (
+                    Box::new(
+                        AggregateSink::new(&a.dir, dim)
+                            .map_err(|e| format!("aggregate directory: {e}"))?,
+                    ),
+                    Encoding::Aggregates(dim),
+                )
+            }
         };
         out.push(SinkRun { kind, sink, metrics, encoding, totals: Totals::default() });
     }
@@ -268,6 +285,13 @@ fn run(cfg: &Config, args: &[OsString]) -> Result<(), String> {
     } else {
         None
     };
+    let _aggregate_dir_lock = match &cfg.aggregate {
+        Some(a) if cfg.sinks.contains(&SinkKind::Aggregate) => Some(lock::acquire(
+            &a.dir.join(commit::SHIPPER_DIR).join("lock"),
+            &format!("the directory {}", a.dir.display()),
+        )?),
+        _ => None,
+    };
     let all_metrics = Arc::new(Metrics {
         ring: cfg.ring.clone(),
         sinks: sinks.iter().map(|s| s.metrics.clone()).collect(),
@@ -289,12 +313,19 @@ fn run(cfg: &Config, args: &[OsString]) -> Result<(), String> {
             warn!("released the ring cursor of the sink {name:?}, which is no longer configured");
         }
         let mut cursors = Vec::new();
-        for s in sinks.iter_mut() {
-            let c = ring.cursor(s.kind.name())?;
+        for s in sinks.iter() {
+            cursors.push(ring.cursor(s.kind.name())?);
+        }
+        // The aggregate sink recovers first: its directory may be inside the file sink's
+        // (DIR/_aggregates), whose recovery deletes every temporary file it finds, including
+        // those a pending aggregate manifest still has to rename.
+        let mut order: Vec<usize> = (0..sinks.len()).collect();
+        order.sort_by_key(|&i| sinks[i].kind != SinkKind::Aggregate);
+        for i in order {
+            let s = &mut sinks[i];
             s.sink
-                .recover(&c)
+                .recover(&cursors[i])
                 .map_err(|e| format!("{} sink recovery failed: {e}", s.kind.name()))?;
-            cursors.push(c);
         }
         let st = ring.stats();
         info!(
@@ -323,7 +354,10 @@ fn run(cfg: &Config, args: &[OsString]) -> Result<(), String> {
             let mut handles = Vec::new();
             for (i, (s, c)) in sinks.iter_mut().zip(&cursors).enumerate() {
                 let opts = Options {
-                    flush_interval: cfg.flush_interval,
+                    flush_interval: match (s.kind, &cfg.aggregate) {
+                        (SinkKind::Aggregate, Some(a)) => a.flush_interval,
+                        _ => cfg.flush_interval,
+                    },
                     max_batch_events: cfg.max_batch_events,
                     poll: cfg.poll,
                     stale_after: cfg.stale_after,

@@ -30,8 +30,10 @@
 //! ring.
 //!
 //! The sinks, each stating its guarantee: [`file`] (exactly-once into committed files),
-//! [`kafka`] (at-least-once, idempotent producer).
+//! [`kafka`] (at-least-once, idempotent producer), [`aggregate`] (hourly rows by campaign,
+//! publisher and type; exactly-once into committed files).
 
+pub mod aggregate;
 pub mod file;
 pub mod kafka;
 

@@ -30,6 +30,8 @@ pub struct MainConf {
     pub campaigns: Option<campaigns::Store>,
     /// Where the first `tracker` location was declared, to report a missing `tracker_ring`.
     pub first_use: Option<String>,
+    /// Where `tracker_admin` or `tracker_stats` is first used: `tracker_campaigns` is required.
+    pub needs_campaigns: Option<String>,
 }
 
 /// What a tracker location answers.
@@ -82,6 +84,12 @@ pub struct LocConf {
     pub fallback_url: Option<Vec<u8>>,
     pub unknown_campaign: Option<Unknown>,
     pub ring_full: Option<RingFull>,
+    /// `tracker_admin` (Some(test clock allowed)).
+    pub admin: Option<bool>,
+    /// `tracker_admin_token`: None not set here, Some(empty) `off`.
+    pub admin_token: Option<Vec<u8>>,
+    /// `tracker_stats`.
+    pub stats: bool,
 }
 
 impl Default for LocConf {
@@ -98,6 +106,9 @@ impl Default for LocConf {
             fallback_url: None,
             unknown_campaign: None,
             ring_full: None,
+            admin: None,
+            admin_token: None,
+            stats: false,
         }
     }
 }
@@ -120,7 +131,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 14] = [
+pub static mut COMMANDS: [ngx_command_t; 17] = [
     command(ngx_string!("tracker_ring"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_ring, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker_campaigns"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_campaigns, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12, set_tracker, NGX_HTTP_LOC_CONF_OFFSET),
@@ -134,6 +145,9 @@ pub static mut COMMANDS: [ngx_command_t; 14] = [
     command(ngx_string!("tracker_fallback_url"), ANY_LEVEL | NGX_CONF_TAKE1, set_fallback_url, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_unknown_campaign"), ANY_LEVEL | NGX_CONF_TAKE1, set_unknown_campaign, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_ring_full"), ANY_LEVEL | NGX_CONF_TAKE1, set_ring_full, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_admin"), NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS | NGX_CONF_TAKE1, set_admin, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_admin_token"), ANY_LEVEL | NGX_CONF_TAKE1, set_admin_token, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_stats"), NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET),
     ngx_command_t::empty(),
 ];
 
@@ -284,6 +298,76 @@ unsafe extern "C" fn set_tracker(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, 
         }
     }
     NGX_CONF_OK
+}
+
+/// Makes the location's content handler `h`, once; records the first use of the module.
+fn set_handler(
+    cf: *mut ngx_conf_t,
+    h: unsafe extern "C" fn(*mut ngx::ffi::ngx_http_request_t) -> ngx::ffi::ngx_int_t,
+) -> *mut c_char {
+    // SAFETY: the http core module's location configuration exists in every location context.
+    let clcf = unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) };
+    let Some(clcf) = clcf else { return NGX_CONF_ERROR };
+    if clcf.handler.is_some() {
+        return fail(cf, "the location already has a content handler (\"tracker\", \"tracker_admin\" and \"tracker_stats\" cannot share one)");
+    }
+    clcf.handler = Some(h);
+    // SAFETY: `cf` is valid; main conf exists for every http context.
+    if let Some(mcf) = Module::main_conf_mut(unsafe { &*cf }) {
+        if mcf.needs_campaigns.is_none() {
+            // SAFETY: conf_file and its name are set while a file is parsed.
+            let (file, line) = unsafe { ((*(*cf).conf_file).file.name, (*(*cf).conf_file).line) };
+            mcf.needs_campaigns = Some(format!("{}:{}", text(&file), line));
+        }
+    }
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_admin(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.admin.is_some() {
+        return fail(cf, "\"tracker_admin\" directive is duplicate");
+    }
+    let test_clock = match a.get(1).map(bytes) {
+        None => false,
+        Some(b"test_clock") => true,
+        Some(_) => {
+            return fail(cf, &format!("invalid parameter \"{}\" in \"tracker_admin\" directive, it must be \"test_clock\"", text(&a[1])))
+        }
+    };
+    lcf.admin = Some(test_clock);
+    set_handler(cf, crate::admin::handler)
+}
+
+unsafe extern "C" fn set_admin_token(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.admin_token.is_some() {
+        return fail(cf, "\"tracker_admin_token\" directive is duplicate");
+    }
+    let t = bytes(&a[1]);
+    if t == b"off" {
+        lcf.admin_token = Some(Vec::new());
+        return NGX_CONF_OK;
+    }
+    if t.len() < 16 || !t.iter().all(|c| c.is_ascii_graphic()) {
+        return fail(cf, "\"tracker_admin_token\" must be at least 16 printable characters without spaces (or \"off\")");
+    }
+    lcf.admin_token = Some(t.to_vec());
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_stats(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    if lcf.stats {
+        return fail(cf, "\"tracker_stats\" directive is duplicate");
+    }
+    lcf.stats = true;
+    set_handler(cf, crate::stats::handler)
 }
 
 /// Compiles a directive argument into a complex value (variables and text).
@@ -482,6 +566,9 @@ macro_rules! merge_cv {
 pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut LocConf) -> *mut c_char {
     // SAFETY: nginx passes two distinct, valid location confs of this module.
     let (prev, conf) = unsafe { (&mut *prev, &mut *conf) };
+    if conf.admin_token.is_none() {
+        conf.admin_token = prev.admin_token.clone();
+    }
     merge_cv!(cf, conf, prev, campaign_id, b"$arg_cid");
     merge_cv!(cf, conf, prev, click_id, b"$arg_click_id");
     merge_cv!(cf, conf, prev, value, b"$arg_value");
@@ -515,6 +602,13 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
         ngx_conf_log_error!(
             NGX_LOG_EMERG, cf,
             "\"tracker\" is used at {at} but no \"tracker_ring\" is configured in the http block"
+        );
+        return Err(());
+    }
+    if let (None, Some(at)) = (&mcf.campaigns, &mcf.needs_campaigns) {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG, cf,
+            "\"tracker_admin\" or \"tracker_stats\" is used at {at} but no \"tracker_campaigns\" is configured in the http block"
         );
         return Err(());
     }

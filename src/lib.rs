@@ -1,14 +1,17 @@
 //! ngx_http_tracker_module: ad and event tracking locations inside nginx.
 //!
 //! A thin FFI skin over `tracker-core`: directives and configuration (`config`), the campaign
-//! store in a shared zone (`campaigns`), the content handler (`handler`), the responses
-//! (`response`), the `$tracker_*` variables (`variables`) and per-worker state (`worker`).
+//! store in a shared zone (`campaigns`), the content handlers (`handler` for tracking, `admin`
+//! for the campaign API, `stats` for counters and the dashboard), the responses (`response`),
+//! the `$tracker_*` variables (`variables`) and per-worker state (`worker`).
 //! The directive reference is `docs/directives.md`.
 
+mod admin;
 mod campaigns;
 mod config;
 mod handler;
 mod response;
+mod stats;
 mod variables;
 mod worker;
 

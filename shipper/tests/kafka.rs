@@ -610,3 +610,32 @@ fn kafka_json_values_and_click_id_keys() {
         assert_eq!(g.key.as_deref(), Some(want_key.as_str()), "key of a {}", w.event_type);
     }
 }
+
+/// A broker answering "unknown error" (as one does while it shuts down) is not a reason to
+/// drop events: the batch is sent again from the ring, nothing goes to the dead letters.
+#[test]
+fn kafka_unknown_broker_errors_are_retried_not_dead_lettered() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 3]);
+    let f = Fixture::new(1 << 20);
+    let written = write_mixed(f.ring(), 200, 0);
+    let port = free_port();
+    let mut child = spawn(kafka_cmd(&f, &b, &["--metrics", &format!("127.0.0.1:{port}")]));
+    let ring = f.ring();
+    assert!(
+        wait_until(Duration::from_secs(60), || ring.consumer_pos() == ring.producer_pos()),
+        "not delivered after the errors"
+    );
+    let m = scrape(port);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
+    let log = stderr_of(&mut child);
+    assert!(!f.tmp.path().join("dead").read_dir().unwrap().any(|_| true), "dead letters: {log}");
+    assert_eq!(metric(&m, "tracker_shipper_dead_letters_total{sink=\"kafka\"}"), Some(0.0), "{m}");
+    let counts = id_counts(&consume_all(&b, &ALL_TOPICS));
+    for (w, _) in &written {
+        assert!(counts.contains_key(&w.id_hex), "event {} lost: {log}", w.id_hex);
+    }
+}

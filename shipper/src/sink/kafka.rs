@@ -162,30 +162,29 @@ impl ProducerContext for Context {
     }
 }
 
-/// Whether a delivery error means the message can never be delivered as it is (dead letter),
-/// rather than "not now" (the batch is read again from the ring).
+/// Whether a delivery error means the message can never be delivered as it is (dead letter).
+/// Only errors that say so about the message, its topic or our rights qualify; anything else
+/// (including a broker's "unknown error" while it shuts down) makes the batch be sent again
+/// from the ring: losing an event to a transient error would be worse than a duplicate.
 fn permanent(code: Option<RDKafkaErrorCode>) -> bool {
     use RDKafkaErrorCode::*;
-    !matches!(
+    matches!(
         code,
-        None | Some(
-            MessageTimedOut
-                | RequestTimedOut
-                | PurgeQueue
-                | PurgeInflight
-                | QueueFull
-                | AllBrokersDown
-                | BrokerTransportFailure
-                | NetworkException
-                | NotEnoughReplicas
-                | NotEnoughReplicasAfterAppend
-                | LeaderNotAvailable
-                | NotLeaderForPartition
-                | OutOfOrderSequenceNumber
-                | UnknownProducerId
-                | InvalidProducerEpoch
-                | Fatal
-                | BrokerDestroy
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | BadMessage
+                | InvalidRecord
+                | UnsupportedForMessageFormat
+                | PolicyViolation
+                | UnknownTopic
+                | UnknownTopicOrPartition
+                | UnknownPartition
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | InvalidArgument
         )
     )
 }

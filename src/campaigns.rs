@@ -591,6 +591,18 @@ impl Store {
         }
     }
 
+    /// Free bytes in the zone (whole free pages of the slab allocator; partly used pages of
+    /// small chunks are not counted), for the stats and the memory-per-campaign measurement.
+    pub fn zone_free_bytes(&self) -> usize {
+        let Some((base, _, _)) = self.mapping() else { return 0 };
+        let pool = base.cast::<ngx_slab_pool_t>();
+        // SAFETY: the zone starts with its slab pool; pfree is read without the mutex, as
+        // nginx's own status code does: a momentary value is fine for statistics.
+        let pages = unsafe { (*pool).pfree };
+        // SAFETY: ngx_pagesize is set once at startup.
+        pages * unsafe { ngx::ffi::ngx_pagesize }
+    }
+
     /// Writes every campaign to the campaigns file, atomically (a temporary file in the same
     /// directory, fsync, rename), under the zone's mutex so that two writers never interleave.
     pub fn write_through(&self) -> std::io::Result<()> {

@@ -97,7 +97,9 @@ struct ZoneHeader {
 /// The configured store: the zone, and the campaigns read from the file for this configuration.
 pub struct Store {
     zone: *mut ngx_shm_zone_t,
-    list: Vec<Campaign>,
+    /// The file's campaigns, until zone init has put them in the zone (then dropped: with a
+    /// million campaigns they are hundreds of megabytes that the workers would inherit).
+    list: std::sync::Mutex<Vec<Campaign>>,
     path: String,
 }
 
@@ -234,24 +236,35 @@ impl Writer<'_> {
 
     /// Upserts `list` (ids unique), all or nothing.
     fn upsert(&mut self, list: &[Campaign]) -> Result<usize, StoreError> {
-        // Phase one: allocate.
+        // Phase one: allocate. First what changes: unchanged campaigns (a reload re-reads
+        // the whole file) need nothing.
+        let mut buf = Vec::new();
+        let mut plan: Vec<(&Campaign, Option<u32>)> = Vec::with_capacity(list.len());
+        for c in list {
+            match self.find(c.id.as_bytes()).and_then(|(_, v)| self.record(v)) {
+                Some(r) => {
+                    record::encode(c, r.account(), &mut buf);
+                    if r.bytes() != buf.as_slice() {
+                        plan.push((c, Some(r.account())));
+                    }
+                }
+                None => plan.push((c, None)),
+            }
+        }
+        let added = plan.iter().filter(|(_, a)| a.is_none()).count();
+        let existing = plan.len() - added;
         let len = self.index().len();
-        let need = ((self.h.count.load(Ordering::Relaxed) as usize + list.len()) * 2).max(MIN_SLOTS);
+        let need = ((self.h.count.load(Ordering::Relaxed) as usize + added) * 2).max(MIN_SLOTS);
         let new_index = if len < need {
             let n = need.next_power_of_two();
             Some((self.alloc(n * 4)?, n))
         } else {
             None
         };
-        let mut buf = Vec::new();
-        let mut prepared = Vec::with_capacity(list.len());
-        let mut existing = 0;
-        for c in list {
-            let account = match self.find(c.id.as_bytes()).and_then(|(_, v)| self.record(v)) {
-                Some(r) => {
-                    existing += 1;
-                    r.account()
-                }
+        let mut prepared = Vec::with_capacity(plan.len());
+        for (c, account) in plan {
+            let account = match account {
+                Some(a) => a,
                 None => {
                     let a = self.alloc(mem::size_of::<Account>())?;
                     (self.off(a) >> 3) as u32
@@ -413,7 +426,7 @@ impl Store {
         if unsafe { !(*zone).data.is_null() } {
             return Err(format!("zone \"{}\" is already used", String::from_utf8_lossy(name)));
         }
-        Ok(Store { zone, list, path: path.to_owned() })
+        Ok(Store { zone, list: std::sync::Mutex::new(list), path: path.to_owned() })
     }
 
     /// Points the zone at this store, once the store has its final address (in MainConf).
@@ -463,6 +476,11 @@ impl Store {
         if let Some((_, _, h)) = self.mapping() {
             h.clock_offset.store(secs, Ordering::Relaxed);
         }
+    }
+
+    /// The test clock's offset in seconds (0 in production).
+    pub fn clock_offset(&self) -> i64 {
+        self.mapping().map_or(0, |(_, _, h)| h.clock_offset.load(Ordering::Relaxed))
     }
 
     /// Looks `id` up and copies its landing URL into `url` (cleared first).
@@ -583,6 +601,27 @@ impl Store {
         (out, None)
     }
 
+    /// Like [`Store::page`] without decoding whole campaigns: id, status and counters (the
+    /// stats location, `src/stats.rs`, which may read many of them).
+    pub fn page_counters(&self, from: usize, limit: usize) -> (Vec<(String, CampaignStatus, Counters)>, Option<usize>) {
+        let mut out = Vec::new();
+        let Some((base, size, h)) = self.mapping() else { return (out, None) };
+        let Ok(_w) = self.writer() else { return (out, None) };
+        let Some(index) = index_of(base, size, h) else { return (out, None) };
+        let mut i = from;
+        while i < index.len() {
+            if out.len() == limit {
+                return (out, Some(i));
+            }
+            if let Some(r) = record_at(base, size, index[i].load(Ordering::Relaxed)) {
+                let id = String::from_utf8_lossy(r.id()).into_owned();
+                out.push((id, r.status(), self.counters_of(base, size, &r)));
+            }
+            i += 1;
+        }
+        (out, None)
+    }
+
     /// The number of campaigns, the zone's size and the change generation.
     pub fn summary(&self) -> (u64, usize, u64) {
         match self.mapping() {
@@ -658,13 +697,17 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             }
             (*pool).data = h.cast();
         }
+        // A full zone is an answer (507 from the admin API, an error at reload) that we log
+        // ourselves, not a [crit] from the allocator.
+        (*pool).set_log_nomem(0);
     }
+    let list = std::mem::take(&mut *store.list.lock().unwrap_or_else(|p| p.into_inner()));
     let result = store.writer().and_then(|mut w| {
-        let keep: std::collections::HashSet<&[u8]> = store.list.iter().map(|c| c.id.as_bytes()).collect();
+        let keep: std::collections::HashSet<&[u8]> = list.iter().map(|c| c.id.as_bytes()).collect();
         let gone: Vec<Vec<u8>> = w.ids().into_iter().filter(|id| !keep.contains(id.as_slice())).collect();
         let gone: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
         w.change(|w| w.remove(&gone))?;
-        w.change(|w| w.upsert(&store.list))
+        w.change(|w| w.upsert(&list))
     });
     if let Err(e) = result {
         ngx_log_error!(
@@ -673,16 +716,25 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             "tracker_campaigns: zone \"{}\" ({} bytes) has no room for {} campaigns ({:?}); make it larger",
             String::from_utf8_lossy(zone.shm.name.as_bytes()),
             zone.shm.size,
-            store.list.len(),
+            list.len(),
             e
         );
         return Status::NGX_ERROR.into();
+    }
+    let n = list.len();
+    drop(list);
+    // Give the parsed file's memory back to the system: the workers forked from this master
+    // would otherwise carry it (hundreds of megabytes for a million campaigns).
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
     ngx_log_error!(
         NGX_LOG_NOTICE,
         log,
         "tracker_campaigns: {} campaigns from \"{}\" in zone \"{}\"",
-        store.list.len(),
+        n,
         store.path,
         String::from_utf8_lossy(zone.shm.name.as_bytes())
     );

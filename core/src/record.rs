@@ -130,6 +130,11 @@ impl<'a> RecordView<'a> {
         self.b.len()
     }
 
+    /// The record's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.b
+    }
+
     pub fn is_empty(&self) -> bool {
         false
     }

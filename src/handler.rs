@@ -6,17 +6,21 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_discard_request_body,
-    ngx_http_request_t, ngx_int_t, ngx_pcalloc, ngx_pnalloc, ngx_str_t, NGX_DECLINED, NGX_ERROR,
+    ngx_http_core_main_conf_t, ngx_http_get_flushed_variable, ngx_http_request_t,
+    ngx_http_script_copy_var_code,
+    ngx_http_variable_t, ngx_int_t, ngx_pcalloc, ngx_pnalloc, ngx_str_t, ngx_uint_t,
+    NGX_DECLINED, NGX_ERROR, NGX_HTTP_VAR_PREFIX,
     NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_POST,
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_OK,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use tracker_core::event::{self, flags, EventRef, Kind};
-use tracker_core::input::{apply_ip_mode, parse_number, percent_decode, valid_campaign_id};
+use tracker_core::input::{client_ip, ArgIndex, parse_number, percent_decode, valid_campaign_id, IP_TEXT_MAX};
 use tracker_core::ring::WriteError;
+use tracker_core::banker::{self, Charge};
+use tracker_core::campaign::Status as CampaignStatus;
 use tracker_core::{id, landing};
 
-use crate::campaigns::Found;
 use crate::config::{LocConf, MainConf, Response, RingFull, Tracker, Unknown, MAX_DIMENSIONS};
 use crate::variables::{self, Ctx};
 use crate::worker::{self, Worker};
@@ -52,21 +56,123 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     // SAFETY: ngx_pid is set once per process before requests are handled.
     let pid = unsafe { ngx::ffi::ngx_pid } as u32;
-    let mut w = worker::take(pid);
     // SAFETY: r is live for the whole call.
-    let rc = unsafe { track(r, lcf, mcf, tracker, &mut w, pid) };
-    worker::give_back(w);
-    rc
+    worker::with(pid, |w| unsafe { track(r, lcf, mcf, tracker, w, pid) })
 }
 
-/// Evaluates a complex value (e.g. `$arg_cid`); empty when it cannot.
+/// The index of the variable a complex value consists of, when it is exactly one variable
+/// and nothing else (`$arg_cid`, as the defaults and most configurations).
+///
+/// `ngx_http_compile_complex_value` compiles such a value into the `values` script
+/// `[ngx_http_script_copy_var_code, index][NULL]`; its value is that variable's value, which
+/// [`conf_value`] then reads directly instead of running the script twice (lengths, then
+/// values) and copying the result into the pool. Anything else (text around the variable,
+/// several variables, captures) does not match and goes through `ngx_http_complex_value`.
+fn single_variable(cv: &ngx_http_complex_value_t) -> Option<ngx_uint_t> {
+    let code = cv.values.cast::<usize>().cast_const();
+    if code.is_null() {
+        return None;
+    }
+    // SAFETY: a compiled `values` script is a sequence of codes, each starting with its
+    // function, ended by a null word: the first word is readable.
+    if unsafe { *code } != ngx_http_script_copy_var_code as unsafe extern "C" fn(_) as usize {
+        return None;
+    }
+    // SAFETY: the first code is an ngx_http_script_var_code_t (code, index), followed by the
+    // next code or the terminating null word.
+    let (index, next) = unsafe { (*code.add(1), *code.add(2)) };
+    (next == 0).then_some(index)
+}
+
+/// The `get_handler` of nginx's `arg_` prefix variable (`ngx_http_variable_argument`), as
+/// an address; 0 if there is none.
+fn arg_prefix_handler(cmcf: &ngx_http_core_main_conf_t) -> usize {
+    // SAFETY: the core main conf's prefix_variables array holds ngx_http_variable_t elements.
+    let prefixes = unsafe { cmcf.prefix_variables.as_slice::<ngx_http_variable_t>() };
+    prefixes.iter().find(|p| p.name.as_bytes() == b"arg_").and_then(|p| p.get_handler).map_or(0, |f| f as usize)
+}
+
+/// For the variable at `index`, the argument name when it is nginx's own `$arg_NAME` (the
+/// `arg_` prefix variable, whose value is `ngx_http_arg(r, NAME)`), else None.
 ///
 /// # Safety
-/// `r` is live; `cv` was compiled for this configuration.
-unsafe fn complex<'r>(r: &'r mut ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> &'r [u8] {
+/// `index` is a variable index of the configuration `cmcf` belongs to.
+unsafe fn arg_variable(cmcf: &ngx_http_core_main_conf_t, arg_handler: usize, index: ngx_uint_t) -> Option<&[u8]> {
+    // SAFETY: the core main conf's variables array holds ngx_http_variable_t elements.
+    let v = unsafe { cmcf.variables.as_slice::<ngx_http_variable_t>() }.get(index)?;
+    if v.flags & NGX_HTTP_VAR_PREFIX as ngx_uint_t == 0 || arg_handler == 0 || v.get_handler.map(|f| f as usize) != Some(arg_handler) {
+        return None;
+    }
+    // Resolved through the "arg_" prefix (not, say, defined by a map): its value is
+    // ngx_http_arg(r, name after "arg_").
+    v.name.as_bytes().strip_prefix(b"arg_").filter(|name| !name.is_empty())
+}
+
+/// The request's query string, split at its `&`s on the first `$arg_*` value.
+struct Args<'r> {
+    raw: &'r [u8],
+    index: Option<ArgIndex<'r>>,
+    /// See [`arg_prefix_handler`]; None until a value needs it.
+    arg_handler: Option<usize>,
+}
+
+impl<'r> Args<'r> {
+    /// # Safety
+    /// `r` is live, and stays so for `'r` (the handler's call).
+    unsafe fn of(r: &ngx_http_request_t) -> Args<'r> {
+        let raw = if r.args.len == 0 || r.args.data.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the query string lies in the request's buffers for its whole life.
+            unsafe { core::slice::from_raw_parts(r.args.data, r.args.len) }
+        };
+        Args { raw, index: None, arg_handler: None }
+    }
+
+    fn get(&mut self, name: &[u8]) -> Option<&'r [u8]> {
+        let raw = self.raw;
+        self.index.get_or_insert_with(|| ArgIndex::new(raw)).get(name)
+    }
+}
+
+/// Evaluates a configured value (e.g. `$arg_cid`); empty when it is not found or cannot be
+/// evaluated. The same value as `ngx_http_complex_value` gives, without its copy.
+///
+/// # Safety
+/// `r` is live; `cv` is null or was compiled for this configuration.
+unsafe fn conf_value<'r>(
+    r: &mut ngx_http_request_t,
+    args: &mut Args<'r>,
+    cv: *mut ngx_http_complex_value_t,
+) -> &'r [u8] {
+    // SAFETY: a non-null cv points to a complex value compiled with the configuration.
+    let Some(cv_ref) = (unsafe { cv.as_ref() }) else { return &[] };
+    if let Some(index) = single_variable(cv_ref) {
+        let cmcf = NgxHttpCoreModule::main_conf(r);
+        let arg = cmcf.and_then(|cmcf| {
+            let handler = *args.arg_handler.get_or_insert_with(|| arg_prefix_handler(cmcf));
+            // SAFETY: index comes from this request's configuration.
+            unsafe { arg_variable(cmcf, handler, index) }
+        });
+        if let Some(name) = arg {
+            // `$arg_NAME` is `ngx_http_arg(r, NAME)`, which `ArgIndex::get` computes.
+            return args.get(name).unwrap_or(&[]);
+        }
+        // SAFETY: index is a variable index of this configuration; as ngx_http_complex_value
+        // does, a non-cacheable value is evaluated afresh.
+        let v = unsafe { ngx_http_get_flushed_variable(r, index).as_ref() };
+        return match v {
+            Some(v) if v.not_found() == 0 && v.len() > 0 && !v.data.is_null() => {
+                // SAFETY: a found variable value has `len` readable bytes at `data`, in
+                // request or configuration memory.
+                unsafe { core::slice::from_raw_parts(v.data, v.len() as usize) }
+            }
+            _ => &[],
+        };
+    }
     let mut s = ngx_str_t { len: 0, data: ptr::null_mut() };
     // SAFETY: r and cv are valid; the result lives in the request pool or request buffers.
-    if cv.is_null() || unsafe { ngx_http_complex_value(r, cv, &mut s) } != NGX_OK as ngx_int_t || s.len == 0 {
+    if unsafe { ngx_http_complex_value(r, cv, &mut s) } != NGX_OK as ngx_int_t || s.len == 0 {
         return &[];
     }
     // SAFETY: nginx returned `len` readable bytes at `data`.
@@ -124,6 +230,17 @@ unsafe fn pool_str(r: &mut ngx_http_request_t, b: &[u8]) -> ngx_str_t {
 
 /// # Safety
 /// `r` is live.
+/// Where a click is redirected.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The campaign took the event: its landing URL.
+    Landing,
+    /// It could not (paused, over budget...) and has a fallback URL.
+    CampaignFallback,
+    /// Unknown campaign, or no campaign fallback: `tracker_fallback_url` (or 404).
+    Location,
+}
+
 unsafe fn track(
     r: &mut ngx_http_request_t,
     lcf: &LocConf,
@@ -135,26 +252,15 @@ unsafe fn track(
     let kind = tracker.kind;
     let mut event_flags = 0u32;
     w.text.clear();
+    // SAFETY: r is live for this call, which is as long as `args` and the values from it live.
+    let mut args = unsafe { Args::of(r) };
 
     // The campaign.
-    // SAFETY (all `complex` calls): r is live, the values were compiled for this location.
-    let cid = push_decoded(&mut w.text, unsafe { complex(r, lcf.campaign_id) }, MAX_VALUE, &mut event_flags);
-    let found = if !valid_campaign_id(&w.text[cid.clone()]) {
+    // SAFETY (all `conf_value` calls): r is live, the values were compiled for this location.
+    let cid = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.campaign_id) }, MAX_VALUE, &mut event_flags);
+    if !valid_campaign_id(&w.text[cid.clone()]) {
         event_flags |= flags::INVALID_CAMPAIGN;
-        Found::Unknown
-    } else {
-        match &mcf.campaigns {
-            Some(store) => store.lookup(&w.text[cid.clone()], &mut w.landing),
-            None => Found::Unknown,
-        }
-    };
-    match found {
-        Found::Active => {}
-        Found::Inactive => event_flags |= flags::INACTIVE_CAMPAIGN,
-        Found::Unknown if event_flags & flags::INVALID_CAMPAIGN == 0 => event_flags |= flags::UNKNOWN_CAMPAIGN,
-        Found::Unknown => {}
     }
-    let campaign_ok = found == Found::Active;
     // An invalid id is not stored: it is whatever a client sent.
     let cid = if event_flags & flags::INVALID_CAMPAIGN != 0 { cid.start..cid.start } else { cid };
 
@@ -165,14 +271,14 @@ unsafe fn track(
     let click = if kind == Kind::Click {
         None
     } else {
-        let raw = unsafe { complex(r, lcf.click_id) };
+        let raw = unsafe { conf_value(r, &mut args, lcf.click_id) };
         Some(push_decoded(&mut w.text, raw, 128, &mut event_flags))
     };
 
     // Numbers and the video event.
     let mut value = None;
     if matches!(kind, Kind::Conversion | Kind::Custom) {
-        let at = push_decoded(&mut w.text, unsafe { complex(r, lcf.value) }, 64, &mut event_flags);
+        let at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.value) }, 64, &mut event_flags);
         if !at.is_empty() {
             value = parse_number(&w.text[at]);
             if value.is_none() {
@@ -182,13 +288,13 @@ unsafe fn track(
     }
     let (mut video_event, mut watch_time) = (None, None);
     if kind == Kind::Video {
-        let at = push_decoded(&mut w.text, unsafe { complex(r, lcf.video_event) }, 16, &mut event_flags);
+        let at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.video_event) }, 16, &mut event_flags);
         if VIDEO_EVENTS.contains(&&w.text[at.clone()]) {
             video_event = Some(at);
         } else {
             event_flags |= flags::INVALID_VIDEO_EVENT;
         }
-        let at = push_decoded(&mut w.text, unsafe { complex(r, lcf.watch_time) }, 64, &mut event_flags);
+        let at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.watch_time) }, 64, &mut event_flags);
         if !at.is_empty() {
             watch_time = parse_number(&w.text[at]);
             if watch_time.is_none() {
@@ -201,13 +307,69 @@ unsafe fn track(
     let dim_conf = lcf.dimensions.as_deref().unwrap_or(&[]);
     let mut dim_at: [Range<usize>; MAX_DIMENSIONS] = Default::default();
     for (d, at) in dim_conf.iter().zip(dim_at.iter_mut()) {
-        *at = push_decoded(&mut w.text, unsafe { complex(r, d.value) }, MAX_VALUE, &mut event_flags);
+        *at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, d.value) }, MAX_VALUE, &mut event_flags);
     }
+
+    // The campaign, and the banker: is it taking events, and what does this one cost.
+    let mut hit = None;
+    if event_flags & flags::INVALID_CAMPAIGN == 0 {
+        if let Some(store) = &mcf.campaigns {
+            let publisher = dim_conf.iter().zip(dim_at.iter()).find(|(d, _)| d.name == b"publisher").map(|(_, at)| &w.text[at.clone()]);
+            let now_s = store.now();
+            hit = store.lookup_full(&w.text[cid.clone()], now_s, publisher, &mut w.landing, &mut w.fallback).map(|h| (h, now_s));
+        }
+    }
+    let mut cost_micros = None;
+    // Where a click goes: the landing URL, the campaign's fallback, or the location's.
+    let mut target = Target::Location;
+    let campaign_ok = match &hit {
+        None => {
+            if event_flags & flags::INVALID_CAMPAIGN == 0 {
+                event_flags |= flags::UNKNOWN_CAMPAIGN;
+            }
+            false
+        }
+        Some((h, now_s)) => {
+            let refused = if h.status != CampaignStatus::Active {
+                flags::INACTIVE_CAMPAIGN
+            } else if !h.in_schedule {
+                flags::OUTSIDE_SCHEDULE
+            } else if !h.publisher_allowed {
+                flags::PUBLISHER_NOT_ALLOWED
+            } else {
+                0
+            };
+            if refused != 0 {
+                h.account.reject(kind);
+                event_flags |= refused;
+            } else {
+                let cost = banker::cost_of(&h.pricing, kind, value);
+                match h.account.charge(&h.caps, kind, cost, banker::day_of(*now_s, h.utc_offset_minutes)) {
+                    Charge::Charged(c) => {
+                        cost_micros = (c > 0).then_some(c);
+                        target = Target::Landing;
+                    }
+                    Charge::OverBudget => event_flags |= flags::OVER_BUDGET,
+                }
+            }
+            if target != Target::Landing && h.has_fallback {
+                target = Target::CampaignFallback;
+            }
+            if let Some(v) = value.filter(|_| kind == Kind::Conversion) {
+                h.account.count_value(v);
+            }
+            if video_event.as_ref().is_some_and(|at| &w.text[at.clone()] == b"complete") {
+                h.account.count_video_complete();
+            }
+            h.status == CampaignStatus::Active
+        }
+    };
 
     // Client and request facts.
     // SAFETY: the connection of a live request is live.
     let addr = unsafe { (*r.connection).addr_text.as_bytes() };
-    let ip = apply_ip_mode(lcf.ip.unwrap_or(tracker_core::input::IpMode::Anonymize), addr);
+    let mut ip_buf = [0u8; IP_TEXT_MAX];
+    let ip = client_ip(lcf.ip.unwrap_or(tracker_core::input::IpMode::Anonymize), addr, &mut ip_buf);
     let user_agent = header(r, r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags);
     let referer = header(r, r.headers_in.referer, MAX_REFERER, &mut event_flags);
     let host = r.headers_in.server.as_bytes();
@@ -233,8 +395,11 @@ unsafe fn track(
         Response::Gif => 200,
         Response::Empty => 204,
         Response::Redirect => {
-            let fallback = lcf.fallback_url.as_deref().unwrap_or(&[]);
-            let template: &[u8] = if campaign_ok { &w.landing } else { fallback };
+            let template: &[u8] = match target {
+                Target::Landing => &w.landing,
+                Target::CampaignFallback => &w.fallback,
+                Target::Location => lcf.fallback_url.as_deref().unwrap_or(&[]),
+            };
             if template.is_empty() {
                 404
             } else {
@@ -256,7 +421,7 @@ unsafe fn track(
                 campaign,
                 click_id: (!click_id.is_empty()).then_some(click_id),
                 dims,
-                ip: ip.as_deref().map(str::as_bytes),
+                ip,
                 user_agent,
                 referer,
                 host,
@@ -265,7 +430,7 @@ unsafe fn track(
                 value,
                 video_event: video_event.map(|at| &text[at]),
                 watch_time,
-                cost_micros: None,
+                cost_micros,
             };
             event::encode(&ev, &mut w.event);
             if let Err(WriteError::Full) = ring.write(kind.index(), &w.event, pid) {

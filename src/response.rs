@@ -157,3 +157,64 @@ pub unsafe fn error(r: &mut ngx_http_request_t, status: ngx_int_t) -> ngx_int_t 
     }
     status
 }
+
+/// An answer with a body (the admin API's JSON): `status`, `Content-Type: content_type`,
+/// `Cache-Control: no-store`, the `extra` headers, and `body` (all copied into the request
+/// pool). An empty body is sent as a header-only answer (204, 405 without a body).
+///
+/// # Safety
+/// `r` is a live request in its content handler or its request body handler.
+pub unsafe fn with_body(
+    r: &mut ngx_http_request_t,
+    status: usize,
+    content_type: &'static [u8],
+    extra: &[(&'static [u8], &[u8])],
+    body: &[u8],
+) -> ngx_int_t {
+    for (key, value) in extra {
+        // SAFETY: r is live; the value is copied into its pool, which outlives the response.
+        let added = unsafe {
+            let data = ngx_pnalloc(r.pool, value.len().max(1)).cast::<u8>();
+            !data.is_null() && {
+                ptr::copy_nonoverlapping(value.as_ptr(), data, value.len());
+                add_header(r, key, ngx_str_t { len: value.len(), data }).is_some()
+            }
+        };
+        if !added {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+    }
+    // SAFETY: r is live; a static value outlives every request.
+    if unsafe { add_header(r, b"Cache-Control", ngx_str(b"no-store")) }.is_none() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    r.headers_out.content_type = ngx_str(content_type);
+    r.headers_out.content_type_len = r.headers_out.content_type.len;
+    r.headers_out.content_type_lowcase = ptr::null_mut();
+    if body.is_empty() {
+        // SAFETY: r is live and in its content (or body) handler.
+        return unsafe { header_only(r, status) };
+    }
+    r.headers_out.status = status;
+    r.headers_out.content_length_n = body.len() as i64;
+    // SAFETY: r is live.
+    let rc = unsafe { ngx_http_send_header(r) };
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || r.header_only() != 0 {
+        return rc;
+    }
+    // SAFETY: a temporary buffer of body.len() bytes from the request pool.
+    let b = unsafe { ngx::ffi::ngx_create_temp_buf(r.pool, body.len()) };
+    if b.is_null() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    // SAFETY: b holds body.len() writable bytes from `pos`.
+    unsafe {
+        ptr::copy_nonoverlapping(body.as_ptr(), (*b).pos, body.len());
+        (*b).last = (*b).pos.add(body.len());
+        (*b).set_last_buf(if ptr::eq(r, r.main) { 1 } else { 0 });
+        (*b).set_last_in_chain(1);
+    }
+    let mut out = ngx_chain_t { buf: b, next: ptr::null_mut() };
+    // SAFETY: the chain link may live on the stack: filters copy links they keep.
+    unsafe { ngx_http_output_filter(r, &mut out) }
+}

@@ -14,8 +14,24 @@ pub struct Worker {
     pub text: Vec<u8>,
     /// The campaign's landing URL as found in the store.
     pub landing: Vec<u8>,
+    /// The campaign's fallback URL (empty when it has none).
+    pub fallback: Vec<u8>,
     /// The expanded redirect target.
     pub target: Vec<u8>,
+}
+
+impl Worker {
+    fn new(pid: u32) -> Worker {
+        Worker {
+            pid,
+            ids: IdGenerator::new(os_random_u64() ^ u64::from(pid).rotate_left(32)),
+            event: Vec::with_capacity(4096),
+            text: Vec::with_capacity(4096),
+            landing: Vec::with_capacity(1024),
+            fallback: Vec::with_capacity(1024),
+            target: Vec::with_capacity(2048),
+        }
+    }
 }
 
 thread_local! {
@@ -24,22 +40,21 @@ thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
 }
 
-/// Takes the worker state out for one request; give it back with [`give_back`].
-pub fn take(pid: u32) -> Worker {
-    let cached = WORKER.with(|w| w.borrow_mut().take());
-    match cached {
-        Some(w) if w.pid == pid => w,
-        _ => Worker {
-            pid,
-            ids: IdGenerator::new(os_random_u64() ^ u64::from(pid).rotate_left(32)),
-            event: Vec::with_capacity(4096),
-            text: Vec::with_capacity(4096),
-            landing: Vec::with_capacity(1024),
-            target: Vec::with_capacity(2048),
-        },
-    }
-}
-
-pub fn give_back(w: Worker) {
-    WORKER.with(|slot| *slot.borrow_mut() = Some(w));
+/// Runs `f` with this worker's state, in place (nothing is moved per request).
+///
+/// Should `f` ever re-enter (a handler run from inside another's response), the inner call
+/// gets a fresh temporary state (its own id generator with a random seed: ids stay unique).
+pub fn with<R>(pid: u32, f: impl FnOnce(&mut Worker) -> R) -> R {
+    WORKER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => {
+            if !matches!(&*slot, Some(w) if w.pid == pid) {
+                *slot = Some(Worker::new(pid));
+            }
+            match slot.as_mut() {
+                Some(w) => f(w),
+                None => f(&mut Worker::new(pid)),
+            }
+        }
+        Err(_) => f(&mut Worker::new(pid)),
+    })
 }

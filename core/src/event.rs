@@ -61,6 +61,7 @@ pub mod flags {
     pub const TRUNCATED: u32 = 1 << 5;         // "truncated": a field was cut to its length limit
     pub const OVER_BUDGET: u32 = 1 << 6;       // "over_budget": a cap of the campaign was reached: not charged
     pub const OUTSIDE_SCHEDULE: u32 = 1 << 7;  // "outside_schedule": before the campaign's start or after its end
+    pub const PUBLISHER_NOT_ALLOWED: u32 = 1 << 8; // "publisher_not_allowed": not one of the campaign's publishers
     /// (bit, name) pairs in schema order.
     pub const NAMES: &[(u32, &str)] = &[
         (UNKNOWN_CAMPAIGN, "unknown_campaign"),
@@ -71,6 +72,7 @@ pub mod flags {
         (TRUNCATED, "truncated"),
         (OVER_BUDGET, "over_budget"),
         (OUTSIDE_SCHEDULE, "outside_schedule"),
+        (PUBLISHER_NOT_ALLOWED, "publisher_not_allowed"),
     ];
 }
 
@@ -108,8 +110,10 @@ const MAX_FIELD: usize = (u32::MAX / 4) as usize;
 fn write_lossy_str(out: &mut Vec<u8>, bytes: &[u8]) {
     const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
     let bytes = &bytes[..bytes.len().min(MAX_FIELD)];
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        let _ = rmp::encode::write_str(out, s);
+    // ASCII (nearly every value) is valid UTF-8, and `is_ascii` checks a word at a time.
+    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+        write_str_len(out, bytes.len());
+        out.extend_from_slice(bytes);
         return;
     }
     let mut len = 0usize;
@@ -119,7 +123,7 @@ fn write_lossy_str(out: &mut Vec<u8>, bytes: &[u8]) {
             len += REPLACEMENT.len();
         }
     }
-    let _ = rmp::encode::write_str_len(out, len as u32);
+    write_str_len(out, len);
     for chunk in bytes.utf8_chunks() {
         out.extend_from_slice(chunk.valid().as_bytes());
         if !chunk.invalid().is_empty() {
@@ -128,8 +132,29 @@ fn write_lossy_str(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// A MessagePack str header for `len` bytes, as `rmp::encode::write_str_len` writes it (the
+/// smallest of fixstr, str8, str16, str32), without going through its `Write` plumbing.
+/// `len` is at most [`MAX_FIELD`].
+#[inline]
+fn write_str_len(out: &mut Vec<u8>, len: usize) {
+    if len < 32 {
+        out.push(0xa0 | len as u8);
+    } else if len < 256 {
+        out.extend_from_slice(&[0xd9, len as u8]);
+    } else if len < 65_536 {
+        let l = (len as u16).to_be_bytes();
+        out.extend_from_slice(&[0xda, l[0], l[1]]);
+    } else {
+        let l = (len as u32).to_be_bytes();
+        out.extend_from_slice(&[0xdb, l[0], l[1], l[2], l[3]]);
+    }
+}
+
+/// A key: every key of the schema is a fixstr (under 32 bytes).
+#[inline]
 fn write_key(out: &mut Vec<u8>, key: &str) {
-    let _ = rmp::encode::write_str(out, key);
+    write_str_len(out, key.len());
+    out.extend_from_slice(key.as_bytes());
 }
 
 /// Encodes `ev` as a MessagePack map into `out` (cleared first). Does not allocate when `out`
@@ -611,6 +636,29 @@ impl<'de> Visitor<'de> for DimsVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn str_headers_as_rmp() {
+        for len in (0..300).chain([65_535, 65_536, 65_537, 1 << 20, MAX_FIELD]) {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            write_str_len(&mut ours, len);
+            rmp::encode::write_str_len(&mut theirs, len as u32).unwrap();
+            assert_eq!(ours, theirs, "len {len}");
+        }
+        for text in ["", "v", "ascii text", "caf\u{e9}", &"x".repeat(40), &"\u{e9}".repeat(200), &"y".repeat(70_000)] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            write_lossy_str(&mut ours, text.as_bytes());
+            rmp::encode::write_str(&mut theirs, text).unwrap();
+            assert_eq!(ours, theirs);
+            ours.clear();
+            theirs.clear();
+            if text.len() < 32 {
+                write_key(&mut ours, text);
+                rmp::encode::write_str(&mut theirs, text).unwrap();
+                assert_eq!(ours, theirs);
+            }
+        }
+    }
 
     fn full_ref<'a>(dims: &'a [(&'a [u8], &'a [u8])]) -> EventRef<'a> {
         EventRef {

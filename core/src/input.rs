@@ -1,7 +1,7 @@
 //! Request input: percent-decoding of argument values, IP anonymization, campaign id checks,
 //! numbers. Pure functions, fuzzed.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 /// Maximum campaign id length in bytes.
 pub const MAX_CAMPAIGN_ID: usize = 64;
@@ -26,8 +26,14 @@ pub(crate) fn hex_digit(c: u8) -> Option<u8> {
 /// Percent-decodes an argument value (`%XX`, and `+` as space) into `out` (appended).
 /// Invalid escapes are kept literally. The result may be invalid UTF-8.
 pub fn percent_decode(value: &[u8], out: &mut Vec<u8>) {
-    out.reserve(value.len());
-    let mut i = 0;
+    // Text before the first escape or '+' (often all of it) is copied at once.
+    let plain = value.iter().position(|&c| c == b'%' || c == b'+').unwrap_or(value.len());
+    out.extend_from_slice(&value[..plain]);
+    if plain == value.len() {
+        return;
+    }
+    out.reserve(value.len() - plain);
+    let mut i = plain;
     while i < value.len() {
         let c = value[i];
         match c {
@@ -48,9 +54,103 @@ pub fn percent_decode(value: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// The value of argument `name` in a query string, as nginx's `$arg_NAME` (`ngx_http_arg`)
+/// gives it: the raw (not decoded) text after `name=` in the first `&`-separated part that
+/// starts with `name` followed by `=`, the name compared ASCII case-insensitively, up to the
+/// next `&`. None when no part matches. `name` is a variable name, `[a-z0-9_]+`.
+///
+/// One pass over the parts that compares lengths first: cheaper than `ngx_http_arg`'s substring
+/// search of the whole query string for every argument.
+pub fn arg_value<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let n = name.len();
+    let mut rest = args;
+    loop {
+        let end = rest.iter().position(|&c| c == b'&').unwrap_or(rest.len());
+        let part = &rest[..end];
+        if part.len() > n && part[n] == b'=' && part[..n].eq_ignore_ascii_case(name) {
+            return Some(&part[n + 1..]);
+        }
+        if end == rest.len() {
+            return None;
+        }
+        rest = &rest[end + 1..];
+    }
+}
+
+/// How many `&`-separated parts [`ArgIndex`] records; parts beyond are searched with
+/// [`arg_value`].
+const ARG_PARTS: usize = 32;
+
+/// A query string split once at its `&`s, for several [`arg_value`] lookups in one request
+/// (campaign, click id, dimensions...): each lookup then compares name lengths, and names only
+/// where they are equal. Gives exactly what [`arg_value`] gives.
+pub struct ArgIndex<'a> {
+    args: &'a [u8],
+    /// For each of the first `n` parts: its start and the length of its name (the text before
+    /// its first `=`; u32::MAX when it has none).
+    parts: [(u32, u32); ARG_PARTS],
+    n: usize,
+    /// Start of the parts that did not fit in `parts` (`args.len() + 1` when all did).
+    rest: usize,
+}
+
+impl<'a> ArgIndex<'a> {
+    pub fn new(args: &'a [u8]) -> ArgIndex<'a> {
+        let mut ix = ArgIndex { args, parts: [(0, u32::MAX); ARG_PARTS], n: 0, rest: args.len() + 1 };
+        if args.len() >= u32::MAX as usize {
+            ix.rest = 0;
+            return ix;
+        }
+        let (mut start, mut name_len) = (0usize, u32::MAX);
+        for (i, &c) in args.iter().enumerate() {
+            if c == b'&' {
+                ix.parts[ix.n] = (start as u32, name_len);
+                ix.n += 1;
+                start = i + 1;
+                name_len = u32::MAX;
+                if ix.n == ARG_PARTS {
+                    ix.rest = start;
+                    return ix;
+                }
+            } else if c == b'=' && name_len == u32::MAX {
+                name_len = (i - start) as u32;
+            }
+        }
+        ix.parts[ix.n] = (start as u32, name_len);
+        ix.n += 1;
+        ix
+    }
+
+    /// [`arg_value`]`(args, name)`.
+    pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
+        let n = name.len();
+        for (i, &(start, name_len)) in self.parts[..self.n].iter().enumerate() {
+            if name_len as usize == n {
+                let start = start as usize;
+                if self.args[start..start + n].eq_ignore_ascii_case(name) {
+                    let end = match self.parts.get(i + 1) {
+                        Some(&(next, _)) if i + 1 < self.n => next as usize - 1,
+                        _ if self.rest <= self.args.len() => self.rest - 1,
+                        _ => self.args.len(),
+                    };
+                    return Some(&self.args[start + n + 1..end]);
+                }
+            }
+        }
+        match self.args.get(self.rest..) {
+            Some(rest) if self.rest <= self.args.len() => arg_value(rest, name),
+            _ => None,
+        }
+    }
+}
+
 /// How the client IP is stored (`tracker_ip`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpMode { Full, Anonymize, Off }
+
+/// Room for the longest text [`client_ip`] writes: an IPv6 address in full
+/// ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255" is 45 bytes).
+pub const IP_TEXT_MAX: usize = 48;
 
 /// Applies `mode` to a textual client address (as nginx's `$remote_addr`): Full keeps it,
 /// Anonymize zeroes IPv4 to /24 and IPv6 to /48 (canonical text, e.g. "192.0.2.0", "2001:db8:1::"),
@@ -60,20 +160,165 @@ pub enum IpMode { Full, Anonymize, Off }
 /// Anonymize accepts an IPv6 address in brackets and with a zone (`%eth0`, dropped). An
 /// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is masked like IPv4, to its /24, and keeps its
 /// mapped form (`::ffff:192.0.2.0`): a /48 would keep the whole IPv4 address.
+///
+/// This allocates the result; the request path uses [`client_ip`], which does not.
 pub fn apply_ip_mode(mode: IpMode, addr: &[u8]) -> Option<String> {
+    let mut buf = [0u8; IP_TEXT_MAX];
+    client_ip(mode, addr, &mut buf).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// [`apply_ip_mode`] without allocating or formatting: Full returns `addr` itself (the event
+/// encoder replaces invalid UTF-8 as `apply_ip_mode` does), Anonymize writes the masked address
+/// into `buf` and returns that part of it. Same results as `apply_ip_mode` for every input.
+pub fn client_ip<'a>(mode: IpMode, addr: &'a [u8], buf: &'a mut [u8; IP_TEXT_MAX]) -> Option<&'a [u8]> {
     match mode {
         IpMode::Off => None,
-        IpMode::Full => (!addr.is_empty()).then(|| String::from_utf8_lossy(addr).into_owned()),
-        IpMode::Anonymize => anonymize(addr),
+        IpMode::Full => (!addr.is_empty()).then_some(addr),
+        IpMode::Anonymize => {
+            let n = anonymize(addr, buf)?;
+            Some(&buf[..n])
+        }
     }
 }
 
-fn anonymize(addr: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(addr).ok()?;
-    if let Ok(v4) = text.parse::<Ipv4Addr>() {
-        let [a, b, c, _] = v4.octets();
-        return Some(Ipv4Addr::new(a, b, c, 0).to_string());
+/// A dotted-quad IPv4 address as Rust's `Ipv4Addr` parser accepts it (four decimal octets
+/// 0..=255 of 1-3 digits, no leading zero): its octets and the offset of its last `.`, or None.
+/// One pass, no allocation.
+fn parse_ipv4(text: &[u8]) -> Option<([u8; 4], usize)> {
+    let mut octets = [0u8; 4];
+    let (mut k, mut v, mut digits, mut last_dot) = (0usize, 0u32, 0u32, 0usize);
+    for (i, &c) in text.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                if digits == 1 && v == 0 {
+                    return None; // a leading zero
+                }
+                v = v * 10 + u32::from(c - b'0');
+                digits += 1;
+                if v > 255 {
+                    return None;
+                }
+            }
+            b'.' if digits > 0 && k < 3 => {
+                octets[k] = v as u8;
+                k += 1;
+                v = 0;
+                digits = 0;
+                last_dot = i;
+            }
+            _ => return None,
+        }
     }
+    if digits == 0 || k != 3 {
+        return None;
+    }
+    octets[3] = v as u8;
+    Some((octets, last_dot))
+}
+
+/// Appends the decimal text of `v` at `out[at..]`; returns the new end.
+fn put_u8(out: &mut [u8], mut at: usize, v: u8) -> usize {
+    if v >= 100 {
+        out[at] = b'0' + v / 100;
+        at += 1;
+    }
+    if v >= 10 {
+        out[at] = b'0' + v / 10 % 10;
+        at += 1;
+    }
+    out[at] = b'0' + v % 10;
+    at + 1
+}
+
+/// Writes `a.b.c.d` at `out[at..]`; returns the new end.
+fn put_ipv4(out: &mut [u8], mut at: usize, o: [u8; 4]) -> usize {
+    for (i, &v) in o.iter().enumerate() {
+        if i > 0 {
+            out[at] = b'.';
+            at += 1;
+        }
+        at = put_u8(out, at, v);
+    }
+    at
+}
+
+/// Writes an IPv6 address as `Ipv6Addr`'s `Display` does (RFC 5952: lowercase hex without
+/// leading zeros, the first longest run of two or more zero groups as `::`, an IPv4-mapped
+/// address as `::ffff:a.b.c.d`); returns the length.
+fn put_ipv6(out: &mut [u8; IP_TEXT_MAX], o: [u8; 16]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    if o[..10].iter().all(|&b| b == 0) && o[10] == 0xff && o[11] == 0xff {
+        out[..7].copy_from_slice(b"::ffff:");
+        return put_ipv4(out, 7, [o[12], o[13], o[14], o[15]]);
+    }
+    let seg: [u16; 8] = core::array::from_fn(|i| u16::from_be_bytes([o[2 * i], o[2 * i + 1]]));
+    // The first longest run of zero groups, if at least two long.
+    let (mut best_at, mut best_len, mut run_at, mut run_len) = (0usize, 0usize, 0usize, 0usize);
+    for (i, &s) in seg.iter().enumerate() {
+        if s == 0 {
+            if run_len == 0 {
+                run_at = i;
+            }
+            run_len += 1;
+            if run_len > best_len {
+                best_at = run_at;
+                best_len = run_len;
+            }
+        } else {
+            run_len = 0;
+        }
+    }
+    let mut at = 0;
+    let put_group = |out: &mut [u8; IP_TEXT_MAX], at: &mut usize, s: u16| {
+        let mut started = false;
+        for shift in [12u32, 8, 4, 0] {
+            let d = (s >> shift) & 15;
+            if d != 0 || started || shift == 0 {
+                out[*at] = HEX[d as usize];
+                *at += 1;
+                started = true;
+            }
+        }
+    };
+    if best_len >= 2 {
+        for (i, &s) in seg[..best_at].iter().enumerate() {
+            if i > 0 {
+                out[at] = b':';
+                at += 1;
+            }
+            put_group(out, &mut at, s);
+        }
+        out[at] = b':';
+        out[at + 1] = b':';
+        at += 2;
+        for (i, &s) in seg[best_at + best_len..].iter().enumerate() {
+            if i > 0 {
+                out[at] = b':';
+                at += 1;
+            }
+            put_group(out, &mut at, s);
+        }
+    } else {
+        for (i, &s) in seg.iter().enumerate() {
+            if i > 0 {
+                out[at] = b':';
+                at += 1;
+            }
+            put_group(out, &mut at, s);
+        }
+    }
+    at
+}
+
+/// The anonymized text of `addr` written into `out`; its length, or None if unparsable.
+fn anonymize(addr: &[u8], out: &mut [u8; IP_TEXT_MAX]) -> Option<usize> {
+    if let Some((_, last_dot)) = parse_ipv4(addr) {
+        // Canonical already (no leading zeros): the text up to the last dot, then 0.
+        out[..=last_dot].copy_from_slice(&addr[..=last_dot]);
+        out[last_dot + 1] = b'0';
+        return Some(last_dot + 2);
+    }
+    let text = std::str::from_utf8(addr).ok()?;
     let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     let text = match text.find('%') {
         Some(zone) => &text[..zone],
@@ -86,7 +331,7 @@ fn anonymize(addr: &[u8]) -> Option<String> {
     } else {
         o[6..].fill(0);
     }
-    Some(Ipv6Addr::from(o).to_string())
+    Some(put_ipv6(out, o))
 }
 
 /// Parses a decimal number (e.g. "12.50", "3") for conversion values and watch time.
@@ -188,6 +433,175 @@ mod tests {
         }
         assert_eq!(apply_ip_mode(Anonymize, b"\xff1.2.3.4"), None);
         assert_eq!(apply_ip_mode(Full, b"\xff").as_deref(), Some("\u{fffd}"));
+    }
+
+    /// The allocating implementation `client_ip` replaced, as the reference.
+    fn reference(mode: IpMode, addr: &[u8]) -> Option<String> {
+        use std::net::Ipv4Addr;
+        match mode {
+            IpMode::Off => None,
+            IpMode::Full => (!addr.is_empty()).then(|| String::from_utf8_lossy(addr).into_owned()),
+            IpMode::Anonymize => {
+                let text = std::str::from_utf8(addr).ok()?;
+                if let Ok(v4) = text.parse::<Ipv4Addr>() {
+                    let [a, b, c, _] = v4.octets();
+                    return Some(Ipv4Addr::new(a, b, c, 0).to_string());
+                }
+                let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+                let text = match text.find('%') {
+                    Some(zone) => &text[..zone],
+                    None => text,
+                };
+                let v6 = text.parse::<Ipv6Addr>().ok()?;
+                let mut o = v6.octets();
+                if o[..10].iter().all(|&b| b == 0) && o[10] == 0xff && o[11] == 0xff {
+                    o[15] = 0;
+                } else {
+                    o[6..].fill(0);
+                }
+                Some(Ipv6Addr::from(o).to_string())
+            }
+        }
+    }
+
+    #[test]
+    fn client_ip_matches_the_reference() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut inputs: Vec<Vec<u8>> = [
+            "0.0.0.0", "1.2.3.4", "01.2.3.4", "1.2.3.04", "00.1.1.1", "256.1.1.1", "1.2.3", "1.2.3.4.",
+            ".1.2.3", "1..2.3", "1.2.3.4 ", "+1.2.3.4", "1.2.3.-4", "0001.2.3.4", "::", "::1", "1::",
+            "::ffff:1.2.3.4", "::ffff:0:0", "::1.2.3.4", "64:ff9b::1.2.3.4", "[::1]%x", "[::1%x]",
+            "fe80::1%", "%", "[", "[]", "a:b:c:d:e:f:0:1", "0:0:1:0:0:0:1:0", "1:0:0:1:0:0:1:1",
+            "::ffff:255.255.255.255", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "0:0:0:0:0:0:0:0",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        for _ in 0..20_000 {
+            let r = next();
+            let v4 = std::net::Ipv4Addr::from(r as u32).to_string().into_bytes();
+            // IPv6 with zero groups here and there, to exercise the `::` choice.
+            let mut seg = [0u16; 8];
+            for (i, s) in seg.iter_mut().enumerate() {
+                if (r >> (32 + i)) & 1 == 1 {
+                    *s = (next() & if r >> 60 & 1 == 1 { 0xff } else { 0xffff }) as u16;
+                }
+            }
+            let v6 = Ipv6Addr::from(seg).to_string().into_bytes();
+            let mut junk = v4.clone();
+            let at = (r >> 40) as usize % junk.len();
+            let subst = b"0.:9f%[]x\xff";
+            junk[at] = subst[(r >> 48) as usize % subst.len()];
+            inputs.extend([v4, v6, junk]);
+        }
+        let mut buf = [0u8; IP_TEXT_MAX];
+        for a in &inputs {
+            for mode in [IpMode::Full, IpMode::Anonymize, IpMode::Off] {
+                let got = client_ip(mode, a, &mut buf).map(|b| String::from_utf8_lossy(b).into_owned());
+                assert_eq!(got, reference(mode, a), "{mode:?} {:?}", String::from_utf8_lossy(a));
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_text_as_display() {
+        let mut buf = [0u8; IP_TEXT_MAX];
+        // Every pattern of zero and non-zero groups, with short and long groups.
+        for mask in 0u32..256 {
+            for fill in [1u16, 0xab, 0xffff, 0x1000] {
+                let seg: [u16; 8] = core::array::from_fn(|i| if mask >> i & 1 == 1 { fill } else { 0 });
+                let a = Ipv6Addr::from(seg);
+                let n = put_ipv6(&mut buf, a.octets());
+                assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), a.to_string());
+            }
+        }
+    }
+
+    /// nginx's ngx_http_arg (with ngx_strlcasestrn), transcribed, as the reference.
+    fn ngx_http_arg<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+        let len = name.len();
+        if args.is_empty() || len == 0 {
+            return None;
+        }
+        let mut p = 0;
+        while p < args.len() {
+            // ngx_strlcasestrn(p, last - 1, name, len - 1): the first q >= p with
+            // q + len < args.len() where args[q..q + len] equals name case-insensitively.
+            let found = (p..args.len()).find(|&q| q + len < args.len() && args[q..q + len].eq_ignore_ascii_case(name))?;
+            if (found == 0 || args[found - 1] == b'&') && args[found + len] == b'=' {
+                let v = found + len + 1;
+                let end = args[found..].iter().position(|&c| c == b'&').map_or(args.len(), |e| found + e);
+                return Some(&args[v..end.max(v)]);
+            }
+            p = found + 1;
+        }
+        None
+    }
+
+    #[test]
+    fn arg_value_as_nginx() {
+        let cases: &[(&[u8], &[u8], Option<&[u8]>)] = &[
+            (b"cid=a&pub=b", b"cid", Some(b"a")),
+            (b"cid=a&pub=b", b"pub", Some(b"b")),
+            (b"CID=a", b"cid", Some(b"a")),
+            (b"xcid=a&cid=b", b"cid", Some(b"b")),
+            (b"cid&cid=b", b"cid", Some(b"b")),
+            (b"cid=", b"cid", Some(b"")),
+            (b"cid=a=b&c", b"cid", Some(b"a=b")),
+            (b"cid", b"cid", None),
+            (b"", b"cid", None),
+            (b"&&cid=1&", b"cid", Some(b"1")),
+            (b"ci=1", b"cid", None),
+        ];
+        for (args, name, want) in cases {
+            assert_eq!(arg_value(args, name), *want, "{:?} {:?}", String::from_utf8_lossy(args), String::from_utf8_lossy(name));
+            assert_eq!(ngx_http_arg(args, name), *want, "reference");
+        }
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let alphabet = b"cidCID_&&=x1%";
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 90) as usize;
+            let mut y = x;
+            let args: Vec<u8> = (0..len)
+                .map(|_| {
+                    y ^= y << 13;
+                    y ^= y >> 7;
+                    y ^= y << 17;
+                    alphabet[(y % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let index = ArgIndex::new(&args);
+            for name in [&b"cid"[..], b"c", b"ci_d", b"x1"] {
+                let want = ngx_http_arg(&args, name);
+                assert_eq!(arg_value(&args, name), want, "{:?} {:?}", String::from_utf8_lossy(&args), String::from_utf8_lossy(name));
+                assert_eq!(index.get(name), want, "index {:?} {:?}", String::from_utf8_lossy(&args), String::from_utf8_lossy(name));
+            }
+        }
+        // More parts than the index holds: the rest is searched too, in order.
+        for parts in [ARG_PARTS - 1, ARG_PARTS, ARG_PARTS + 1, 3 * ARG_PARTS] {
+            for at in [0, parts / 2, parts.saturating_sub(1)] {
+                let mut args: Vec<String> = (0..parts).map(|i| format!("p{i}={i}")).collect();
+                args[at] = format!("cid=v{at}");
+                args.push("cid=last".into());
+                let args = args.join("&");
+                let want = format!("v{at}");
+                assert_eq!(ArgIndex::new(args.as_bytes()).get(b"cid"), Some(want.as_bytes()), "{parts} {at}");
+                assert_eq!(ArgIndex::new(args.as_bytes()).get(b"nope"), None);
+                assert_eq!(ArgIndex::new(args.as_bytes()).get(b"p0"), (at != 0).then_some(&b"0"[..]));
+            }
+        }
+        assert_eq!(ArgIndex::new(b"").get(b"cid"), None);
+        assert_eq!(ArgIndex::new(b"&").get(b"cid"), None);
+        assert_eq!(ArgIndex::new(b"cid=1&").get(b"cid"), Some(&b"1"[..]));
     }
 
     #[test]

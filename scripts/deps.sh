@@ -21,6 +21,9 @@ PACKAGES=(
     # load generator, HTTP client, process tools for the tests and the demo; systemd-analyze
     # and systemd-tmpfiles for the shipper's service test (t/e2e/shipper-service.sh)
     wrk curl procps systemd
+    # headless browser for the stats dashboard test (t/e2e/dashboard.sh), and a font for its
+    # screenshot
+    chromium fonts-dejavu-core
     # Perl and the modules OpenResty's Test::Nginx (fetched by scripts/test-nginx.sh) uses
     perl libtest-base-perl libipc-run-perl liblist-moreutils-perl libtest-longstring-perl
     liburi-perl libwww-perl libhttp-message-perl libtext-diff-perl

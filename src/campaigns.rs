@@ -584,40 +584,30 @@ impl Store {
 
     /// Campaigns in index order from slot `from`, at most `limit`; and the slot to continue at.
     pub fn page(&self, from: usize, limit: usize) -> (Vec<(Campaign, Counters)>, Option<usize>) {
-        let mut out = Vec::new();
-        let Some((base, size, h)) = self.mapping() else { return (out, None) };
-        let Ok(_w) = self.writer() else { return (out, None) };
-        let Some(index) = index_of(base, size, h) else { return (out, None) };
-        let mut i = from;
-        while i < index.len() {
-            if out.len() == limit {
-                return (out, Some(i));
-            }
-            if let Some(r) = record_at(base, size, index[i].load(Ordering::Relaxed)) {
-                out.push((r.to_campaign(), self.counters_of(base, size, &r)));
-            }
-            i += 1;
-        }
-        (out, None)
+        self.page_with(from, limit, |r, k| (r.to_campaign(), k))
     }
 
     /// Like [`Store::page`] without decoding whole campaigns: id, status and counters (the
     /// stats location, `src/stats.rs`, which may read many of them).
     pub fn page_counters(&self, from: usize, limit: usize) -> (Vec<(String, CampaignStatus, Counters)>, Option<usize>) {
+        self.page_with(from, limit, |r, k| (String::from_utf8_lossy(r.id()).into_owned(), r.status(), k))
+    }
+
+    /// `f(record, counters)` for the campaigns in index order from slot `from`, at most
+    /// `limit`, under the zone's mutex (records are not freed meanwhile); and the next slot.
+    fn page_with<T>(&self, from: usize, limit: usize, f: impl Fn(&RecordView<'_>, Counters) -> T) -> (Vec<T>, Option<usize>) {
         let mut out = Vec::new();
         let Some((base, size, h)) = self.mapping() else { return (out, None) };
         let Ok(_w) = self.writer() else { return (out, None) };
         let Some(index) = index_of(base, size, h) else { return (out, None) };
-        let mut i = from;
-        while i < index.len() {
+        for (i, slot) in index.iter().enumerate().skip(from) {
             if out.len() == limit {
                 return (out, Some(i));
             }
-            if let Some(r) = record_at(base, size, index[i].load(Ordering::Relaxed)) {
-                let id = String::from_utf8_lossy(r.id()).into_owned();
-                out.push((id, r.status(), self.counters_of(base, size, &r)));
+            if let Some(r) = record_at(base, size, slot.load(Ordering::Relaxed)) {
+                let k = self.counters_of(base, size, &r);
+                out.push(f(&r, k));
             }
-            i += 1;
         }
         (out, None)
     }

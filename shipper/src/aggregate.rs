@@ -153,10 +153,6 @@ impl Aggregates {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
     /// The rows grouped by hour bucket, each group in key order.
     pub fn by_hour(&self) -> Vec<(u64, Vec<(&Key, &Stats)>)> {
         let mut out: Vec<(u64, Vec<(&Key, &Stats)>)> = Vec::new();
@@ -246,30 +242,22 @@ mod tests {
     /// 2024-02-29T22:00:00Z in µs.
     const T0: u64 = 1_709_244_000_000_000;
 
+    /// An event with the fields rows depend on (read from its JSON form, the others absent).
     fn ev(ty: &str, ts: u64, campaign: &str, publisher: Option<&str>) -> Event {
-        let mut dims = vec![("placement".to_string(), "top".to_string())];
+        let mut dims = vec![["placement", "top"]];
         if let Some(p) = publisher {
-            dims.push(("publisher".into(), p.into()));
+            dims.push(["publisher", p]);
         }
-        Event {
-            v: 1,
-            id: [0; 16],
-            ts,
-            event_type: ty.into(),
-            campaign: campaign.into(),
-            click_id: None,
-            dims,
-            ip: None,
-            ua: None,
-            referer: None,
-            host: None,
-            status: 200,
-            flags: vec![],
-            value: None,
-            video_event: None,
-            watch_time: None,
-            cost_micros: None,
-        }
+        let json = serde_json::json!({
+            "v": 1,
+            "id": "00000000000000000000000000000000",
+            "ts": ts,
+            "type": ty,
+            "campaign": campaign,
+            "dims": dims,
+            "status": 200,
+        });
+        serde_json::from_value(json).unwrap()
     }
 
     fn key(h: u64, c: &str, p: &str, t: &str) -> Key {
@@ -278,6 +266,15 @@ mod tests {
             campaign: c.into(),
             publisher: p.into(),
             event_type: t.into(),
+        }
+    }
+
+    fn stats(events: u64, cost_micros: u64, value: f64, flagged: [u64; 6]) -> Stats {
+        Stats {
+            events,
+            cost_micros,
+            value,
+            flagged,
         }
     }
 
@@ -313,52 +310,19 @@ mod tests {
         let want: BTreeMap<Key, Stats> = [
             (
                 key(0, "", "blog", "signup"),
-                Stats {
-                    events: 1,
-                    cost_micros: 0,
-                    value: 0.0,
-                    flagged: [0, 0, 1, 1, 0, 0],
-                },
+                stats(1, 0, 0.0, [0, 0, 1, 1, 0, 0]),
             ),
-            (
-                key(0, "c1", "", "click"),
-                Stats {
-                    events: 1,
-                    ..Default::default()
-                },
-            ),
+            (key(0, "c1", "", "click"), stats(1, 0, 0.0, [0; 6])),
             (
                 key(0, "c1", "news", "click"),
-                Stats {
-                    events: 2,
-                    cost_micros: 250_100,
-                    value: 0.0,
-                    flagged: [1, 0, 0, 0, 1, 0],
-                },
+                stats(2, 250_100, 0.0, [1, 0, 0, 0, 1, 0]),
             ),
-            (
-                key(0, "c1", "news", "impression"),
-                Stats {
-                    events: 1,
-                    ..Default::default()
-                },
-            ),
+            (key(0, "c1", "news", "impression"), stats(1, 0, 0.0, [0; 6])),
             (
                 key(0, "c2", "blog", "conversion"),
-                Stats {
-                    events: 2,
-                    cost_micros: 1_000_000,
-                    value: 12.75,
-                    flagged: [0, 1, 0, 0, 0, 1],
-                },
+                stats(2, 1_000_000, 12.75, [0, 1, 0, 0, 0, 1]),
             ),
-            (
-                key(1, "c1", "news", "click"),
-                Stats {
-                    events: 1,
-                    ..Default::default()
-                },
-            ),
+            (key(1, "c1", "news", "click"), stats(1, 0, 0.0, [0; 6])),
         ]
         .into_iter()
         .collect();

@@ -25,6 +25,7 @@ mod lock;
 mod logging;
 mod metrics;
 mod notify;
+mod outdir;
 mod sink;
 
 use std::ffi::OsString;

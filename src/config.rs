@@ -32,6 +32,18 @@ pub struct MainConf {
     pub first_use: Option<String>,
     /// Where `tracker_admin` or `tracker_stats` is first used: `tracker_campaigns` is required.
     pub needs_campaigns: Option<String>,
+    /// `tracker_secret`: the keys of signed URLs.
+    pub secret: Option<tracker_core::sign::Keys>,
+}
+
+/// `tracker_signed`: what a location does with a request without a valid signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signed {
+    Off,
+    /// Refuse: 403, or the GIF without an event for pixels.
+    On,
+    /// Store the event with the `unsigned` flag.
+    Flag,
 }
 
 /// What a tracker location answers.
@@ -67,6 +79,8 @@ pub enum RingFull {
 pub struct Dimension {
     pub name: Vec<u8>,
     pub value: *mut ngx_http_complex_value_t,
+    /// `tracker_dimension NAME VALUE personal`: left out of DNT/GPC requests' events.
+    pub personal: bool,
 }
 
 /// Location-level configuration (also merged down from http and server levels).
@@ -80,10 +94,28 @@ pub struct LocConf {
     /// None: not set at this level (inherited as a whole, like `add_header`).
     pub dimensions: Option<Vec<Dimension>>,
     pub ip: Option<IpMode>,
+    /// `tracker_respect_dnt` (merged default: on).
+    pub respect_dnt: Option<bool>,
+    /// `tracker_userid` (merged default: off).
+    pub userid: Option<bool>,
+    /// `tracker_userid_name`, `_domain` (Some(empty): none), `_path`, `_expires` (Some(None): off).
+    pub userid_name: Option<Vec<u8>>,
+    pub userid_domain: Option<Vec<u8>>,
+    pub userid_path: Option<Vec<u8>>,
+    pub userid_expires: Option<Option<u64>>,
+    /// After merging, with `tracker_userid on`: the cookie, and `$https` to add `Secure`.
+    pub userid_cookie: Option<tracker_core::privacy::CookieSpec>,
+    pub https: *mut ngx_http_complex_value_t,
     /// Some(empty) is `tracker_fallback_url off`.
     pub fallback_url: Option<Vec<u8>>,
     pub unknown_campaign: Option<Unknown>,
     pub ring_full: Option<RingFull>,
+    /// `tracker_signed`.
+    pub signed: Option<Signed>,
+    /// `tracker_signed_dimensions`: the names, None when not set at this level.
+    pub signed_dimensions: Option<Vec<Vec<u8>>>,
+    /// After merging: the index in `dimensions` of each signed dimension, in order.
+    pub signed_index: Vec<usize>,
     /// `tracker_admin` (Some(test clock allowed)).
     pub admin: Option<bool>,
     /// `tracker_admin_token`: None not set here, Some(empty) `off`.
@@ -103,9 +135,20 @@ impl Default for LocConf {
             watch_time: ptr::null_mut(),
             dimensions: None,
             ip: None,
+            respect_dnt: None,
+            userid: None,
+            userid_name: None,
+            userid_domain: None,
+            userid_path: None,
+            userid_expires: None,
+            userid_cookie: None,
+            https: ptr::null_mut(),
             fallback_url: None,
             unknown_campaign: None,
             ring_full: None,
+            signed: None,
+            signed_dimensions: None,
+            signed_index: Vec::new(),
             admin: None,
             admin_token: None,
             stats: false,
@@ -131,13 +174,19 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 17] = [
+pub static mut COMMANDS: [ngx_command_t; 26] = [
     command(ngx_string!("tracker_ring"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_ring, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker_campaigns"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_campaigns, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12, set_tracker, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_campaign_id"), ANY_LEVEL | NGX_CONF_TAKE1, set_campaign_id, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_dimension"), ANY_LEVEL | NGX_CONF_TAKE2, set_dimension, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_dimension"), ANY_LEVEL | ngx::ffi::NGX_CONF_TAKE23, set_dimension, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_ip"), ANY_LEVEL | NGX_CONF_TAKE1, set_ip, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_respect_dnt"), ANY_LEVEL | NGX_CONF_TAKE1, set_respect_dnt, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_userid"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_userid_name"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_name, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_userid_domain"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_domain, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_userid_path"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_path, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_userid_expires"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_expires, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_click_id"), ANY_LEVEL | NGX_CONF_TAKE1, set_click_id, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_value"), ANY_LEVEL | NGX_CONF_TAKE1, set_value, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_video_event"), ANY_LEVEL | NGX_CONF_TAKE1, set_video_event, NGX_HTTP_LOC_CONF_OFFSET),
@@ -148,6 +197,9 @@ pub static mut COMMANDS: [ngx_command_t; 17] = [
     command(ngx_string!("tracker_admin"), NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS | NGX_CONF_TAKE1, set_admin, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_admin_token"), ANY_LEVEL | NGX_CONF_TAKE1, set_admin_token, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_stats"), NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_secret, NGX_HTTP_MAIN_CONF_OFFSET),
+    command(ngx_string!("tracker_signed"), ANY_LEVEL | NGX_CONF_TAKE1, set_signed, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_signed_dimensions"), ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE, set_signed_dimensions, NGX_HTTP_LOC_CONF_OFFSET),
     ngx_command_t::empty(),
 ];
 
@@ -445,12 +497,19 @@ unsafe extern "C" fn set_dimension(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
     if dims.len() >= MAX_DIMENSIONS {
         return fail(cf, &format!("too many dimensions in \"tracker_dimension\" directive, the maximum is {MAX_DIMENSIONS}"));
     }
+    let personal = match a.get(3).map(bytes) {
+        None => false,
+        Some(b"personal") => true,
+        Some(_) => {
+            return fail(cf, &format!("invalid parameter \"{}\" in \"tracker_dimension\" directive, it must be \"personal\"", text(&a[3])))
+        }
+    };
     // SAFETY: args live in the configuration pool.
     let value: &mut ngx_str_t = unsafe { &mut (*(*cf).args).as_slice_mut()[2] };
     // SAFETY: called from a directive handler.
     match unsafe { compile(cf, value) } {
         Some(cv) => {
-            dims.push(Dimension { name, value: cv });
+            dims.push(Dimension { name, value: cv, personal });
             NGX_CONF_OK
         }
         None => NGX_CONF_ERROR,
@@ -468,7 +527,118 @@ unsafe extern "C" fn set_ip(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf:
         b"full" => IpMode::Full,
         b"anonymize" => IpMode::Anonymize,
         b"off" => IpMode::Off,
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_ip\" directive, it must be \"full\", \"anonymize\" or \"off\"", text(&a[1]))),
+        b"hash" => {
+            // Drawn here, in the master while it loads the configuration: the workers inherit
+            // it by fork and hash alike; it lives as long as the module stays loaded.
+            tracker_core::privacy::master_secret();
+            IpMode::Hash
+        }
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_ip\" directive, it must be \"full\", \"anonymize\", \"hash\" or \"off\"", text(&a[1]))),
+    });
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_userid(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.userid.is_some() {
+        return fail(cf, "\"tracker_userid\" directive is duplicate");
+    }
+    lcf.userid = Some(match bytes(&a[1]) {
+        b"on" => true,
+        b"off" => false,
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_userid\" directive, it must be \"on\" or \"off\"", text(&a[1]))),
+    });
+    NGX_CONF_OK
+}
+
+/// Cookie attribute text: printable ASCII without spaces, `;` or `,`.
+fn cookie_safe(v: &[u8]) -> bool {
+    !v.is_empty() && v.iter().all(|&c| c.is_ascii_graphic() && c != b';' && c != b',')
+}
+
+unsafe extern "C" fn set_userid_name(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.userid_name.is_some() {
+        return fail(cf, "\"tracker_userid_name\" directive is duplicate");
+    }
+    let v = bytes(&a[1]);
+    if v.is_empty() || v.len() > 64 || !v.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-') {
+        return fail(cf, &format!("invalid cookie name \"{}\" in \"tracker_userid_name\" directive, it must be 1-64 characters of [A-Za-z0-9_-]", text(&a[1])));
+    }
+    lcf.userid_name = Some(v.to_vec());
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_userid_domain(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.userid_domain.is_some() {
+        return fail(cf, "\"tracker_userid_domain\" directive is duplicate");
+    }
+    let v = bytes(&a[1]);
+    if v == b"none" {
+        lcf.userid_domain = Some(Vec::new());
+        return NGX_CONF_OK;
+    }
+    if !cookie_safe(v) || !v.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-') {
+        return fail(cf, &format!("invalid domain \"{}\" in \"tracker_userid_domain\" directive", text(&a[1])));
+    }
+    lcf.userid_domain = Some(v.to_vec());
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_userid_path(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.userid_path.is_some() {
+        return fail(cf, "\"tracker_userid_path\" directive is duplicate");
+    }
+    let v = bytes(&a[1]);
+    if !v.starts_with(b"/") || !cookie_safe(v) {
+        return fail(cf, &format!("invalid path \"{}\" in \"tracker_userid_path\" directive, it must start with \"/\" and have no spaces, \";\" or \",\"", text(&a[1])));
+    }
+    lcf.userid_path = Some(v.to_vec());
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_userid_expires(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.userid_expires.is_some() {
+        return fail(cf, "\"tracker_userid_expires\" directive is duplicate");
+    }
+    if bytes(&a[1]) == b"off" {
+        lcf.userid_expires = Some(None);
+        return NGX_CONF_OK;
+    }
+    let mut copy = a[1];
+    // SAFETY: ngx_parse_time only reads `len` bytes of the string.
+    let secs = unsafe { ngx::ffi::ngx_parse_time(&mut copy, 1) };
+    if secs <= 0 {
+        return fail(cf, &format!("invalid time \"{}\" in \"tracker_userid_expires\" directive, it must be a time like \"365d\" or \"off\"", text(&a[1])));
+    }
+    lcf.userid_expires = Some(Some(secs as u64));
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_respect_dnt(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.respect_dnt.is_some() {
+        return fail(cf, "\"tracker_respect_dnt\" directive is duplicate");
+    }
+    lcf.respect_dnt = Some(match bytes(&a[1]) {
+        b"on" => true,
+        b"off" => false,
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_respect_dnt\" directive, it must be \"on\" or \"off\"", text(&a[1]))),
     });
     NGX_CONF_OK
 }
@@ -521,6 +691,93 @@ unsafe extern "C" fn set_ring_full(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
         _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_ring_full\" directive, it must be \"serve\" or \"503\"", text(&a[1]))),
     });
     NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_secret(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
+    let mcf = unsafe { &mut *conf.cast::<MainConf>() };
+    let a = unsafe { args(cf) };
+    if mcf.secret.is_some() {
+        return fail(cf, "\"tracker_secret\" directive is duplicate");
+    }
+    let path = PathBuf::from(text(&a[1]));
+    match tracker_core::sign::Keys::load(&path) {
+        Ok(keys) => {
+            mcf.secret = Some(keys);
+            NGX_CONF_OK
+        }
+        Err(e) => fail(cf, &format!("\"tracker_secret\" {e}")),
+    }
+}
+
+unsafe extern "C" fn set_signed(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.signed.is_some() {
+        return fail(cf, "\"tracker_signed\" directive is duplicate");
+    }
+    lcf.signed = Some(match bytes(&a[1]) {
+        b"on" => Signed::On,
+        b"off" => Signed::Off,
+        b"flag" => Signed::Flag,
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_signed\" directive, it must be \"on\", \"off\" or \"flag\"", text(&a[1]))),
+    });
+    NGX_CONF_OK
+}
+
+unsafe extern "C" fn set_signed_dimensions(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.signed_dimensions.is_some() {
+        return fail(cf, "\"tracker_signed_dimensions\" directive is duplicate");
+    }
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for arg in &a[1..] {
+        let name = bytes(arg).to_vec();
+        if name.is_empty() || name.len() > 64 || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+            return fail(cf, &format!("invalid dimension name \"{}\" in \"tracker_signed_dimensions\" directive", text(arg)));
+        }
+        if names.contains(&name) {
+            return fail(cf, &format!("duplicate dimension \"{}\" in \"tracker_signed_dimensions\" directive", text(arg)));
+        }
+        names.push(name);
+    }
+    lcf.signed_dimensions = Some(names);
+    NGX_CONF_OK
+}
+
+/// Merges `tracker_signed` and `tracker_signed_dimensions`; a tracker location that checks
+/// signatures needs `tracker_secret` and its signed dimensions among its dimensions.
+fn merge_signed(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Result<(), *mut c_char> {
+    conf.signed = conf.signed.or(prev.signed).or(Some(Signed::Off));
+    if conf.signed_dimensions.is_none() {
+        conf.signed_dimensions = Some(prev.signed_dimensions.clone().unwrap_or_default());
+    }
+    if conf.tracker.is_none() || conf.signed == Some(Signed::Off) {
+        return Ok(());
+    }
+    // SAFETY: `cf` is valid during the merge; the main conf exists in every http context.
+    let has_secret = Module::main_conf_mut(unsafe { &*cf }).is_some_and(|m| m.secret.is_some());
+    if !has_secret {
+        return Err(fail(cf, "\"tracker_signed\" is on or flag in a tracker location but no \"tracker_secret\" is configured in the http block"));
+    }
+    let dims = conf.dimensions.as_deref().unwrap_or(&[]);
+    let mut index = Vec::new();
+    for name in conf.signed_dimensions.as_deref().unwrap_or(&[]) {
+        match dims.iter().position(|d| &d.name == name) {
+            Some(i) => index.push(i),
+            None => {
+                return Err(fail(cf, &format!(
+                    "\"tracker_signed_dimensions\" names \"{}\", which is not a \"tracker_dimension\" of the location",
+                    String::from_utf8_lossy(name)
+                )))
+            }
+        }
+    }
+    conf.signed_index = index;
+    Ok(())
 }
 
 /// Compiles a default like `$arg_cid` for a location that set nothing.
@@ -578,16 +835,38 @@ pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut
         conf.dimensions = Some(
             prev.dimensions
                 .as_ref()
-                .map(|d| d.iter().map(|d| Dimension { name: d.name.clone(), value: d.value }).collect())
+                .map(|d| d.iter().map(|d| Dimension { name: d.name.clone(), value: d.value, personal: d.personal }).collect())
                 .unwrap_or_default(),
         );
     }
     conf.ip = conf.ip.or(prev.ip).or(Some(IpMode::Anonymize));
+    conf.respect_dnt = conf.respect_dnt.or(prev.respect_dnt).or(Some(true));
+    conf.userid = conf.userid.or(prev.userid).or(Some(false));
+    conf.userid_name = conf.userid_name.take().or_else(|| prev.userid_name.clone()).or_else(|| Some(b"tid".to_vec()));
+    conf.userid_domain = conf.userid_domain.take().or_else(|| prev.userid_domain.clone()).or_else(|| Some(Vec::new()));
+    conf.userid_path = conf.userid_path.take().or_else(|| prev.userid_path.clone()).or_else(|| Some(b"/".to_vec()));
+    conf.userid_expires = conf.userid_expires.or(prev.userid_expires).or(Some(Some(365 * 86_400)));
+    if conf.userid == Some(true) {
+        conf.userid_cookie = Some(tracker_core::privacy::CookieSpec {
+            name: conf.userid_name.clone().unwrap_or_default(),
+            domain: conf.userid_domain.clone().unwrap_or_default(),
+            path: conf.userid_path.clone().unwrap_or_default(),
+            max_age: conf.userid_expires.flatten(),
+        });
+        // SAFETY: merge runs with a valid cf.
+        conf.https = unsafe { default_cv(cf, b"$https") };
+        if conf.https.is_null() {
+            return NGX_CONF_ERROR;
+        }
+    }
     if conf.fallback_url.is_none() {
         conf.fallback_url = Some(prev.fallback_url.clone().unwrap_or_default());
     }
     conf.unknown_campaign = conf.unknown_campaign.or(prev.unknown_campaign).or(Some(Unknown::Store));
     conf.ring_full = conf.ring_full.or(prev.ring_full).or(Some(RingFull::Serve));
+    if let Err(e) = merge_signed(cf, prev, conf) {
+        return e;
+    }
     NGX_CONF_OK
 }
 

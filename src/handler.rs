@@ -19,9 +19,10 @@ use tracker_core::input::{client_ip, ArgIndex, parse_number, percent_decode, val
 use tracker_core::ring::WriteError;
 use tracker_core::banker::{self, Charge};
 use tracker_core::campaign::Status as CampaignStatus;
-use tracker_core::{id, landing};
+use tracker_core::sign;
+use tracker_core::{id, landing, privacy};
 
-use crate::config::{LocConf, MainConf, Response, RingFull, Tracker, Unknown, MAX_DIMENSIONS};
+use crate::config::{LocConf, MainConf, Response, RingFull, Signed, Tracker, Unknown, MAX_DIMENSIONS};
 use crate::variables::{self, Ctx};
 use crate::worker::{self, Worker};
 use crate::{response, Module};
@@ -203,6 +204,36 @@ fn header<'r>(_r: &'r ngx_http_request_t, h: *mut ngx::ffi::ngx_table_elt_t, max
     (!v.is_empty()).then(|| &v[..v.len().min(max)])
 }
 
+/// The first `Some` that `f` gives for a request header (name, value), in request order.
+fn find_header<'r, T>(r: &'r ngx_http_request_t, mut f: impl FnMut(&'r [u8], &'r [u8]) -> Option<T>) -> Option<T> {
+    let mut part: *const ngx::ffi::ngx_list_part_t = &r.headers_in.headers.part;
+    // SAFETY: the request's header list is a valid ngx_list_t of ngx_table_elt_t: each part
+    // holds `nelts` elements at `elts` and links to the next part or null; they live as long
+    // as the request.
+    while let Some(p) = unsafe { part.as_ref() } {
+        let elts = p.elts.cast::<ngx::ffi::ngx_table_elt_t>();
+        for i in 0..p.nelts {
+            // SAFETY: i < nelts.
+            let h: &'r ngx::ffi::ngx_table_elt_t = unsafe { &*elts.add(i) };
+            if let Some(t) = f(h.key.as_bytes(), h.value.as_bytes()) {
+                return Some(t);
+            }
+        }
+        part = p.next;
+    }
+    None
+}
+
+/// Whether the request asks not to be tracked: a `DNT: 1` or `Sec-GPC: 1` header.
+fn opts_out(r: &ngx_http_request_t) -> bool {
+    find_header(r, |k, v| privacy::is_opt_out_header(k, v).then_some(())).is_some()
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn request_cookie<'r>(r: &'r ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
+    find_header(r, |k, v| if k.eq_ignore_ascii_case(b"cookie") { privacy::cookie_value(v, name) } else { None })
+}
+
 fn now_us() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
@@ -310,6 +341,38 @@ unsafe fn track(
         *at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, d.value) }, MAX_VALUE, &mut event_flags);
     }
 
+    // The signature (`tracker_signed`), before the campaign is charged: `on` refuses a request
+    // without a valid one (403; pixels the GIF) and stores nothing, `flag` flags the event.
+    if let (Some(mode @ (Signed::On | Signed::Flag)), Some(keys)) = (lcf.signed, mcf.secret.as_ref()) {
+        let mut signed: [(&[u8], &[u8]); MAX_DIMENSIONS] = [(&[], &[]); MAX_DIMENSIONS];
+        for (slot, &i) in signed.iter_mut().zip(lcf.signed_index.iter()) {
+            if let (Some(d), Some(at)) = (dim_conf.get(i), dim_at.get(i)) {
+                *slot = (&d.name, &w.text[at.clone()]);
+            }
+        }
+        let signed = &signed[..lcf.signed_index.len().min(MAX_DIMENSIONS)];
+        let (exp, kid, sig) = (args.get(b"exp"), args.get(b"kid"), args.get(b"sig"));
+        if let Err(why) = sign::verify(keys, &w.text[cid.clone()], signed, exp, kid, sig, now / 1_000_000) {
+            if mode == Signed::Flag {
+                event_flags |= flags::UNSIGNED;
+            } else {
+                // SAFETY: the connection of a live request and its log are live.
+                let log = unsafe { (*r.connection).log };
+                ngx::ngx_log_error!(ngx::ffi::NGX_LOG_INFO, log, "tracker: signature refused: {}", why.name());
+                if let Some(ring) = &mcf.ring {
+                    ring.ring().count_rejected(kind.index());
+                }
+                // SAFETY: r is live and in its content handler.
+                return unsafe {
+                    match tracker.response {
+                        Response::Gif => response::gif(r),
+                        _ => response::error(r, ngx::ffi::NGX_HTTP_FORBIDDEN as ngx_int_t),
+                    }
+                };
+            }
+        }
+    }
+
     // The campaign, and the banker: is it taking events, and what does this one cost.
     let mut hit = None;
     if event_flags & flags::INVALID_CAMPAIGN == 0 {
@@ -368,9 +431,32 @@ unsafe fn track(
     // Client and request facts.
     // SAFETY: the connection of a live request is live.
     let addr = unsafe { (*r.connection).addr_text.as_bytes() };
+    // DNT / GPC: the event is kept (counted, billed) without what could identify the person.
+    let dnt = lcf.respect_dnt != Some(false) && opts_out(r);
+    if dnt {
+        event_flags |= flags::DNT;
+    }
     let mut ip_buf = [0u8; IP_TEXT_MAX];
-    let ip = client_ip(lcf.ip.unwrap_or(tracker_core::input::IpMode::Anonymize), addr, &mut ip_buf);
-    let user_agent = header(r, r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags);
+    let ip = match lcf.ip.unwrap_or(tracker_core::input::IpMode::Anonymize) {
+        _ if dnt => None,
+        tracker_core::input::IpMode::Hash => privacy::hash_ip(&privacy::DayKey::at(now), addr, &mut ip_buf),
+        mode => client_ip(mode, addr, &mut ip_buf),
+    };
+    let user_agent = if dnt { None } else { header(r, r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags) };
+    // The visitor id (`tracker_userid`): never read nor set for DNT/GPC requests.
+    let mut uid_buf = [0u8; 32];
+    let mut new_uid = false;
+    let uid_spec = lcf.userid_cookie.as_ref().filter(|_| lcf.userid == Some(true) && !dnt);
+    if let Some(spec) = uid_spec {
+        match request_cookie(r, &spec.name) {
+            Some(v) if privacy::valid_visitor_id(v) => uid_buf.copy_from_slice(v),
+            _ => {
+                uid_buf = w.visitors.next_hex();
+                new_uid = true;
+            }
+        }
+    }
+    let uid = uid_spec.map(|_| &uid_buf[..]);
     let referer = header(r, r.headers_in.referer, MAX_REFERER, &mut event_flags);
     let host = r.headers_in.server.as_bytes();
     if host.len() > MAX_HOST {
@@ -381,10 +467,15 @@ unsafe fn track(
     // The answer.
     let text = &w.text;
     let mut dims: [(&[u8], &[u8]); MAX_DIMENSIONS] = [(&[], &[]); MAX_DIMENSIONS];
-    for ((d, at), slot) in dim_conf.iter().zip(dim_at.iter()).zip(dims.iter_mut()) {
-        *slot = (&d.name, &text[at.clone()]);
+    let mut ndims = 0;
+    for (d, at) in dim_conf.iter().zip(dim_at.iter()) {
+        if dnt && d.personal {
+            continue;
+        }
+        dims[ndims] = (&d.name, &text[at.clone()]);
+        ndims += 1;
     }
-    let dims = &dims[..dim_conf.len()];
+    let dims = &dims[..ndims];
     let click_id: &[u8] = match &click {
         None => &event_hex,
         Some(at) => &text[at.clone()],
@@ -431,6 +522,7 @@ unsafe fn track(
                 video_event: video_event.map(|at| &text[at]),
                 watch_time,
                 cost_micros,
+                uid,
             };
             event::encode(&ev, &mut w.event);
             if let Err(WriteError::Full) = ring.write(kind.index(), &w.event, pid) {
@@ -441,6 +533,21 @@ unsafe fn track(
             }
         } else {
             ring.count_rejected(kind.index());
+        }
+    }
+
+    // A new visitor id: its cookie.
+    if let Some(spec) = uid_spec.filter(|_| new_uid) {
+        // SAFETY: r is live; `https` was compiled with the location (`$https`).
+        let secure = unsafe { conf_value(r, &mut args, lcf.https) } == b"on";
+        privacy::set_cookie(spec, &uid_buf, now / 1_000_000, secure, &mut w.cookie);
+        // SAFETY: r is live; the value is copied into the request pool, which outlives the
+        // response headers.
+        unsafe {
+            let v = pool_str(r, &w.cookie);
+            if !v.data.is_null() {
+                let _ = response::add_header(r, b"Set-Cookie", v);
+            }
         }
     }
 

@@ -29,7 +29,7 @@ fn ngx_str(s: &'static [u8]) -> ngx_str_t {
 ///
 /// # Safety
 /// `r` is a live request; `value` outlives the response (static or request pool memory).
-unsafe fn add_header(r: &mut ngx_http_request_t, key: &'static [u8], value: ngx_str_t) -> Option<*mut ngx_table_elt_t> {
+pub(crate) unsafe fn add_header(r: &mut ngx_http_request_t, key: &'static [u8], value: ngx_str_t) -> Option<*mut ngx_table_elt_t> {
     // SAFETY: headers_out.headers is an initialized list of ngx_table_elt_t.
     let h = unsafe { ngx_list_push(&mut r.headers_out.headers) }.cast::<ngx_table_elt_t>();
     if h.is_null() {

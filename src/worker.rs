@@ -18,6 +18,10 @@ pub struct Worker {
     pub fallback: Vec<u8>,
     /// The expanded redirect target.
     pub target: Vec<u8>,
+    /// Visitor ids for `tracker_userid` (random key per worker).
+    pub visitors: tracker_core::privacy::VisitorIds,
+    /// The `Set-Cookie` value being built.
+    pub cookie: Vec<u8>,
 }
 
 impl Worker {
@@ -30,6 +34,8 @@ impl Worker {
             landing: Vec::with_capacity(1024),
             fallback: Vec::with_capacity(1024),
             target: Vec::with_capacity(2048),
+            visitors: tracker_core::privacy::VisitorIds::new(os_random_u64(), os_random_u64()),
+            cookie: Vec::with_capacity(256),
         }
     }
 }

@@ -62,6 +62,8 @@ pub mod flags {
     pub const OVER_BUDGET: u32 = 1 << 6;       // "over_budget": a cap of the campaign was reached: not charged
     pub const OUTSIDE_SCHEDULE: u32 = 1 << 7;  // "outside_schedule": before the campaign's start or after its end
     pub const PUBLISHER_NOT_ALLOWED: u32 = 1 << 8; // "publisher_not_allowed": not one of the campaign's publishers
+    pub const DNT: u32 = 1 << 9;               // "dnt": the request had DNT: 1 or Sec-GPC: 1; personal fields left out
+    pub const UNSIGNED: u32 = 1 << 10;         // "unsigned": `tracker_signed flag` and no valid signature
     /// (bit, name) pairs in schema order.
     pub const NAMES: &[(u32, &str)] = &[
         (UNKNOWN_CAMPAIGN, "unknown_campaign"),
@@ -73,6 +75,8 @@ pub mod flags {
         (OVER_BUDGET, "over_budget"),
         (OUTSIDE_SCHEDULE, "outside_schedule"),
         (PUBLISHER_NOT_ALLOWED, "publisher_not_allowed"),
+        (DNT, "dnt"),
+        (UNSIGNED, "unsigned"),
     ];
 }
 
@@ -98,6 +102,8 @@ pub struct EventRef<'a> {
     /// What the banker charged the campaign for this event, in micro-units of its currency
     /// (omitted when nothing was charged).
     pub cost_micros: Option<u64>,
+    /// The first-party visitor id (`tracker_userid`): 32 hex characters.
+    pub uid: Option<&'a [u8]>,
 }
 
 
@@ -159,8 +165,8 @@ fn write_key(out: &mut Vec<u8>, key: &str) {
 
 /// Encodes `ev` as a MessagePack map into `out` (cleared first). Does not allocate when `out`
 /// already has the capacity. Keys: v, id (bin 16), ts, type, campaign, click_id, dims, ip, ua,
-/// referer, host, status, flags, value, video_event, watch_time, cost_micros; optional ones are
-/// omitted when None/empty.
+/// referer, host, status, flags, value, video_event, watch_time, cost_micros, uid; optional ones
+/// are omitted when None/empty.
 ///
 /// Keys are written in that order. Byte strings are written as MessagePack `str` with invalid
 /// UTF-8 replaced by U+FFFD; flag bits not in [`flags::NAMES`] are ignored.
@@ -180,6 +186,7 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
         ev.video_event.is_some(),
         ev.watch_time.is_some(),
         ev.cost_micros.is_some(),
+        ev.uid.is_some(),
     ];
     let nkeys = 6 + optional.iter().filter(|&&b| b).count() as u32;
     let _ = write_map_len(out, nkeys);
@@ -238,6 +245,10 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
         write_key(out, "cost_micros");
         let _ = write_uint(out, cost);
     }
+    if let Some(uid) = ev.uid {
+        write_key(out, "uid");
+        write_lossy_str(out, uid);
+    }
 }
 
 /// An event as the shipper decodes it.
@@ -268,6 +279,8 @@ pub struct Event {
     pub watch_time: Option<f64>,
     /// Micro-units charged by the banker (absent: nothing charged).
     pub cost_micros: Option<u64>,
+    /// The first-party visitor id (absent: none, or `tracker_userid` off, or DNT/GPC).
+    pub uid: Option<String>,
 }
 
 #[derive(Debug)]
@@ -323,7 +336,7 @@ impl Event {
     /// Appends to `out` (it does not clear it). Keys in order: v, id, time, ts, type, campaign,
     /// click_id, dims (always, `{}` when empty; a repeated name keeps its first value), ip, ua,
     /// referer, host, status, flags (omitted when empty), value, video_event, watch_time,
-    /// cost_micros.
+    /// cost_micros, uid.
     /// A non-finite value or watch_time is written as null.
     pub fn to_json_line(&self, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail, and every key is a string.
@@ -431,6 +444,7 @@ impl Serialize for Event {
             self.video_event.is_some(),
             self.watch_time.is_some(),
             self.cost_micros.is_some(),
+            self.uid.is_some(),
         ];
         // v, id, ts, type, campaign, dims, status (+ time in human-readable form).
         let n = 7 + usize::from(hr) + optional.iter().filter(|&&b| b).count();
@@ -471,6 +485,9 @@ impl Serialize for Event {
         if let Some(x) = &self.cost_micros {
             m.serialize_entry("cost_micros", x)?;
         }
+        if let Some(x) = &self.uid {
+            m.serialize_entry("uid", x)?;
+        }
         m.end()
     }
 }
@@ -507,6 +524,8 @@ struct Wire {
     watch_time: Option<f64>,
     #[serde(default)]
     cost_micros: Option<u64>,
+    #[serde(default)]
+    uid: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Event {
@@ -533,6 +552,7 @@ impl<'de> Deserialize<'de> for Event {
             video_event: w.video_event,
             watch_time: w.watch_time,
             cost_micros: w.cost_micros,
+            uid: w.uid,
         })
     }
 }
@@ -678,6 +698,7 @@ mod tests {
             video_event: Some(b"q1"),
             watch_time: Some(7.5),
             cost_micros: Some(250_000),
+            uid: Some(b"0123456789abcdef0123456789abcdef"),
         }
     }
 
@@ -727,7 +748,7 @@ mod tests {
         encode(&r, &mut buf);
         assert_eq!(
             keys(&buf),
-            ["v", "id", "ts", "type", "campaign", "click_id", "dims", "ip", "ua", "referer", "host", "status", "flags", "value", "video_event", "watch_time", "cost_micros"]
+            ["v", "id", "ts", "type", "campaign", "click_id", "dims", "ip", "ua", "referer", "host", "status", "flags", "value", "video_event", "watch_time", "cost_micros", "uid"]
         );
         let e = decode(&buf).unwrap();
         assert_eq!(e.v, 1);
@@ -750,6 +771,7 @@ mod tests {
         assert_eq!(e.video_event.as_deref(), Some("q1"));
         assert_eq!(e.watch_time, Some(7.5));
         assert_eq!(e.cost_micros, Some(250_000));
+        assert_eq!(e.uid.as_deref(), Some("0123456789abcdef0123456789abcdef"));
         // Serde's MessagePack form of an Event is the same schema.
         let again = rmp_serde::to_vec_named(&e).unwrap();
         assert_eq!(decode(&again).unwrap(), e);
@@ -776,13 +798,22 @@ mod tests {
         assert_eq!(e.campaign, "");
         assert!(e.dims.is_empty() && e.flags.is_empty());
         assert!(e.click_id.is_none() && e.ip.is_none() && e.ua.is_none() && e.referer.is_none() && e.host.is_none());
-        assert!(e.value.is_none() && e.video_event.is_none() && e.watch_time.is_none());
+        assert!(e.value.is_none() && e.video_event.is_none() && e.watch_time.is_none() && e.uid.is_none());
         // Unknown flag bits are ignored: no flags key.
         encode(&EventRef { flags: 1 << 31, ..r.clone() }, &mut buf);
         assert_eq!(keys(&buf).len(), 6);
         // Some(empty) is present.
         encode(&EventRef { click_id: Some(b""), ..r }, &mut buf);
         assert_eq!(decode(&buf).unwrap().click_id.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn dnt_flag() {
+        assert!(flags::NAMES.contains(&(flags::DNT, "dnt")));
+        let r = EventRef { flags: flags::DNT | flags::TRUNCATED, ..Default::default() };
+        let mut buf = Vec::new();
+        encode(&r, &mut buf);
+        assert_eq!(decode(&buf).unwrap().flags, ["truncated", "dnt"]);
     }
 
     #[test]
@@ -995,7 +1026,8 @@ mod tests {
                 r#"{"v":1,"id":"018f3a4b5c6d71238401020304050607","time":"2024-05-01T12:34:56.789012Z","ts":1714566896789012,"#,
                 r#""type":"conversion","campaign":"summer-sale","click_id":"0190abcdef","dims":{"publisher":"a \"b\"","n":"1"},"#,
                 r#""ip":"192.0.2.0","ua":"Mozilla/5.0","referer":"https://pub.example/a?x=1","host":"t.example.com","status":200,"#,
-                r#""flags":["invalid_value","truncated"],"value":12.5,"video_event":"q1","watch_time":7.5,"cost_micros":250000}"#
+                r#""flags":["invalid_value","truncated"],"value":12.5,"video_event":"q1","watch_time":7.5,"cost_micros":250000,"#,
+                r#""uid":"0123456789abcdef0123456789abcdef"}"#
             )
         );
         assert!(!line.contains('\n'));
@@ -1023,6 +1055,7 @@ mod tests {
             video_event: None,
             watch_time: None,
             cost_micros: None,
+            uid: None,
         };
         let mut line = Vec::new();
         minimal.to_json_line(&mut line);

@@ -82,8 +82,10 @@ pub fn arg_value<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 const ARG_PARTS: usize = 32;
 
 /// A query string split once at its `&`s, for several [`arg_value`] lookups in one request
-/// (campaign, click id, dimensions...): each lookup then compares name lengths, and names only
-/// where they are equal. Gives exactly what [`arg_value`] gives.
+/// (campaign, click id, dimensions...): each lookup then compares name lengths, then the
+/// names' last bytes, and whole names only where both are equal, so many arguments and
+/// dimensions (`d1`..`d20`, all of one length) stay cheap. Gives exactly what [`arg_value`]
+/// gives.
 pub struct ArgIndex<'a> {
     args: &'a [u8],
     /// For each of the first `n` parts: its start and the length of its name (the text before
@@ -96,7 +98,8 @@ pub struct ArgIndex<'a> {
 
 impl<'a> ArgIndex<'a> {
     pub fn new(args: &'a [u8]) -> ArgIndex<'a> {
-        let mut ix = ArgIndex { args, parts: [(0, u32::MAX); ARG_PARTS], n: 0, rest: args.len() + 1 };
+        // Only parts[..n] is ever read.
+        let mut ix = ArgIndex { args, parts: [(0, 0); ARG_PARTS], n: 0, rest: args.len() + 1 };
         if args.len() >= u32::MAX as usize {
             ix.rest = 0;
             return ix;
@@ -124,17 +127,25 @@ impl<'a> ArgIndex<'a> {
     /// [`arg_value`]`(args, name)`.
     pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
         let n = name.len();
+        let last = name.last().map_or(0, u8::to_ascii_lowercase);
         for (i, &(start, name_len)) in self.parts[..self.n].iter().enumerate() {
-            if name_len as usize == n {
-                let start = start as usize;
-                if self.args[start..start + n].eq_ignore_ascii_case(name) {
-                    let end = match self.parts.get(i + 1) {
-                        Some(&(next, _)) if i + 1 < self.n => next as usize - 1,
-                        _ if self.rest <= self.args.len() => self.rest - 1,
-                        _ => self.args.len(),
-                    };
-                    return Some(&self.args[start + n + 1..end]);
-                }
+            if name_len as usize != n {
+                continue;
+            }
+            let start = start as usize;
+            let candidate = &self.args[start..start + n];
+            if n > 0 && candidate[n - 1].to_ascii_lowercase() != last {
+                continue;
+            }
+            if candidate.eq_ignore_ascii_case(name) {
+                let end = if i + 1 < self.n {
+                    self.parts[i + 1].0 as usize - 1
+                } else if self.rest <= self.args.len() {
+                    self.rest - 1
+                } else {
+                    self.args.len()
+                };
+                return Some(&self.args[start + n + 1..end]);
             }
         }
         match self.args.get(self.rest..) {
@@ -144,9 +155,10 @@ impl<'a> ArgIndex<'a> {
     }
 }
 
-/// How the client IP is stored (`tracker_ip`).
+/// How the client IP is stored (`tracker_ip`). `Hash`: a keyed hash under a key that rotates
+/// every UTC day ([`crate::privacy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IpMode { Full, Anonymize, Off }
+pub enum IpMode { Full, Anonymize, Off, Hash }
 
 /// Room for the longest text [`client_ip`] writes: an IPv6 address in full
 /// ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255" is 45 bytes).
@@ -177,6 +189,12 @@ pub fn client_ip<'a>(mode: IpMode, addr: &'a [u8], buf: &'a mut [u8; IP_TEXT_MAX
         IpMode::Anonymize => {
             let n = anonymize(addr, buf)?;
             Some(&buf[..n])
+        }
+        IpMode::Hash => {
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            crate::privacy::hash_ip(&crate::privacy::DayKey::at(now_us), addr, buf)
         }
     }
 }
@@ -439,7 +457,7 @@ mod tests {
     fn reference(mode: IpMode, addr: &[u8]) -> Option<String> {
         use std::net::Ipv4Addr;
         match mode {
-            IpMode::Off => None,
+            IpMode::Off | IpMode::Hash => None,
             IpMode::Full => (!addr.is_empty()).then(|| String::from_utf8_lossy(addr).into_owned()),
             IpMode::Anonymize => {
                 let text = std::str::from_utf8(addr).ok()?;
@@ -558,13 +576,19 @@ mod tests {
             (b"", b"cid", None),
             (b"&&cid=1&", b"cid", Some(b"1")),
             (b"ci=1", b"cid", None),
+            (b"utm_campaignx=0&UTM_Campaign=1&utm_campaign=2", b"utm_campaign", Some(b"1")),
+            (b"utm_campaigx=0&utm_campaign", b"utm_campaign", None),
+            (b"utm_campaig=0&utm_campaign_=1", b"utm_campaign", None),
+            (b"abcdefgh=0&abcdefghi=1", b"abcdefghi", Some(b"1")),
+            (b"abcdefgh=0&abcdefghi=1", b"abcdefgh", Some(b"0")),
         ];
         for (args, name, want) in cases {
             assert_eq!(arg_value(args, name), *want, "{:?} {:?}", String::from_utf8_lossy(args), String::from_utf8_lossy(name));
             assert_eq!(ngx_http_arg(args, name), *want, "reference");
+            assert_eq!(ArgIndex::new(args).get(name), *want, "index");
         }
         let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let alphabet = b"cidCID_&&=x1%";
+        let alphabet = b"cidCID_&&=x1%ccc";
         for _ in 0..50_000 {
             x ^= x << 13;
             x ^= x >> 7;
@@ -580,7 +604,7 @@ mod tests {
                 })
                 .collect();
             let index = ArgIndex::new(&args);
-            for name in [&b"cid"[..], b"c", b"ci_d", b"x1"] {
+            for name in [&b"cid"[..], b"c", b"ci_d", b"x1", b"cidcidcid", b"cidcidci", b"ccccccccc_d"] {
                 let want = ngx_http_arg(&args, name);
                 assert_eq!(arg_value(&args, name), want, "{:?} {:?}", String::from_utf8_lossy(&args), String::from_utf8_lossy(name));
                 assert_eq!(index.get(name), want, "index {:?} {:?}", String::from_utf8_lossy(&args), String::from_utf8_lossy(name));

@@ -8,12 +8,16 @@
 //! - [`record`]: one campaign's bytes in shared memory and the index over them;
 //! - [`landing`]: landing-URL macros (`{click_id}`, `{campaign}`, `{dim.NAME}`);
 //! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
-//! - [`id`]: 16-byte time-ordered event ids.
+//! - [`id`]: 16-byte time-ordered event ids;
+//! - [`privacy`]: the daily-keyed address hash (`tracker_ip hash`), DNT/GPC, visitor ids;
+//! - [`sign`]: signed tracking URLs (HMAC-SHA256 over campaign, expiry and dimensions).
 pub mod banker;
 pub mod campaign;
 pub mod event;
 pub mod id;
 pub mod input;
 pub mod landing;
+pub mod privacy;
 pub mod record;
 pub mod ring;
+pub mod sign;

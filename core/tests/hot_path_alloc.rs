@@ -46,6 +46,9 @@ fn request_input_does_not_allocate() {
     let mut text = Vec::with_capacity(4096);
     let mut ip = [0u8; IP_TEXT_MAX];
     let mut seen = 0usize;
+    // The module draws the secret at configuration time, before any request.
+    let _ = tracker_core::privacy::master_secret();
+    let mut visitors = tracker_core::privacy::VisitorIds::new(1, 2);
 
     let before = allocs();
     for _ in 0..1000 {
@@ -59,10 +62,15 @@ fn request_input_does_not_allocate() {
             seen += usize::from(valid_campaign_id(&text));
         }
         for a in addrs {
-            for mode in [IpMode::Full, IpMode::Anonymize, IpMode::Off] {
+            for mode in [IpMode::Full, IpMode::Anonymize, IpMode::Off, IpMode::Hash] {
                 seen += client_ip(mode, a, &mut ip).map_or(0, <[u8]>::len);
             }
+            let key = tracker_core::privacy::DayKey::at(1_714_566_896_000_000);
+            seen += tracker_core::privacy::hash_ip(&key, a, &mut ip).map_or(0, <[u8]>::len);
         }
+        seen += usize::from(tracker_core::privacy::is_opt_out_header(b"Sec-GPC", b"1"));
+        seen += tracker_core::privacy::cookie_value(b"a=1; tid=0123456789abcdef0123456789abcdef", b"tid").map_or(0, <[u8]>::len);
+        seen += usize::from(tracker_core::privacy::valid_visitor_id(&visitors.next_hex()));
     }
     let after = allocs();
     assert_eq!(after - before, 0, "allocations on the request path");

@@ -48,6 +48,7 @@ fn encode_and_expand_do_not_allocate() {
         video_event: Some(b"q3"),
         watch_time: Some(12.0),
         cost_micros: Some(1),
+        uid: Some(b"0123456789abcdef0123456789abcdef"),
     };
     let mut event = Vec::with_capacity(4096);
     let mut target = Vec::with_capacity(4096);

@@ -54,6 +54,7 @@ fn sample_events(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
             video_event: video.as_deref(),
             watch_time: (rng.next() & 1 == 0).then_some(1.5),
             cost_micros: (rng.next() & 1 == 0).then(|| rng.next()),
+            uid: (rng.next() & 1 == 0).then_some(&strs[1][..]),
         };
         let mut buf = Vec::new();
         encode(&ev, &mut buf);

@@ -220,6 +220,36 @@ pub struct Cli {
 pub enum Command {
     /// Print the ring's cursors and counters as JSON and exit.
     Stats,
+    /// Print a signed tracking URL (`tracker_signed`): BASE with exp, kid and sig appended,
+    /// signed with the newest key of the key file (docs/signing.md).
+    SignUrl(SignUrlArgs),
+}
+
+/// `sign-url`: what a publisher's signed URL covers.
+#[derive(Debug, clap::Args)]
+pub struct SignUrlArgs {
+    /// The key file of `tracker_secret` (`NAME BASE64KEY` per line; the last key signs).
+    #[arg(long, value_name = "FILE")]
+    pub secret: PathBuf,
+    /// Sign with this key of the file instead of the newest.
+    #[arg(long, value_name = "NAME")]
+    pub kid: Option<String>,
+    /// The campaign id, as the URL carries it (after percent-decoding).
+    #[arg(long, value_name = "ID")]
+    pub campaign: String,
+    /// Seconds from now until the URL expires.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "expires_at", required_unless_present = "expires_at")]
+    pub expires_in: Option<u64>,
+    /// When the URL expires, in unix seconds.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub expires_at: Option<u64>,
+    /// A signed dimension, NAME=VALUE (value after percent-decoding), in the order of
+    /// `tracker_signed_dimensions`; repeat for each.
+    #[arg(long = "dim", value_name = "NAME=VALUE")]
+    pub dims: Vec<String>,
+    /// The tracking URL to sign, e.g. 'https://t.example.com/c?cid=ID&pub=news'.
+    #[arg(long, value_name = "URL")]
+    pub base: String,
 }
 
 /// The TOML file: the same options as the command line, snake_case keys.

@@ -62,6 +62,18 @@ fn load_config(args: &[OsString]) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(config::Command::SignUrl(a)) = Cli::parse_from(&args).command {
+        return match sign_url(&a) {
+            Ok(url) => {
+                println!("{url}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tracker-shipper sign-url: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cfg = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -85,6 +97,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sign-url`: the base URL with exp, kid and sig appended (tracker_core::sign).
+fn sign_url(a: &config::SignUrlArgs) -> Result<String, String> {
+    use tracker_core::sign;
+    let keys = sign::Keys::load(&a.secret)?;
+    let key = match &a.kid {
+        Some(k) => keys.get(k.as_bytes()).ok_or_else(|| format!("no key \"{k}\" in {}", a.secret.display()))?,
+        None => keys.newest(),
+    };
+    if !tracker_core::input::valid_campaign_id(a.campaign.as_bytes()) {
+        return Err(format!("invalid campaign id {:?}: 1-64 characters of [A-Za-z0-9_.:-]", a.campaign));
+    }
+    let mut dims = Vec::new();
+    for d in &a.dims {
+        let (name, value) = d.split_once('=').ok_or_else(|| format!("--dim {d:?}: expected NAME=VALUE"))?;
+        if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+            return Err(format!("--dim {d:?}: invalid dimension name"));
+        }
+        dims.push((name.as_bytes(), value.as_bytes()));
+    }
+    let exp = match (a.expires_at, a.expires_in) {
+        (Some(at), _) => at,
+        (None, Some(secs)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| format!("clock before 1970: {e}"))?
+                .as_secs();
+            now.checked_add(secs).ok_or("--expires-in is too large")?
+        }
+        (None, None) => return Err("give --expires-in SECONDS or --expires-at UNIX_SECONDS".into()),
+    };
+    sign::sign_url(&a.base, key, a.campaign.as_bytes(), exp, &dims)
+        .ok_or_else(|| "a signed value holds a line feed, which cannot be signed".into())
 }
 
 /// The name of counter slot `i` (`impression`, ..., `custom`; `slotN` for unused slots).

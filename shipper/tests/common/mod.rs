@@ -136,6 +136,7 @@ pub fn event_for(event_type: &str, ts: u64, seq: u64, campaign: &str, click_id: 
         video_event: None,
         watch_time: None,
         cost_micros: None,
+        uid: None,
     };
     let mut payload = Vec::new();
     encode(&ev, &mut payload);

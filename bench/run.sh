@@ -3,6 +3,10 @@
 #
 #   bash bench/run.sh                 # BENCH_ROUNDS=3 rounds of BENCH_SECONDS=5 s per case
 #   BENCH_SHORT=1 bash bench/run.sh   # 1 round of 2 s (CI smoke)
+#   BENCH_LATENCY=0 ...               # without the fixed-rate latency phase (oha)
+#   BENCH_LATENCY_FRACTION=0.25 ...   # latency at a quarter of empty_gif's req/s (default 0.5)
+#   BENCH_THROUGHPUT=0 BENCH_LATENCY_RATE=15000 ...   # the latency phase alone
+#   BENCH_MODULE=/path/to/module.so   # another build of the module
 #
 # Starts Debian's /usr/sbin/nginx (worker_processes 1, its own prefix in a temp dir, config
 # generated there) on 127.0.0.1:${BENCH_PORT:-18080} only, with these cases side by side:
@@ -14,6 +18,10 @@
 #   lua_pixel / lua_click   an OpenResty-style Lua peer (Debian's libnginx-mod-http-lua):
 #                    args, campaign from a lua_shared_dict, cjson event, rpush to a shared queue
 # Each case: wrk -t1 -c64 -d${BENCH_SECONDS}s, rounds interleaved, median reported.
+# Then the latency phase: oha at a fixed rate of half empty_gif's median req/s
+# (BENCH_LATENCY_RATE), BENCH_LATENCY_SECONDS (10; 2 short) per case and round, with its
+# latency correction, the shipper running: p50/p90/p99/p99.9 per case, p99 as ratio to
+# empty_gif's (latency.csv, latency-*.json). oha is built once into .cache/oha by deps.sh.
 # Measured per case: req/s, nginx worker CPU (utime+stime of /proc/<worker>/stat) per
 # request, both as ratio to empty_gif, and for tracker cases the ring's `written` delta per
 # request (for the Lua cases, the queue length delta). Results: bench/results/<timestamp>/
@@ -23,12 +31,24 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 BENCH="$ROOT/bench"
+MODULE_SO=${BENCH_MODULE:-$MODULE_SO}   # another build of the module, e.g. to compare two trees
 if [ "${BENCH_SHORT:-0}" = 1 ]; then
     SECONDS_PER=${BENCH_SECONDS:-2}; ROUNDS=${BENCH_ROUNDS:-1}
 else
     SECONDS_PER=${BENCH_SECONDS:-5}; ROUNDS=${BENCH_ROUNDS:-3}
 fi
 PORT=${BENCH_PORT:-18080}
+# Latency phase (oha at a fixed rate): BENCH_LATENCY=0 skips it.
+LATENCY=${BENCH_LATENCY:-1}
+if [ "${BENCH_SHORT:-0}" = 1 ]; then
+    LAT_SECONDS=${BENCH_LATENCY_SECONDS:-2}; LAT_ROUNDS=${BENCH_LATENCY_ROUNDS:-1}
+else
+    LAT_SECONDS=${BENCH_LATENCY_SECONDS:-10}; LAT_ROUNDS=${BENCH_LATENCY_ROUNDS:-$ROUNDS}
+fi
+OHA="$ROOT/.cache/oha/bin/oha"
+LAT_FRACTION=${BENCH_LATENCY_FRACTION:-0.5}   # of empty_gif's median req/s
+# BENCH_THROUGHPUT=0 skips the wrk phase (then BENCH_LATENCY_RATE gives the rate).
+THROUGHPUT=${BENCH_THROUGHPUT:-1}
 CONNS=${BENCH_CONNECTIONS:-64}
 RING_SIZE=${BENCH_RING_SIZE:-512m}
 NGINX=/usr/sbin/nginx
@@ -36,6 +56,7 @@ CAMPAIGNS="$ROOT/nginx-conf/campaigns.demo.json"
 
 header "bench: dependencies"
 bash "$BENCH/deps.sh"
+[ "$LATENCY" = 1 ] && bash "$BENCH/deps.sh" oha
 [ -f "$MODULE_SO" ] || die "$MODULE_SO is missing: run bash scripts/build.sh first"
 [ -x "$SHIPPER_BIN" ] || die "$SHIPPER_BIN is missing: run bash scripts/build.sh first"
 for m in ndk_http_module ngx_http_lua_module; do
@@ -281,9 +302,10 @@ wait_drained() {
     python3 -c "print(f'{$end-$start:.2f}')"
 }
 
-header "bench: $ROUNDS round(s) x 8 cases x ${SECONDS_PER}s, wrk -t1 -c$CONNS"
 DRAIN="$OUT/drain.csv"
 echo "round,phase,seconds_to_drain" >"$DRAIN"
+[ "$THROUGHPUT" = 1 ] || ROUNDS=0
+[ "$THROUGHPUT" = 1 ] && header "bench: $ROUNDS round(s) x 8 cases x ${SECONDS_PER}s, wrk -t1 -c$CONNS"
 for round in $(seq "$ROUNDS"); do
     run_case "$round" empty_gif      '/e' none
     run_case "$round" empty_gif_log  '/l' none
@@ -302,13 +324,62 @@ for round in $(seq "$ROUNDS"); do
     run_case "$round" lua_click      '/lc?cid=summer-sale' lua
     curl -s "http://127.0.0.1:$PORT/_lua_queue?flush=1" >/dev/null
 done
+# ---- latency at a fixed rate ---------------------------------------------------------------
+# oha -q RATE (half of empty_gif's median req/s unless BENCH_LATENCY_RATE), with its
+# latency correction (a request that should have been sent at t is timed from t, as wrk2
+# does), the shipper running, URLs varied like bench/load.lua (--rand-regex-url).
+if [ "$LATENCY" = 1 ]; then
+    base_rps=$(awk -F, '$2 == "empty_gif" {print $8}' "$RAW" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    if [ -z "${BENCH_LATENCY_RATE:-}" ] && [ -z "$base_rps" ]; then
+        die "BENCH_THROUGHPUT=0 needs BENCH_LATENCY_RATE (there is no empty_gif throughput to halve)"
+    fi
+    RATE=${BENCH_LATENCY_RATE:-$(python3 -c "print(int(float('$base_rps') * $LAT_FRACTION))")}
+    header "bench: latency at a fixed $RATE req/s (${BENCH_LATENCY_RATE:+given; }empty_gif's req/s ${base_rps:-not measured} x $LAT_FRACTION), $LAT_ROUNDS round(s) x ${LAT_SECONDS}s, oha -c$CONNS"
+    LAT="$OUT/latency.csv"
+    echo "round,case,path,rate,seconds,requests,rps,success_rate,p50_us,p90_us,p99_us,p999_us,max_us,non_2xx_3xx" >"$LAT"
+    start_shipper
+    for round in $(seq "$LAT_ROUNDS"); do
+        for c in "empty_gif|/e" "empty_gif_log|/l" "tracker_pixel|/i?cid=summer-sale" \
+                 "tracker_click|/c?cid=summer-sale" "lua_pixel|/li?cid=summer-sale" "lua_click|/lc?cid=summer-sale"; do
+            IFS='|' read -r name path <<<"$c"
+            case "$path" in *\?*) sep='&' ;; *) sep='\?' ;; esac   # a regex: ? is escaped
+            url="http://127.0.0.1:$PORT${path/\?/\\?}${sep}pub=site[0-9]{2}&plc=(top|side|footer|inline)&n=[0-9]{7}"
+            "$OHA" -z "${LAT_SECONDS}s" -q "$RATE" -c "$CONNS" --latency-correction --no-tui \
+                --output-format json --rand-regex-url "$url" \
+                -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36" \
+                -H "Referer: https://news.example.com/articles/2026/11/some-story.html" \
+                >"$OUT/latency-$round-$name.json" 2>"$OUT/latency-$round-$name.err" \
+                || die "oha failed for $name (see $OUT/latency-$round-$name.err)"
+            python3 - "$round" "$name" "$path" "$RATE" "$OUT/latency-$round-$name.json" >>"$LAT" <<'PY'
+import json, sys
+rnd, name, path, rate, f = sys.argv[1:]
+d = json.load(open(f))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+n = sum(codes.values())
+bad = sum(v for k, v in codes.items() if not k.startswith(("2", "3")))
+us = lambda x: "" if x is None else f"{x * 1e6:.0f}"
+print(",".join(str(x) for x in [rnd, name, path, rate, f'{s["total"]:.2f}', n, f'{n / s["total"]:.1f}',
+      f'{s["successRate"]:.4f}', us(p.get("p50")), us(p.get("p90")), us(p.get("p99")), us(p.get("p99.9")),
+      us(s.get("slowest")), bad]))
+PY
+            tail -n1 "$LAT" | awk -F, '{printf "    round %s %-16s %8s req/s  p50 %6s us  p99 %6s us  p99.9 %6s us\n", $1, $2, $7, $9, $11, $12}'
+        done
+    done
+    echo "latency,after_latency_cases,$(wait_drained)" >>"$DRAIN"
+    stop_shipper
+fi
+
 ring_stats >"$OUT/ring-stats.json"
 find "$TMP/events" -name '*.gz' -print0 | xargs -0 -r zcat | wc -l >"$OUT/events-shipped.txt"
 
 header "bench: results in ${OUT#"$ROOT"/}"
 python3 "$BENCH/report.py" "$OUT" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
     "$ROUNDS" "$SECONDS_PER" "$CONNS"
-if command -v gnuplot >/dev/null 2>&1; then
-    gnuplot -e "datafile='$OUT/summary.dat'; outfile='$OUT/chart.svg'" "$BENCH/chart.gp" \
-        && note "chart: ${OUT#"$ROOT"/}/chart.svg"
+if [ "$THROUGHPUT" = 1 ] && command -v gnuplot >/dev/null 2>&1; then
+    if gnuplot -e "datafile='$OUT/summary.dat'; outfile='$OUT/chart.svg'" "$BENCH/chart.gp"; then
+        note "chart: ${OUT#"$ROOT"/}/chart.svg"
+    else
+        note "gnuplot failed: no chart"
+    fi
 fi

@@ -10,14 +10,17 @@
 #   4. end-to-end   every t/e2e/*.sh (first `scripts/tansu.sh install`: the Kafka-compatible
 #                   broker of t/e2e/kafka-end-to-end.sh, built once into .cache/tansu)
 #   5. vendored     scripts/vendored-smoke.sh: the module built against nginx-src, in its nginx
+#   6. bench        bench/deps.sh, then bench/ci-short.sh: the benchmark suite, short (about a
+#                   minute): prints the ratio table and instructions per request; fails only on
+#                   a broken setup, never on the figures (a shared 2-core machine is noisy)
 #
 # Every stage prints a header and the script stops at the first failure.
-# TEST_STAGES="cargo prove" (any of: build cargo prove e2e vendored) runs only those stages;
-# the build runs whenever prove, e2e or vendored do.
+# TEST_STAGES="cargo prove" (any of: build cargo prove e2e vendored bench) runs only those stages;
+# the build runs whenever prove, e2e or bench do (vendored builds its own).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-STAGES=${TEST_STAGES:-build cargo prove e2e vendored}
+STAGES=${TEST_STAGES:-build cargo prove e2e vendored bench}
 want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 started=$(date +%s)
@@ -31,7 +34,7 @@ stage() { # $1 = name, rest = command
     stage_times+=("$name $(( $(date +%s) - t0 ))s")
 }
 
-if want build || want prove || want e2e; then
+if want build || want prove || want e2e || want bench; then
     stage "build (scripts/build.sh)" bash "$ROOT/scripts/build.sh"
 fi
 
@@ -100,6 +103,14 @@ fi
 
 if want vendored; then
     stage "vendored build smoke test (scripts/vendored-smoke.sh)" bash "$ROOT/scripts/vendored-smoke.sh"
+fi
+
+run_bench() {
+    bash "$ROOT/bench/deps.sh"
+    bash "$ROOT/bench/ci-short.sh"
+}
+if want bench; then
+    stage "benchmarks, short (bench/ci-short.sh)" run_bench
 fi
 
 header "test: all stages passed in $(( $(date +%s) - started ))s"

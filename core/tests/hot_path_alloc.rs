@@ -1,10 +1,13 @@
-//! The request-input functions the module calls per request (ArgIndex, client_ip,
-//! percent_decode into a buffer with room) allocate nothing. Allocations are counted per
+//! What the module calls per request allocates nothing: the request-input functions (ArgIndex,
+//! client_ip, percent_decode into a buffer with room), and event::encode and landing::expand
+//! when their output buffer has the capacity. Allocations are counted per
 //! thread (the test harness's own thread allocates while a test runs).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use tracker_core::event::{encode, flags, EventRef};
+use tracker_core::landing::expand;
 use tracker_core::input::{client_ip, percent_decode, valid_campaign_id, ArgIndex, IpMode, IP_TEXT_MAX};
 
 struct Counting;
@@ -82,4 +85,48 @@ fn request_input_does_not_allocate() {
     assert_eq!(ix.get(b"click_id"), None);
     assert_eq!(ArgIndex::new(&many).get(b"p99"), Some(&b"99"[..]));
     assert_eq!(client_ip(IpMode::Anonymize, b"192.0.2.33", &mut ip), Some(&b"192.0.2.0"[..]));
+}
+
+#[test]
+fn encode_and_expand_do_not_allocate() {
+    let dims: &[(&[u8], &[u8])] = &[(b"publisher", b"caf\xc3\xa9 \xff bad"), (b"n", b"1"), (b"p\xfe", b"")];
+    let ev = EventRef {
+        id: [0x42; 16],
+        ts_us: 1_714_566_896_789_012,
+        event_type: b"video",
+        campaign: b"summer\x80",
+        click_id: Some(b"0190abcdef"),
+        dims,
+        ip: Some(b"192.0.2.0"),
+        user_agent: Some(b"Mozilla/5.0 \xc3"),
+        referer: Some(b"https://pub.example/"),
+        host: Some(b"t.example.com"),
+        status: 200,
+        flags: flags::TRUNCATED | flags::UNKNOWN_CAMPAIGN,
+        value: Some(1.25),
+        video_event: Some(b"q3"),
+        watch_time: Some(12.0),
+        cost_micros: Some(1),
+        uid: Some(b"0123456789abcdef0123456789abcdef"),
+    };
+    let mut event = Vec::with_capacity(4096);
+    let mut target = Vec::with_capacity(4096);
+    let template = b"https://shop.example.com/x/{campaign}?pub={dim.publisher}&c={click_id}&m={dim.none}#{dim.n}";
+
+    let before = allocs();
+    for _ in 0..1000 {
+        encode(&ev, &mut event);
+        target.clear();
+        expand(template, b"0190abcdef", b"summer\x80", dims, &mut target);
+    }
+    let after = allocs();
+    assert_eq!(after - before, 0, "allocations on the hot path");
+
+    // The results are what they should be.
+    let e = tracker_core::event::decode(&event).unwrap();
+    assert_eq!(e.campaign, "summer\u{fffd}");
+    assert_eq!(
+        std::str::from_utf8(&target).unwrap(),
+        "https://shop.example.com/x/summer%80?pub=caf%C3%A9%20%FF%20bad&c=0190abcdef&m=#1"
+    );
 }

@@ -204,11 +204,14 @@ pub fn percent_encode(value: &[u8], out: &mut Vec<u8>) {
 pub fn expand(url: &[u8], click_id: &[u8], campaign: &[u8], dims: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
     out.reserve(url.len());
     let mut rest = url;
+    // Whether the next macro is in the path (no "?" or "#" met yet in the template).
+    let mut in_path = true;
     while !rest.is_empty() {
         let Some(open) = rest.iter().position(|&c| c == b'{') else {
             out.extend_from_slice(rest);
             return;
         };
+        in_path = in_path && !rest[..open].iter().any(|&c| c == b'?' || c == b'#');
         out.extend_from_slice(&rest[..open]);
         let after = &rest[open + 1..];
         let found = after
@@ -222,7 +225,12 @@ pub fn expand(url: &[u8], click_id: &[u8], campaign: &[u8], dims: &[(&[u8], &[u8
                     Macro::Campaign => campaign,
                     Macro::Dim(name) => dims.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, v)| v),
                 };
-                percent_encode(value, out);
+                // In the path, a value of only dots ("." or "..") would be a dot segment that
+                // browsers resolve, leaving the template's path (percent-encoding does not
+                // help: "%2E%2E" is a dot segment too): it expands to nothing there.
+                if !(in_path && !value.is_empty() && value.iter().all(|&c| c == b'.')) {
+                    percent_encode(value, out);
+                }
                 rest = &after[close + 1..];
             }
             None => {
@@ -407,6 +415,17 @@ mod tests {
         assert_eq!(exp("https://a/?x={dim.p}", b"", b"", &[(b"p", b"%2F")]), "https://a/?x=%252F");
         assert_eq!(exp("https://a/?x={dim.p}", b"", b"", &[(b"p", b"\xff")]), "https://a/?x=%FF");
         assert_eq!(exp("https://a/?x={click_id}", b"\r\n", b"", &[]), "https://a/?x=%0D%0A");
+    }
+
+    #[test]
+    fn dot_values_never_make_dot_segments_in_the_path() {
+        let t = "https://s.example/p/{dim.a}/x/{campaign}{dim.b}/y?q={dim.a}#{dim.b}";
+        let d: &[(&[u8], &[u8])] = &[(b"a", b".."), (b"b", b".")];
+        assert_eq!(exp(t, b"", b"..", d), "https://s.example/p//x//y?q=..#.");
+        let d: &[(&[u8], &[u8])] = &[(b"a", b"..x"), (b"b", b"../")];
+        assert_eq!(exp(t, b"", b"c", d), "https://s.example/p/..x/x/c..%2F/y?q=..x#..%2F");
+        let d: &[(&[u8], &[u8])] = &[(b"a", b"%2e%2e"), (b"b", b"")];
+        assert_eq!(exp(t, b"", b"c", d), "https://s.example/p/%252e%252e/x/c/y?q=%252e%252e#");
     }
 
     #[test]

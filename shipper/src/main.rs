@@ -133,21 +133,12 @@ fn sign_url(a: &config::SignUrlArgs) -> Result<String, String> {
         .ok_or_else(|| "a signed value holds a line feed, which cannot be signed".into())
 }
 
-/// The name of counter slot `i` (`impression`, ..., `custom`; `slotN` for unused slots).
-fn slot_name(i: usize) -> String {
-    Kind::ALL
-        .iter()
-        .find(|k| k.index() == i)
-        .map(|k| k.name().to_string())
-        .unwrap_or_else(|| format!("slot{i}"))
-}
-
 /// Per-kind counters as a JSON object, with a `total`; unnamed slots only when non-zero.
 fn counters_json(a: &[u64; COUNTER_KINDS]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (i, &v) in a.iter().enumerate() {
         if v != 0 || Kind::ALL.iter().any(|k| k.index() == i) {
-            m.insert(slot_name(i), v.into());
+            m.insert(metrics::type_name(i), v.into());
         }
     }
     m.insert("total".into(), a.iter().sum::<u64>().into());

@@ -95,7 +95,8 @@ pub struct Metrics {
     pub started: Instant,
 }
 
-fn type_name(i: usize) -> String {
+/// The name of counter slot `i` (`impression`, ..., `custom`; `slotN` for unused slots).
+pub fn type_name(i: usize) -> String {
     Kind::ALL
         .iter()
         .find(|k| k.index() == i)

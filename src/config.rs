@@ -46,6 +46,17 @@ pub enum Signed {
     Flag,
 }
 
+/// `tracker_bots`: what a location does with a bot or prefetch request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bots {
+    /// Do not classify.
+    Off,
+    /// Store the event with the `bot` / `prefetch` flag, not charged.
+    Flag,
+    /// Store nothing; count it as rejected and answer as usual.
+    Count,
+}
+
 /// What a tracker location answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Response {
@@ -112,6 +123,8 @@ pub struct LocConf {
     pub ring_full: Option<RingFull>,
     /// `tracker_signed`.
     pub signed: Option<Signed>,
+    /// `tracker_bots`.
+    pub bots: Option<Bots>,
     /// `tracker_signed_dimensions`: the names, None when not set at this level.
     pub signed_dimensions: Option<Vec<Vec<u8>>>,
     /// After merging: the index in `dimensions` of each signed dimension, in order.
@@ -147,6 +160,7 @@ impl Default for LocConf {
             unknown_campaign: None,
             ring_full: None,
             signed: None,
+            bots: None,
             signed_dimensions: None,
             signed_index: Vec::new(),
             admin: None,
@@ -174,7 +188,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 26] = [
+pub static mut COMMANDS: [ngx_command_t; 27] = [
     command(ngx_string!("tracker_ring"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_ring, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker_campaigns"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_campaigns, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12, set_tracker, NGX_HTTP_LOC_CONF_OFFSET),
@@ -200,6 +214,7 @@ pub static mut COMMANDS: [ngx_command_t; 26] = [
     command(ngx_string!("tracker_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_secret, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker_signed"), ANY_LEVEL | NGX_CONF_TAKE1, set_signed, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_signed_dimensions"), ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE, set_signed_dimensions, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_bots"), ANY_LEVEL | NGX_CONF_TAKE1, set_bots, NGX_HTTP_LOC_CONF_OFFSET),
     ngx_command_t::empty(),
 ];
 
@@ -726,6 +741,22 @@ unsafe extern "C" fn set_signed(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
     NGX_CONF_OK
 }
 
+unsafe extern "C" fn set_bots(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf.
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    let a = unsafe { args(cf) };
+    if lcf.bots.is_some() {
+        return fail(cf, "\"tracker_bots\" directive is duplicate");
+    }
+    lcf.bots = Some(match bytes(&a[1]) {
+        b"flag" => Bots::Flag,
+        b"count" => Bots::Count,
+        b"off" => Bots::Off,
+        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_bots\" directive, it must be \"flag\", \"count\" or \"off\"", text(&a[1]))),
+    });
+    NGX_CONF_OK
+}
+
 unsafe extern "C" fn set_signed_dimensions(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
@@ -864,6 +895,7 @@ pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut
     }
     conf.unknown_campaign = conf.unknown_campaign.or(prev.unknown_campaign).or(Some(Unknown::Store));
     conf.ring_full = conf.ring_full.or(prev.ring_full).or(Some(RingFull::Serve));
+    conf.bots = conf.bots.or(prev.bots).or(Some(Bots::Flag));
     if let Err(e) = merge_signed(cf, prev, conf) {
         return e;
     }

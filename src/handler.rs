@@ -20,9 +20,9 @@ use tracker_core::ring::WriteError;
 use tracker_core::banker::{self, Charge};
 use tracker_core::campaign::Status as CampaignStatus;
 use tracker_core::sign;
-use tracker_core::{id, landing, privacy};
+use tracker_core::{bots, id, landing, privacy};
 
-use crate::config::{LocConf, MainConf, Response, RingFull, Signed, Tracker, Unknown, MAX_DIMENSIONS};
+use crate::config::{Bots, LocConf, MainConf, Response, RingFull, Signed, Tracker, Unknown, MAX_DIMENSIONS};
 use crate::variables::{self, Ctx};
 use crate::worker::{self, Worker};
 use crate::{response, Module};
@@ -229,6 +229,11 @@ fn opts_out(r: &ngx_http_request_t) -> bool {
     find_header(r, |k, v| privacy::is_opt_out_header(k, v).then_some(())).is_some()
 }
 
+/// Whether the request is a prefetch or preview (`Sec-Purpose: prefetch`...).
+fn is_prefetch(r: &ngx_http_request_t) -> bool {
+    find_header(r, |k, v| bots::is_prefetch_header(k, v).then_some(())).is_some()
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 fn request_cookie<'r>(r: &'r ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
     find_header(r, |k, v| if k.eq_ignore_ascii_case(b"cookie") { privacy::cookie_value(v, name) } else { None })
@@ -373,6 +378,21 @@ unsafe fn track(
         }
     }
 
+    // Bots and prefetches (`tracker_bots`): flagged, never charged; with `count` not stored.
+    // Conversions are server-to-server postbacks, whose clients are tools: not classified.
+    let bots_mode = lcf.bots.unwrap_or(Bots::Flag);
+    if bots_mode != Bots::Off && kind != Kind::Conversion {
+        // SAFETY: a non-null user_agent points to a header element of the live request.
+        let ua = unsafe { r.headers_in.user_agent.as_ref() }.map(|h| h.value.as_bytes());
+        if bots::is_bot(ua) {
+            event_flags |= flags::BOT;
+        }
+        if is_prefetch(r) {
+            event_flags |= flags::PREFETCH;
+        }
+    }
+    let automated = event_flags & (flags::BOT | flags::PREFETCH) != 0;
+
     // The campaign, and the banker: is it taking events, and what does this one cost.
     let mut hit = None;
     if event_flags & flags::INVALID_CAMPAIGN == 0 {
@@ -405,6 +425,10 @@ unsafe fn track(
             if refused != 0 {
                 h.account.reject(kind);
                 event_flags |= refused;
+            } else if automated {
+                // Not charged, counted as rejected; a click still goes to the landing URL.
+                h.account.reject(kind);
+                target = Target::Landing;
             } else {
                 let cost = banker::cost_of(&h.pricing, kind, value);
                 match h.account.charge(&h.caps, kind, cost, banker::day_of(*now_s, h.utc_offset_minutes)) {
@@ -418,10 +442,10 @@ unsafe fn track(
             if target != Target::Landing && h.has_fallback {
                 target = Target::CampaignFallback;
             }
-            if let Some(v) = value.filter(|_| kind == Kind::Conversion) {
+            if let Some(v) = value.filter(|_| kind == Kind::Conversion && !automated) {
                 h.account.count_value(v);
             }
-            if video_event.as_ref().is_some_and(|at| &w.text[at.clone()] == b"complete") {
+            if !automated && video_event.as_ref().is_some_and(|at| &w.text[at.clone()] == b"complete") {
                 h.account.count_video_complete();
             }
             h.status == CampaignStatus::Active
@@ -501,7 +525,7 @@ unsafe fn track(
     };
 
     // The event.
-    let store = campaign_ok || lcf.unknown_campaign != Some(Unknown::Count);
+    let store = (campaign_ok || lcf.unknown_campaign != Some(Unknown::Count)) && !(automated && bots_mode == Bots::Count);
     if let Some(ring) = &mcf.ring {
         let ring = ring.ring();
         if store {

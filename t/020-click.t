@@ -13,6 +13,7 @@ use Test::More import => [qw(subtest explain cmp_ok)];
 repeat_each(1);
 no_shuffle();
 no_long_string();
+add_block_preprocessor(sub { browser_ua(shift) });
 
 our $LONG64 = 'a' x 64;
 our $LONG65 = 'b' x 65;

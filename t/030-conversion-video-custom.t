@@ -11,6 +11,7 @@ use Test::More import => [qw(subtest explain cmp_ok)];
 repeat_each(1);
 no_shuffle();
 no_long_string();
+add_block_preprocessor(sub { browser_ua(shift) });
 
 our $CLICK = '0123456789abcdef0123456789abcdef';
 our $LONG_CLICK = 'k' x 200;

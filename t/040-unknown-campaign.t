@@ -12,6 +12,7 @@ use Test::More import => [qw(subtest explain cmp_ok)];
 repeat_each(1);
 no_shuffle();
 no_long_string();
+add_block_preprocessor(sub { browser_ua(shift) });
 
 write_campaigns([
     { id => 'summer', status => 'active', landing_url => 'https://shop.example.com/summer' },

@@ -64,6 +64,8 @@ pub mod flags {
     pub const PUBLISHER_NOT_ALLOWED: u32 = 1 << 8; // "publisher_not_allowed": not one of the campaign's publishers
     pub const DNT: u32 = 1 << 9;               // "dnt": the request had DNT: 1 or Sec-GPC: 1; personal fields left out
     pub const UNSIGNED: u32 = 1 << 10;         // "unsigned": `tracker_signed flag` and no valid signature
+    pub const BOT: u32 = 1 << 11;              // "bot": the User-Agent is a crawler or other bot: not charged
+    pub const PREFETCH: u32 = 1 << 12;         // "prefetch": a prefetch/preview request (Sec-Purpose...): not charged
     /// (bit, name) pairs in schema order.
     pub const NAMES: &[(u32, &str)] = &[
         (UNKNOWN_CAMPAIGN, "unknown_campaign"),
@@ -77,6 +79,8 @@ pub mod flags {
         (PUBLISHER_NOT_ALLOWED, "publisher_not_allowed"),
         (DNT, "dnt"),
         (UNSIGNED, "unsigned"),
+        (BOT, "bot"),
+        (PREFETCH, "prefetch"),
     ];
 }
 

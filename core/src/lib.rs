@@ -10,8 +10,10 @@
 //! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
 //! - [`id`]: 16-byte time-ordered event ids;
 //! - [`privacy`]: the daily-keyed address hash (`tracker_ip hash`), DNT/GPC, visitor ids;
-//! - [`sign`]: signed tracking URLs (HMAC-SHA256 over campaign, expiry and dimensions).
+//! - [`sign`]: signed tracking URLs (HMAC-SHA256 over campaign, expiry and dimensions);
+//! - [`bots`]: bot User-Agents and prefetch headers (`tracker_bots`).
 pub mod banker;
+pub mod bots;
 pub mod campaign;
 pub mod event;
 pub mod id;

@@ -111,7 +111,8 @@ for _ in $(seq 50); do curl -s -o /dev/null "$base/tracker/stats" && break; slee
 fire() { # $1 = count, $2 = path and query
     local i urls=()
     for i in $(seq "$1"); do urls+=("$base$2"); done
-    curl -s "${urls[@]}" >/dev/null
+    # A browser's User-Agent: curl's would be flagged bot and not charged (tracker_bots).
+    curl -s -A 'Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0' "${urls[@]}" >/dev/null
 }
 fire 25 '/i?cid=summer-sale'
 fire 7  '/c?cid=summer-sale'

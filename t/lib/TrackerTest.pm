@@ -45,8 +45,19 @@ use Time::HiRes qw(sleep time);
 our @EXPORT = qw(
     write_file read_file write_campaigns drain shipper_stats ring_header
     events_tagged one_tagged dim has_flag flags_of read_log free_port wait_until
-    gif_bytes kind_index
+    gif_bytes kind_index browser_ua $BROWSER_UA
 );
+
+# The User-Agent the test clients send unless told otherwise: a browser's, so that
+# `tracker_bots` (default flag; an absent User-Agent is a bot's) leaves the events alone.
+our $BROWSER_UA = 'Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0 tracker-test';
+
+# A Test::Nginx block preprocessor: blocks without more_headers send $BROWSER_UA.
+# Use: add_block_preprocessor(sub { browser_ua(shift) });
+sub browser_ua {
+    my $block = shift;
+    $block->set_value('more_headers', "User-Agent: $BROWSER_UA") unless defined $block->more_headers;
+}
 
 our $ROOT = abs_path(dirname(abs_path(__FILE__)) . '/../..');
 our $PARENT_PID = $$;
@@ -386,9 +397,11 @@ sub _request {
     my ($self, $method, $uri, %o) = @_;
     my $s = $self->_connect;
     my $body = defined $o{body} ? $o{body} : '';
-    my $h = $o{headers} || {};
+    # A browser's User-Agent unless one is given (`'User-Agent' => undef`: none), so that
+    # `tracker_bots` (default flag) does not take the tests' requests for a bot's.
+    my $h = { 'User-Agent' => $TrackerTest::BROWSER_UA, %{ $o{headers} || {} } };
     my $req = "$method $uri HTTP/1.1\r\nHost: $self->{host}\r\n";
-    $req .= "$_: $h->{$_}\r\n" for sort keys %$h;
+    $req .= "$_: $h->{$_}\r\n" for grep { defined $h->{$_} } sort keys %$h;
     $req .= "Content-Length: " . length($body) . "\r\n" if length $body || $method eq 'POST' || $method eq 'PUT';
     $req .= "Connection: close\r\n" if $o{close};
     $req .= "\r\n$body";

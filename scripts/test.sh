@@ -10,17 +10,19 @@
 #   4. end-to-end   every t/e2e/*.sh (first `scripts/tansu.sh install`: the Kafka-compatible
 #                   broker of t/e2e/kafka-end-to-end.sh, built once into .cache/tansu)
 #   5. vendored     scripts/vendored-smoke.sh: the module built against nginx-src, in its nginx
-#   6. bench        bench/deps.sh, then bench/ci-short.sh: the benchmark suite, short (about a
+#   6. fuzz         scripts/fuzz.sh short: every cargo-fuzz target for 20 s (cargo-fuzz built
+#                   into .cache/cargo-fuzz the first time)
+#   7. bench        bench/deps.sh, then bench/ci-short.sh: the benchmark suite, short (about a
 #                   minute): prints the ratio table and instructions per request; fails only on
 #                   a broken setup, never on the figures (a shared 2-core machine is noisy)
 #
 # Every stage prints a header and the script stops at the first failure.
-# TEST_STAGES="cargo prove" (any of: build cargo prove e2e vendored bench) runs only those stages;
+# TEST_STAGES="cargo prove" (any of: build cargo prove e2e vendored fuzz bench) runs only those stages;
 # the build runs whenever prove, e2e or bench do (vendored builds its own).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-STAGES=${TEST_STAGES:-build cargo prove e2e vendored bench}
+STAGES=${TEST_STAGES:-build cargo prove e2e vendored fuzz bench}
 want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 started=$(date +%s)
@@ -103,6 +105,10 @@ fi
 
 if want vendored; then
     stage "vendored build smoke test (scripts/vendored-smoke.sh)" bash "$ROOT/scripts/vendored-smoke.sh"
+fi
+
+if want fuzz; then
+    stage "fuzzing, short (scripts/fuzz.sh short)" bash "$ROOT/scripts/fuzz.sh" short
 fi
 
 run_bench() {

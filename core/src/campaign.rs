@@ -224,7 +224,8 @@ pub fn parse_time(v: &Value) -> Result<i64, String> {
     let s = v.as_str().ok_or("must be an RFC 3339 time like \"2026-11-23T00:00:00Z\" or Unix seconds")?;
     let bad = || format!("{s:?} is not an RFC 3339 time like \"2026-11-23T00:00:00Z\"");
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    // ASCII only: the fixed positions below are then character boundaries.
+    if !s.is_ascii() || b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
         return Err(bad());
     }
     let n = |r: std::ops::Range<usize>| -> Result<i64, String> {
@@ -582,6 +583,9 @@ mod tests {
         assert!(parse_time(&json!("2000-13-01T00:00:00Z")).is_err());
         assert!(parse_time(&json!("2000-01-01T00:00:00")).is_err());
         assert!(parse_time(&json!("2000-01-01T00:00:00UTC")).is_err());
+        // Found by the campaign_file fuzz target: a multi-byte character across a cut.
+        assert!(parse_time(&json!("2026-12-31T23:59:5\u{1df}")).is_err());
+        assert!(parse_time(&json!("2026-12-31T23:59:59\u{e9}")).is_err());
         assert_eq!(parse_offset("+14:00"), Some(840));
         assert_eq!(parse_offset("-00:30"), Some(-30));
         assert_eq!(parse_offset("+15:00"), None);

@@ -40,14 +40,6 @@ use tracker_core::record::{self, RecordView, DELETED, EMPTY};
 const GRACE_SECS: u64 = 10;
 const MIN_SLOTS: usize = 64;
 
-/// What a lookup found (the click/impression path only needs this much).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Found {
-    Active,
-    Inactive,
-    Unknown,
-}
-
 /// A campaign as a request needs it, copied out of shared memory.
 pub struct Hit {
     pub status: CampaignStatus,
@@ -481,16 +473,6 @@ impl Store {
     /// The test clock's offset in seconds (0 in production).
     pub fn clock_offset(&self) -> i64 {
         self.mapping().map_or(0, |(_, _, h)| h.clock_offset.load(Ordering::Relaxed))
-    }
-
-    /// Looks `id` up and copies its landing URL into `url` (cleared first).
-    pub fn lookup(&self, id: &[u8], url: &mut Vec<u8>) -> Found {
-        let mut fallback = Vec::new();
-        match self.lookup_full(id, i64::MIN / 2, None, url, &mut fallback) {
-            Some(h) if h.status == CampaignStatus::Active => Found::Active,
-            Some(_) => Found::Inactive,
-            None => Found::Unknown,
-        }
     }
 
     /// Looks `id` up at time `now`, for `publisher`: copies the landing and fallback URLs

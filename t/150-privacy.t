@@ -214,18 +214,7 @@ subtest 'nginx -t refuses bad privacy directives' => sub {
         'tracker_userid_domain "a;b";' => qr/invalid domain "a;b" in "tracker_userid_domain" directive/,
         'tracker_userid_expires soon;' => qr/invalid time "soon" in "tracker_userid_expires" directive/,
     );
-    for my $d (sort keys %bad) {
-        my $n = TrackerTest::Nginx->new(http => <<"HTTP");
-    tracker_ring \@RING\@ 4m;
-    server {
-        listen \@LISTEN\@;
-        location = /i { tracker impression; $d }
-    }
-HTTP
-        my ($rc, $out) = $n->test_conf;
-        isnt($rc, 0, "$d: nginx -t fails");
-        like($out, $bad{$d}, "$d: message");
-    }
+    location_directives_refused(\%bad);
     my $ok = TrackerTest::Nginx->new(http => <<'HTTP');
     tracker_ring @RING@ 4m;
     tracker_ip hash;

@@ -106,18 +106,7 @@ subtest 'directive errors' => sub {
         'tracker_bots maybe;'           => qr/invalid value "maybe" in "tracker_bots" directive/,
         'tracker_bots flag; tracker_bots off;' => qr/"tracker_bots" directive is duplicate/,
     );
-    for my $d (sort keys %bad) {
-        my $n = TrackerTest::Nginx->new(http => <<"HTTP");
-    tracker_ring \@RING\@ 4m;
-    server {
-        listen \@LISTEN\@;
-        location = /i { tracker impression; $d }
-    }
-HTTP
-        my ($rc, $out) = $n->test_conf;
-        isnt($rc, 0, "$d: nginx -t fails");
-        like($out, $bad{$d}, "$d: message");
-    }
+    location_directives_refused(\%bad);
     my $ok = TrackerTest::Nginx->new(http => <<'HTTP');
     tracker_ring @RING@ 4m;
     tracker_bots count;

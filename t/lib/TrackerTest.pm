@@ -43,6 +43,7 @@ use POSIX ();
 use Time::HiRes qw(sleep time);
 
 our @EXPORT = qw(
+    location_directives_refused
     write_file read_file write_campaigns drain shipper_stats ring_header
     events_tagged one_tagged dim has_flag flags_of read_log free_port wait_until
     gif_bytes kind_index browser_ua $BROWSER_UA
@@ -54,6 +55,24 @@ our $BROWSER_UA = 'Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Fire
 
 # A Test::Nginx block preprocessor: blocks without more_headers send $BROWSER_UA.
 # Use: add_block_preprocessor(sub { browser_ua(shift) });
+# For each directive text => error regex of %$bad: `nginx -t` of a tracker location holding it
+# fails with that message.
+sub location_directives_refused {
+    my ($bad) = @_;
+    for my $d (sort keys %$bad) {
+        my $n = TrackerTest::Nginx->new(http => <<"HTTP");
+    tracker_ring \@RING\@ 4m;
+    server {
+        listen \@LISTEN\@;
+        location = /i { tracker impression; $d }
+    }
+HTTP
+        my ($rc, $out) = $n->test_conf;
+        Test::More::isnt($rc, 0, "$d: nginx -t fails");
+        Test::More::like($out, $bad->{$d}, "$d: message");
+    }
+}
+
 sub browser_ua {
     my $block = shift;
     $block->set_value('more_headers', "User-Agent: $BROWSER_UA") unless defined $block->more_headers;

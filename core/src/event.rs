@@ -66,6 +66,7 @@ pub mod flags {
     pub const UNSIGNED: u32 = 1 << 10;         // "unsigned": `tracker_signed flag` and no valid signature
     pub const BOT: u32 = 1 << 11;              // "bot": the User-Agent is a crawler or other bot: not charged
     pub const PREFETCH: u32 = 1 << 12;         // "prefetch": a prefetch/preview request (Sec-Purpose...): not charged
+    pub const DUPLICATE: u32 = 1 << 13;        // "duplicate": seen within the duplicate window (tracker_duplicates): not charged
     /// (bit, name) pairs in schema order.
     pub const NAMES: &[(u32, &str)] = &[
         (UNKNOWN_CAMPAIGN, "unknown_campaign"),
@@ -81,6 +82,7 @@ pub mod flags {
         (UNSIGNED, "unsigned"),
         (BOT, "bot"),
         (PREFETCH, "prefetch"),
+        (DUPLICATE, "duplicate"),
     ];
 }
 

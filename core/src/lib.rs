@@ -7,6 +7,7 @@
 //! - [`banker`]: per-campaign counters and budget caps, charged atomically across workers;
 //! - [`record`]: one campaign's bytes in shared memory and the index over them;
 //! - [`landing`]: landing-URL macros (`{click_id}`, `{campaign}`, `{dim.NAME}`);
+//! - [`limits`]: hard limits on request input (`tracker_limits`) and the reasons a request is refused;
 //! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
 //! - [`id`]: 16-byte time-ordered event ids;
 //! - [`privacy`]: the daily-keyed address hash (`tracker_ip hash`), DNT/GPC, visitor ids;
@@ -19,6 +20,7 @@ pub mod event;
 pub mod id;
 pub mod input;
 pub mod landing;
+pub mod limits;
 pub mod privacy;
 pub mod record;
 pub mod ring;

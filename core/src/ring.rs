@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 /// Number of per-kind counter slots in the header (`event::Kind::index()` < COUNTER_KINDS).
 pub const COUNTER_KINDS: usize = 8;
+/// Number of per-reason counter slots for invalid requests (`limits::Reason::index()` < this).
+pub const INVALID_REASONS: usize = 16;
 /// Size of the file header in bytes; the data area starts here.
 pub const HEADER_SIZE: usize = 4096;
 /// Largest payload accepted by [`Ring::write`].
@@ -131,7 +133,9 @@ struct Header {
     rejected: [AtomicU64; COUNTER_KINDS],          // 384
     abandoned: AtomicU64,                          // 448
     _r3: [AtomicU64; 7],                           // 456..512
-    _r4: [AtomicU64; 64],                          // 512..1024
+    invalid: [AtomicU64; INVALID_REASONS],         // 512..640: requests refused as invalid, by reason
+    duplicates: [AtomicU64; COUNTER_KINDS],        // 640..704: duplicates seen, by kind
+    _r4: [AtomicU64; 40],                          // 704..1024
     cursors: [CursorSlot; CURSOR_SLOTS],           // 1024..2048
 }
 
@@ -174,6 +178,8 @@ const _: () = {
     assert!(std::mem::offset_of!(Header, dropped_too_large) == 320);
     assert!(std::mem::offset_of!(Header, rejected) == 384);
     assert!(std::mem::offset_of!(Header, abandoned) == 448);
+    assert!(std::mem::offset_of!(Header, invalid) == 512);
+    assert!(std::mem::offset_of!(Header, duplicates) == 640);
     assert!(COUNTER_KINDS * 8 == 64);
     assert!(HEADER_SIZE as u64 & (PAGE - 1) == 0);
     assert!(MIN_DATA_SIZE & (PAGE - 1) == 0);
@@ -607,6 +613,10 @@ pub struct RingStats {
     pub rejected: [u64; COUNTER_KINDS],
     /// Records the consumer skipped because their writer died before committing.
     pub abandoned: u64,
+    /// Requests refused as invalid, by `limits::Reason::index()`; never stored.
+    pub invalid: [u64; INVALID_REASONS],
+    /// Duplicates (`tracker_duplicates`), by kind: stored flagged, or only counted.
+    pub duplicates: [u64; COUNTER_KINDS],
 }
 
 fn load_all(a: &[AtomicU64; COUNTER_KINDS]) -> [u64; COUNTER_KINDS] {
@@ -773,6 +783,16 @@ impl Ring {
         self.header().rejected[kind.min(COUNTER_KINDS - 1)].fetch_add(1, Relaxed);
     }
 
+    /// Counts a request refused as invalid (`limits::Reason::index()`); nothing was stored.
+    pub fn count_invalid(&self, reason: usize) {
+        self.header().invalid[reason.min(INVALID_REASONS - 1)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a duplicate (`tracker_duplicates`), stored flagged or only counted.
+    pub fn count_duplicate(&self, kind: usize) {
+        self.header().duplicates[kind.min(COUNTER_KINDS - 1)].fetch_add(1, Relaxed);
+    }
+
     pub fn stats(&self) -> RingStats {
         let h = self.header();
         let consumer_pos = h.consumer_pos.load(Acquire);
@@ -786,6 +806,8 @@ impl Ring {
             dropped_too_large: load_all(&h.dropped_too_large),
             rejected: load_all(&h.rejected),
             abandoned: h.abandoned.load(Relaxed),
+            invalid: std::array::from_fn(|i| h.invalid[i].load(Relaxed)),
+            duplicates: load_all(&h.duplicates),
         }
     }
 

@@ -34,6 +34,10 @@ pub struct MainConf {
     pub needs_campaigns: Option<String>,
     /// `tracker_secret`: the keys of signed URLs.
     pub secret: Option<tracker_core::sign::Keys>,
+    /// `tracker_duplicates_zone`: the recently-seen set.
+    pub duplicates: Option<crate::dedup::DedupZone>,
+    /// Where `tracker_duplicates` is first turned on: `tracker_duplicates_zone` is required.
+    pub needs_duplicates: Option<String>,
 }
 
 /// `tracker_signed`: what a location does with a request without a valid signature.
@@ -54,6 +58,26 @@ pub enum Bots {
     /// Store the event with the `bot` / `prefetch` flag, not charged.
     Flag,
     /// Store nothing; count it as rejected and answer as usual.
+    Count,
+}
+
+/// `tracker_invalid`: what a location does with a request over its limits or with invalid input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Store nothing; count it per reason; answer 400 (the GIF for pixels).
+    Reject,
+    /// Store the event with a flag (`invalid_campaign`, `invalid_value`, `truncated`...),
+    /// values cut to the limit; the query string limits still refuse.
+    Flag,
+}
+
+/// `tracker_duplicates`: what a location does with an event seen again within the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duplicates {
+    Off,
+    /// Store it with the `duplicate` flag, not charged.
+    Flag,
+    /// Store nothing; count it (`duplicates` in the stats) and answer as usual.
     Count,
 }
 
@@ -125,6 +149,14 @@ pub struct LocConf {
     pub signed: Option<Signed>,
     /// `tracker_bots`.
     pub bots: Option<Bots>,
+    /// `tracker_limits` (merged: inherited whole, else the defaults).
+    pub limits: Option<tracker_core::limits::Limits>,
+    /// `tracker_invalid` (merged default: reject).
+    pub invalid: Option<Invalid>,
+    /// `tracker_duplicates` and its `window=` in seconds (None: the zone's).
+    pub duplicates: Option<(Duplicates, Option<u32>)>,
+    /// `tracker_duplicates_key`.
+    pub duplicates_key: *mut ngx_http_complex_value_t,
     /// `tracker_signed_dimensions`: the names, None when not set at this level.
     pub signed_dimensions: Option<Vec<Vec<u8>>>,
     /// After merging: the index in `dimensions` of each signed dimension, in order.
@@ -161,6 +193,10 @@ impl Default for LocConf {
             ring_full: None,
             signed: None,
             bots: None,
+            limits: None,
+            invalid: None,
+            duplicates: None,
+            duplicates_key: ptr::null_mut(),
             signed_dimensions: None,
             signed_index: Vec::new(),
             admin: None,
@@ -188,7 +224,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 27] = [
+pub static mut COMMANDS: [ngx_command_t; 32] = [
     command(ngx_string!("tracker_ring"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_ring, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker_campaigns"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_campaigns, NGX_HTTP_MAIN_CONF_OFFSET),
     command(ngx_string!("tracker"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12, set_tracker, NGX_HTTP_LOC_CONF_OFFSET),
@@ -215,6 +251,11 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
     command(ngx_string!("tracker_signed"), ANY_LEVEL | NGX_CONF_TAKE1, set_signed, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_signed_dimensions"), ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE, set_signed_dimensions, NGX_HTTP_LOC_CONF_OFFSET),
     command(ngx_string!("tracker_bots"), ANY_LEVEL | NGX_CONF_TAKE1, set_bots, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_limits"), ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE, set_limits, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_invalid"), ANY_LEVEL | NGX_CONF_TAKE1, set_invalid, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_duplicates_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12, set_duplicates_zone, NGX_HTTP_MAIN_CONF_OFFSET),
+    command(ngx_string!("tracker_duplicates"), ANY_LEVEL | NGX_CONF_TAKE12, set_duplicates, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("tracker_duplicates_key"), ANY_LEVEL | NGX_CONF_TAKE1, set_duplicates_key, NGX_HTTP_LOC_CONF_OFFSET),
     ngx_command_t::empty(),
 ];
 
@@ -496,6 +537,7 @@ cv_setter!(set_click_id, click_id, "tracker_click_id");
 cv_setter!(set_value, value, "tracker_value");
 cv_setter!(set_video_event, video_event, "tracker_video_event");
 cv_setter!(set_watch_time, watch_time, "tracker_watch_time");
+cv_setter!(set_duplicates_key, duplicates_key, "tracker_duplicates_key");
 
 unsafe extern "C" fn set_dimension(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
@@ -531,6 +573,53 @@ unsafe extern "C" fn set_dimension(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
     }
 }
 
+/// The value of a directive that takes one of a few words: `choices` maps each word to its
+/// value; anything else fails with the message nginx's own modules give
+/// (`it must be "a", "b" or "c"`).
+fn choose<T: Copy>(cf: *mut ngx_conf_t, value: &ngx_str_t, directive: &str, choices: &[(&str, T)]) -> Result<T, *mut c_char> {
+    if let Some(&(_, v)) = choices.iter().find(|(w, _)| w.as_bytes() == bytes(value)) {
+        return Ok(v);
+    }
+    let words: Vec<String> = choices.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+    let list = match words.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(fail(cf, &format!("invalid value \"{}\" in \"{directive}\" directive, it must be {list}", text(value))))
+}
+
+/// A location directive that takes one word (`tracker_bots flag`): refuses a second one at the
+/// same level, and stores the word's value in `Some`.
+macro_rules! word_setter {
+    ($fn:ident, $field:ident, $name:literal, [$(($word:literal, $value:expr)),+ $(,)?]) => {
+        unsafe extern "C" fn $fn(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+            // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
+            let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+            // SAFETY: called from a directive handler.
+            let a = unsafe { args(cf) };
+            if lcf.$field.is_some() {
+                return fail(cf, concat!("\"", $name, "\" directive is duplicate"));
+            }
+            match choose(cf, &a[1], $name, &[$(($word, $value)),+]) {
+                Ok(v) => {
+                    lcf.$field = Some(v);
+                    NGX_CONF_OK
+                }
+                Err(e) => e,
+            }
+        }
+    };
+}
+
+word_setter!(set_userid, userid, "tracker_userid", [("on", true), ("off", false)]);
+word_setter!(set_respect_dnt, respect_dnt, "tracker_respect_dnt", [("on", true), ("off", false)]);
+word_setter!(set_unknown_campaign, unknown_campaign, "tracker_unknown_campaign", [("store", Unknown::Store), ("count", Unknown::Count)]);
+word_setter!(set_ring_full, ring_full, "tracker_ring_full", [("serve", RingFull::Serve), ("503", RingFull::Unavailable)]);
+word_setter!(set_signed, signed, "tracker_signed", [("on", Signed::On), ("off", Signed::Off), ("flag", Signed::Flag)]);
+word_setter!(set_bots, bots, "tracker_bots", [("flag", Bots::Flag), ("count", Bots::Count), ("off", Bots::Off)]);
+word_setter!(set_invalid, invalid, "tracker_invalid", [("reject", Invalid::Reject), ("flag", Invalid::Flag)]);
+
 unsafe extern "C" fn set_ip(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
@@ -538,33 +627,17 @@ unsafe extern "C" fn set_ip(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf:
     if lcf.ip.is_some() {
         return fail(cf, "\"tracker_ip\" directive is duplicate");
     }
-    lcf.ip = Some(match bytes(&a[1]) {
-        b"full" => IpMode::Full,
-        b"anonymize" => IpMode::Anonymize,
-        b"off" => IpMode::Off,
-        b"hash" => {
-            // Drawn here, in the master while it loads the configuration: the workers inherit
-            // it by fork and hash alike; it lives as long as the module stays loaded.
-            tracker_core::privacy::master_secret();
-            IpMode::Hash
-        }
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_ip\" directive, it must be \"full\", \"anonymize\", \"hash\" or \"off\"", text(&a[1]))),
-    });
-    NGX_CONF_OK
-}
-
-unsafe extern "C" fn set_userid(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    // SAFETY: nginx passes this module's location conf.
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    let a = unsafe { args(cf) };
-    if lcf.userid.is_some() {
-        return fail(cf, "\"tracker_userid\" directive is duplicate");
+    let choices = [("full", IpMode::Full), ("anonymize", IpMode::Anonymize), ("hash", IpMode::Hash), ("off", IpMode::Off)];
+    let mode = match choose(cf, &a[1], "tracker_ip", &choices) {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    if mode == IpMode::Hash {
+        // Drawn here, in the master while it loads the configuration: the workers inherit
+        // it by fork and hash alike; it lives as long as the module stays loaded.
+        tracker_core::privacy::master_secret();
     }
-    lcf.userid = Some(match bytes(&a[1]) {
-        b"on" => true,
-        b"off" => false,
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_userid\" directive, it must be \"on\" or \"off\"", text(&a[1]))),
-    });
+    lcf.ip = Some(mode);
     NGX_CONF_OK
 }
 
@@ -643,21 +716,6 @@ unsafe extern "C" fn set_userid_expires(cf: *mut ngx_conf_t, _cmd: *mut ngx_comm
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_respect_dnt(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    // SAFETY: nginx passes this module's location conf.
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    let a = unsafe { args(cf) };
-    if lcf.respect_dnt.is_some() {
-        return fail(cf, "\"tracker_respect_dnt\" directive is duplicate");
-    }
-    lcf.respect_dnt = Some(match bytes(&a[1]) {
-        b"on" => true,
-        b"off" => false,
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_respect_dnt\" directive, it must be \"on\" or \"off\"", text(&a[1]))),
-    });
-    NGX_CONF_OK
-}
-
 unsafe extern "C" fn set_fallback_url(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
@@ -678,36 +736,6 @@ unsafe extern "C" fn set_fallback_url(cf: *mut ngx_conf_t, _cmd: *mut ngx_comman
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_unknown_campaign(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    // SAFETY: nginx passes this module's location conf.
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    let a = unsafe { args(cf) };
-    if lcf.unknown_campaign.is_some() {
-        return fail(cf, "\"tracker_unknown_campaign\" directive is duplicate");
-    }
-    lcf.unknown_campaign = Some(match bytes(&a[1]) {
-        b"store" => Unknown::Store,
-        b"count" => Unknown::Count,
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_unknown_campaign\" directive, it must be \"store\" or \"count\"", text(&a[1]))),
-    });
-    NGX_CONF_OK
-}
-
-unsafe extern "C" fn set_ring_full(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
-    // SAFETY: nginx passes this module's location conf.
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    let a = unsafe { args(cf) };
-    if lcf.ring_full.is_some() {
-        return fail(cf, "\"tracker_ring_full\" directive is duplicate");
-    }
-    lcf.ring_full = Some(match bytes(&a[1]) {
-        b"serve" => RingFull::Serve,
-        b"503" => RingFull::Unavailable,
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_ring_full\" directive, it must be \"serve\" or \"503\"", text(&a[1]))),
-    });
-    NGX_CONF_OK
-}
-
 unsafe extern "C" fn set_secret(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
     let mcf = unsafe { &mut *conf.cast::<MainConf>() };
@@ -725,35 +753,88 @@ unsafe extern "C" fn set_secret(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
     }
 }
 
-unsafe extern "C" fn set_signed(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_limits(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
-    if lcf.signed.is_some() {
-        return fail(cf, "\"tracker_signed\" directive is duplicate");
+    if lcf.limits.is_some() {
+        return fail(cf, "\"tracker_limits\" directive is duplicate");
     }
-    lcf.signed = Some(match bytes(&a[1]) {
-        b"on" => Signed::On,
-        b"off" => Signed::Off,
-        b"flag" => Signed::Flag,
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_signed\" directive, it must be \"on\", \"off\" or \"flag\"", text(&a[1]))),
-    });
+    let params: Vec<String> = a[1..].iter().map(text).collect();
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    match tracker_core::limits::parse(&params) {
+        Ok(l) => lcf.limits = Some(l),
+        Err(e) => return fail(cf, &format!("\"tracker_limits\" directive: {e}")),
+    }
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_bots(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+/// A `window=TIME` parameter: seconds, 1s to 7d.
+fn window_param(s: &ngx_str_t, directive: &str) -> Result<u32, String> {
+    let Some(t) = s.as_bytes().strip_prefix(b"window=") else {
+        return Err(format!("invalid parameter \"{}\" in \"{directive}\" directive, it must be \"window=TIME\"", text(s)));
+    };
+    let mut copy = ngx_str_t { len: t.len(), data: t.as_ptr().cast_mut() };
+    // SAFETY: ngx_parse_time only reads `len` bytes of the string.
+    let secs = unsafe { ngx::ffi::ngx_parse_time(&mut copy, 1) };
+    if secs <= 0 || !tracker_core::dedup::valid_window(secs as u64) {
+        return Err(format!("invalid window \"{}\" in \"{directive}\" directive, it must be a time from 1s to 7d", String::from_utf8_lossy(t)));
+    }
+    Ok(secs as u32)
+}
+
+unsafe extern "C" fn set_duplicates_zone(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
+    let mcf = unsafe { &mut *conf.cast::<MainConf>() };
+    let a = unsafe { args(cf) };
+    if mcf.duplicates.is_some() {
+        return fail(cf, "\"tracker_duplicates_zone\" directive is duplicate");
+    }
+    let Some(size) = parse_size(&a[1]) else {
+        return fail(cf, &format!("invalid size \"{}\" in \"tracker_duplicates_zone\" directive", text(&a[1])));
+    };
+    let window = match a.get(2).map(|w| window_param(w, "tracker_duplicates_zone")) {
+        None => 3600,
+        Some(Ok(w)) => w,
+        Some(Err(e)) => return fail(cf, &e),
+    };
+    match crate::dedup::DedupZone::add(cf, size as usize, window) {
+        Ok(z) => {
+            mcf.duplicates = Some(z);
+            NGX_CONF_OK
+        }
+        Err(e) => fail(cf, &format!("\"tracker_duplicates_zone\": {e}")),
+    }
+}
+
+unsafe extern "C" fn set_duplicates(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
-    if lcf.bots.is_some() {
-        return fail(cf, "\"tracker_bots\" directive is duplicate");
+    if lcf.duplicates.is_some() {
+        return fail(cf, "\"tracker_duplicates\" directive is duplicate");
     }
-    lcf.bots = Some(match bytes(&a[1]) {
-        b"flag" => Bots::Flag,
-        b"count" => Bots::Count,
-        b"off" => Bots::Off,
-        _ => return fail(cf, &format!("invalid value \"{}\" in \"tracker_bots\" directive, it must be \"flag\", \"count\" or \"off\"", text(&a[1]))),
-    });
+    let mode = match choose(cf, &a[1], "tracker_duplicates", &[("flag", Duplicates::Flag), ("count", Duplicates::Count), ("off", Duplicates::Off)]) {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let window = match a.get(2).map(|w| window_param(w, "tracker_duplicates")) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => return fail(cf, &e),
+    };
+    lcf.duplicates = Some((mode, window));
+    if mode != Duplicates::Off {
+        // SAFETY: cf is valid while parsing.
+        let cf_ref = unsafe { &*cf };
+        if let Some(mcf) = Module::main_conf_mut(cf_ref) {
+            if mcf.needs_duplicates.is_none() {
+                // SAFETY: conf_file and its name are set while a file is parsed.
+                let (file, line) = unsafe { ((*(*cf).conf_file).file.name, (*(*cf).conf_file).line) };
+                mcf.needs_duplicates = Some(format!("{}:{}", text(&file), line));
+            }
+        }
+    }
     NGX_CONF_OK
 }
 
@@ -896,6 +977,12 @@ pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut
     conf.unknown_campaign = conf.unknown_campaign.or(prev.unknown_campaign).or(Some(Unknown::Store));
     conf.ring_full = conf.ring_full.or(prev.ring_full).or(Some(RingFull::Serve));
     conf.bots = conf.bots.or(prev.bots).or(Some(Bots::Flag));
+    conf.limits = conf.limits.or(prev.limits).or(Some(tracker_core::limits::Limits::default()));
+    conf.invalid = conf.invalid.or(prev.invalid).or(Some(Invalid::Reject));
+    conf.duplicates = conf.duplicates.or(prev.duplicates).or(Some((Duplicates::Off, None)));
+    if conf.duplicates_key.is_null() {
+        conf.duplicates_key = prev.duplicates_key;
+    }
     if let Err(e) = merge_signed(cf, prev, conf) {
         return e;
     }
@@ -913,6 +1000,13 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
         ngx_conf_log_error!(
             NGX_LOG_EMERG, cf,
             "\"tracker\" is used at {at} but no \"tracker_ring\" is configured in the http block"
+        );
+        return Err(());
+    }
+    if let (None, Some(at)) = (&mcf.duplicates, &mcf.needs_duplicates) {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG, cf,
+            "\"tracker_duplicates\" is used at {at} but no \"tracker_duplicates_zone\" is configured in the http block"
         );
         return Err(());
     }

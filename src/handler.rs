@@ -20,15 +20,17 @@ use tracker_core::ring::WriteError;
 use tracker_core::banker::{self, Charge};
 use tracker_core::campaign::Status as CampaignStatus;
 use tracker_core::sign;
+use tracker_core::limits::{self, Limits, Reason};
 use tracker_core::{bots, id, landing, privacy};
 
-use crate::config::{Bots, LocConf, MainConf, Response, RingFull, Signed, Tracker, Unknown, MAX_DIMENSIONS};
+use crate::config::{Bots, Duplicates, Invalid, LocConf, MainConf, Response, RingFull, Signed, Tracker, Unknown, MAX_DIMENSIONS};
 use crate::variables::{self, Ctx};
 use crate::worker::{self, Worker};
 use crate::{response, Module};
 
-/// Longest stored value of a dimension, click id, video event or number, after decoding.
-const MAX_VALUE: usize = 1024;
+/// Longest number (conversion value, watch time) and video event, after decoding.
+const MAX_NUMBER: usize = 64;
+const MAX_VIDEO_EVENT: usize = 16;
 const MAX_USER_AGENT: usize = 512;
 const MAX_REFERER: usize = 2048;
 const MAX_HOST: usize = 255;
@@ -49,6 +51,11 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_POST) as usize == 0 {
         return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+    }
+    let limits = lcf.limits.unwrap_or_default();
+    if r.headers_in.content_length_n > 0 && r.headers_in.content_length_n as u64 > limits.body {
+        // SAFETY: r is live and in its content handler; nginx discards the body of an error.
+        return unsafe { refuse(r, mcf, tracker, Reason::BodyTooLarge) };
     }
     // SAFETY: r is live; postback bodies are read and dropped, never parsed.
     let rc = unsafe { ngx_http_discard_request_body(r) };
@@ -180,16 +187,49 @@ unsafe fn conf_value<'r>(
     unsafe { core::slice::from_raw_parts(s.data, s.len) }
 }
 
-/// Percent-decodes `raw` onto `text`, cut to `max` bytes (flagging the cut), and returns
-/// where it landed.
-fn push_decoded(text: &mut Vec<u8>, raw: &[u8], max: usize, event_flags: &mut u32) -> Range<usize> {
+/// Percent-decodes `raw` onto `text` and returns where it landed. Longer than `max` bytes,
+/// it is `too_long` when the location rejects invalid input (`tracker_invalid reject`), and
+/// cut to `max` with the `truncated` flag otherwise.
+fn push_decoded(
+    text: &mut Vec<u8>,
+    raw: &[u8],
+    max: usize,
+    reject: bool,
+    too_long: Reason,
+    event_flags: &mut u32,
+) -> Result<Range<usize>, Reason> {
     let start = text.len();
     percent_decode(raw, text);
     if text.len() - start > max {
+        if reject {
+            return Err(too_long);
+        }
         text.truncate(start + max);
         *event_flags |= flags::TRUNCATED;
     }
-    start..text.len()
+    Ok(start..text.len())
+}
+
+/// Answers a request refused as invalid: nothing stored, counted per reason; 413 for a body
+/// over the limit, the GIF for pixels (pages never break), 400 otherwise.
+///
+/// # Safety
+/// `r` is live and in its content handler.
+unsafe fn refuse(r: &mut ngx_http_request_t, mcf: &MainConf, tracker: &Tracker, reason: Reason) -> ngx_int_t {
+    // SAFETY: the connection of a live request and its log are live.
+    let log = unsafe { (*r.connection).log };
+    ngx::ngx_log_error!(ngx::ffi::NGX_LOG_INFO, log, "tracker: invalid request refused: {}", reason.name());
+    if let Some(ring) = &mcf.ring {
+        ring.ring().count_invalid(reason.index());
+    }
+    // SAFETY: r is live and in its content handler.
+    unsafe {
+        match (reason, tracker.response) {
+            (Reason::BodyTooLarge, _) => response::error(r, ngx::ffi::NGX_HTTP_REQUEST_ENTITY_TOO_LARGE as ngx_int_t),
+            (_, Response::Gif) => response::gif(r),
+            _ => response::error(r, ngx::ffi::NGX_HTTP_BAD_REQUEST as ngx_int_t),
+        }
+    }
 }
 
 /// A request header's bytes, cut to `max` (flagging the cut).
@@ -290,11 +330,29 @@ unsafe fn track(
     w.text.clear();
     // SAFETY: r is live for this call, which is as long as `args` and the values from it live.
     let mut args = unsafe { Args::of(r) };
+    let limits: Limits = lcf.limits.unwrap_or_default();
+    let reject = lcf.invalid != Some(Invalid::Flag);
+    // `?` on a reason: refuse the request (tracker_invalid reject).
+    macro_rules! valid {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                // SAFETY: r is live and in its content handler.
+                Err(reason) => return unsafe { refuse(r, mcf, tracker, reason) },
+            }
+        };
+    }
+    // The query string's own limits, whatever the mode: past them nothing is parsed.
+    valid!(limits::check_query(args.raw, &limits));
 
     // The campaign.
     // SAFETY (all `conf_value` calls): r is live, the values were compiled for this location.
-    let cid = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.campaign_id) }, MAX_VALUE, &mut event_flags);
+    let raw = unsafe { conf_value(r, &mut args, lcf.campaign_id) };
+    let cid = valid!(push_decoded(&mut w.text, raw, limits.value, reject, Reason::InvalidCampaign, &mut event_flags));
     if !valid_campaign_id(&w.text[cid.clone()]) {
+        if reject {
+            valid!(Err(Reason::InvalidCampaign));
+        }
         event_flags |= flags::INVALID_CAMPAIGN;
     }
     // An invalid id is not stored: it is whatever a client sent.
@@ -308,32 +366,44 @@ unsafe fn track(
         None
     } else {
         let raw = unsafe { conf_value(r, &mut args, lcf.click_id) };
-        Some(push_decoded(&mut w.text, raw, 128, &mut event_flags))
+        Some(valid!(push_decoded(&mut w.text, raw, limits::MAX_CLICK_ID, reject, Reason::InvalidClickId, &mut event_flags)))
     };
 
     // Numbers and the video event.
     let mut value = None;
     if matches!(kind, Kind::Conversion | Kind::Custom) {
-        let at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.value) }, 64, &mut event_flags);
+        let raw = unsafe { conf_value(r, &mut args, lcf.value) };
+        let at = valid!(push_decoded(&mut w.text, raw, MAX_NUMBER, reject, Reason::InvalidValue, &mut event_flags));
         if !at.is_empty() {
             value = parse_number(&w.text[at]);
             if value.is_none() {
+                if reject {
+                    valid!(Err(Reason::InvalidValue));
+                }
                 event_flags |= flags::INVALID_VALUE;
             }
         }
     }
     let (mut video_event, mut watch_time) = (None, None);
     if kind == Kind::Video {
-        let at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.video_event) }, 16, &mut event_flags);
+        let raw = unsafe { conf_value(r, &mut args, lcf.video_event) };
+        let at = valid!(push_decoded(&mut w.text, raw, MAX_VIDEO_EVENT, reject, Reason::InvalidVideoEvent, &mut event_flags));
         if VIDEO_EVENTS.contains(&&w.text[at.clone()]) {
             video_event = Some(at);
         } else {
+            if reject {
+                valid!(Err(Reason::InvalidVideoEvent));
+            }
             event_flags |= flags::INVALID_VIDEO_EVENT;
         }
-        let at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, lcf.watch_time) }, 64, &mut event_flags);
+        let raw = unsafe { conf_value(r, &mut args, lcf.watch_time) };
+        let at = valid!(push_decoded(&mut w.text, raw, MAX_NUMBER, reject, Reason::InvalidValue, &mut event_flags));
         if !at.is_empty() {
             watch_time = parse_number(&w.text[at]);
             if watch_time.is_none() {
+                if reject {
+                    valid!(Err(Reason::InvalidValue));
+                }
                 event_flags |= flags::INVALID_VALUE;
             }
         }
@@ -343,7 +413,8 @@ unsafe fn track(
     let dim_conf = lcf.dimensions.as_deref().unwrap_or(&[]);
     let mut dim_at: [Range<usize>; MAX_DIMENSIONS] = Default::default();
     for (d, at) in dim_conf.iter().zip(dim_at.iter_mut()) {
-        *at = push_decoded(&mut w.text, unsafe { conf_value(r, &mut args, d.value) }, MAX_VALUE, &mut event_flags);
+        let raw = unsafe { conf_value(r, &mut args, d.value) };
+        *at = valid!(push_decoded(&mut w.text, raw, limits.value, reject, Reason::ValueTooLong, &mut event_flags));
     }
 
     // The signature (`tracker_signed`), before the campaign is charged: `on` refuses a request
@@ -378,13 +449,19 @@ unsafe fn track(
         }
     }
 
-    // Bots and prefetches (`tracker_bots`): flagged, never charged; with `count` not stored.
-    // Conversions are server-to-server postbacks, whose clients are tools: not classified.
+    // The User-Agent's class (browser, OS and device families, crawler), from the worker's
+    // cache. Conversions are server-to-server postbacks, whose clients are tools: not
+    // classified. Bots and prefetches (`tracker_bots`): flagged, never charged; with `count`
+    // not stored.
+    let mut ua_class = None;
+    if kind != Kind::Conversion {
+        // SAFETY: a non-null user_agent points to a header element of the live request.
+        let ua = unsafe { r.headers_in.user_agent.as_ref() }.map_or(&[][..], |h| h.value.as_bytes());
+        ua_class = Some(*w.user_agents.classify(ua));
+    }
     let bots_mode = lcf.bots.unwrap_or(Bots::Flag);
     if bots_mode != Bots::Off && kind != Kind::Conversion {
-        // SAFETY: a non-null user_agent points to a header element of the live request.
-        let ua = unsafe { r.headers_in.user_agent.as_ref() }.map(|h| h.value.as_bytes());
-        if bots::is_bot(ua) {
+        if ua_class.is_some_and(|c| c.crawler) {
             event_flags |= flags::BOT;
         }
         if is_prefetch(r) {
@@ -392,6 +469,63 @@ unsafe fn track(
         }
     }
     let automated = event_flags & (flags::BOT | flags::PREFETCH) != 0;
+
+    // Duplicates (`tracker_duplicates`): seen within the window, under the event type, the
+    // campaign and a key: `tracker_duplicates_key`, else a conversion's click id, else the client
+    // address and the dimensions. Flagged (or only counted) and never charged.
+    let mut duplicate = None;
+    if let (Some((mode @ (Duplicates::Flag | Duplicates::Count), window)), Some(zone)) = (lcf.duplicates, &mcf.duplicates) {
+        if event_flags & flags::INVALID_CAMPAIGN == 0 {
+            // SAFETY: r is live; the key was compiled for this location.
+            let own_key = (!lcf.duplicates_key.is_null()).then(|| unsafe { conf_value(r, &mut args, lcf.duplicates_key) });
+            // SAFETY: the connection of a live request is live.
+            let addr = unsafe { (*r.connection).addr_text.as_bytes() };
+            let mut parts: [&[u8]; MAX_DIMENSIONS + 3] = [&[]; MAX_DIMENSIONS + 3];
+            parts[0] = &tracker.event_type;
+            parts[1] = &w.text[cid.clone()];
+            let n = match (own_key, &click) {
+                (Some(k), _) => {
+                    parts[2] = k;
+                    3
+                }
+                (None, Some(at)) if kind == Kind::Conversion => {
+                    parts[2] = &w.text[at.clone()];
+                    3
+                }
+                _ => {
+                    parts[2] = addr;
+                    for (p, at) in parts[3..].iter_mut().zip(dim_at.iter().take(dim_conf.len())) {
+                        *p = &w.text[at.clone()];
+                    }
+                    3 + dim_conf.len().min(MAX_DIMENSIONS)
+                }
+            };
+            // Nothing to key on (an empty key, a conversion without a click id): not checked.
+            if !parts[2].is_empty() {
+                let now_s = mcf.campaigns.as_ref().map_or(now / 1_000_000, |c| c.now().max(0) as u64);
+                let seen = zone.hash(&parts[..n]).zip(zone.seen());
+                if let Some((hash, seen)) = seen {
+                    match seen.check_and_insert(hash, now_s, window.unwrap_or(zone.window_s())) {
+                        tracker_core::dedup::Outcome::Duplicate => {
+                            event_flags |= flags::DUPLICATE;
+                            duplicate = Some(mode);
+                            if let Some(ring) = &mcf.ring {
+                                ring.ring().count_duplicate(kind.index());
+                            }
+                        }
+                        tracker_core::dedup::Outcome::First { evicted: true } => {
+                            if let Some(ring) = &mcf.ring {
+                                ring.ring().count_duplicate_eviction();
+                            }
+                        }
+                        tracker_core::dedup::Outcome::First { evicted: false } => {}
+                    }
+                }
+            }
+        }
+    }
+    // Bots, prefetches and duplicates are not charged.
+    let uncharged = automated || duplicate.is_some();
 
     // The campaign, and the banker: is it taking events, and what does this one cost.
     let mut hit = None;
@@ -425,7 +559,7 @@ unsafe fn track(
             if refused != 0 {
                 h.account.reject(kind);
                 event_flags |= refused;
-            } else if automated {
+            } else if uncharged {
                 // Not charged, counted as rejected; a click still goes to the landing URL.
                 h.account.reject(kind);
                 target = Target::Landing;
@@ -442,10 +576,10 @@ unsafe fn track(
             if target != Target::Landing && h.has_fallback {
                 target = Target::CampaignFallback;
             }
-            if let Some(v) = value.filter(|_| kind == Kind::Conversion && !automated) {
+            if let Some(v) = value.filter(|_| kind == Kind::Conversion && !uncharged) {
                 h.account.count_value(v);
             }
-            if !automated && video_event.as_ref().is_some_and(|at| &w.text[at.clone()] == b"complete") {
+            if !uncharged && video_event.as_ref().is_some_and(|at| &w.text[at.clone()] == b"complete") {
                 h.account.count_video_complete();
             }
             h.status == CampaignStatus::Active
@@ -525,7 +659,11 @@ unsafe fn track(
     };
 
     // The event.
-    let store = (campaign_ok || lcf.unknown_campaign != Some(Unknown::Count)) && !(automated && bots_mode == Bots::Count);
+    // A duplicate with `tracker_duplicates count` is counted as a duplicate only.
+    let counted_duplicate = duplicate == Some(Duplicates::Count);
+    let store = (campaign_ok || lcf.unknown_campaign != Some(Unknown::Count))
+        && !(automated && bots_mode == Bots::Count)
+        && !counted_duplicate;
     if let Some(ring) = &mcf.ring {
         let ring = ring.ring();
         if store {
@@ -547,6 +685,9 @@ unsafe fn track(
                 watch_time,
                 cost_micros,
                 uid,
+                browser: ua_class.map(|c| c.browser),
+                os: ua_class.map(|c| c.os),
+                device: ua_class.map(|c| c.device.as_str()),
             };
             event::encode(&ev, &mut w.event);
             if let Err(WriteError::Full) = ring.write(kind.index(), &w.event, pid) {
@@ -555,7 +696,7 @@ unsafe fn track(
                     return unsafe { response::error(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t) };
                 }
             }
-        } else {
+        } else if !counted_duplicate {
             ring.count_rejected(kind.index());
         }
     }

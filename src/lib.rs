@@ -9,6 +9,7 @@
 mod admin;
 mod campaigns;
 mod config;
+mod dedup;
 mod handler;
 mod response;
 mod stats;

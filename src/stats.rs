@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use tracker_core::banker::Counters;
 use tracker_core::campaign::Status as CampaignStatus;
 use tracker_core::event::Kind;
+use tracker_core::limits::Reason;
 use tracker_core::input::{percent_decode, ArgIndex};
 use tracker_core::ring::{RingStats, COUNTER_KINDS};
 
@@ -235,6 +236,11 @@ fn row_json(r: &Row) -> Value {
     })
 }
 
+/// Requests refused as invalid, by reason name (every reason, zeros included).
+fn invalid_json(r: &RingStats) -> Value {
+    Value::Object(Reason::ALL.iter().map(|re| (re.name().to_string(), json!(r.invalid[re.index()]))).collect())
+}
+
 fn render_json(s: &Snapshot) -> Vec<u8> {
     let ring = match &s.ring {
         None => Value::Null,
@@ -248,7 +254,10 @@ fn render_json(s: &Snapshot) -> Vec<u8> {
             "dropped_full": counters_json(&r.dropped_full),
             "dropped_too_large": counters_json(&r.dropped_too_large),
             "rejected": counters_json(&r.rejected),
+            "duplicates": counters_json(&r.duplicates),
+            "duplicate_evictions": r.duplicate_evictions,
             "abandoned": r.abandoned,
+            "invalid": invalid_json(r),
         }),
     };
     let v = json!({
@@ -353,6 +362,16 @@ fn render_prometheus(s: &Snapshot) -> Vec<u8> {
         family(&mut out, "tracker_ring_events_rejected_total", "counter", "Events only counted, not stored, on purpose (tracker_unknown_campaign count), by event type.");
         for (t, v) in per_type(&r.rejected) {
             sample(&mut out, "tracker_ring_events_rejected_total", &[("type", t)], v);
+        }
+        family(&mut out, "tracker_ring_events_duplicate_total", "counter", "Duplicates seen within the window (tracker_duplicates), stored flagged or only counted, by event type.");
+        for (t, v) in per_type(&r.duplicates) {
+            sample(&mut out, "tracker_ring_events_duplicate_total", &[("type", t)], v);
+        }
+        family(&mut out, "tracker_duplicate_evictions_total", "counter", "Entries of the duplicate set pushed out while still in their window: tracker_duplicates_zone is too small.");
+        sample(&mut out, "tracker_duplicate_evictions_total", &[], r.duplicate_evictions);
+        family(&mut out, "tracker_invalid_requests_total", "counter", "Requests refused as invalid (tracker_limits, tracker_invalid reject), never stored, by reason.");
+        for re in Reason::ALL {
+            sample(&mut out, "tracker_invalid_requests_total", &[("reason", re.name())], r.invalid[re.index()]);
         }
         family(&mut out, "tracker_ring_records_abandoned_total", "counter", "Ring records the shipper skipped because their writer died before committing them.");
         sample(&mut out, "tracker_ring_records_abandoned_total", &[], r.abandoned);

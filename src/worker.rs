@@ -22,6 +22,8 @@ pub struct Worker {
     pub visitors: tracker_core::privacy::VisitorIds,
     /// The `Set-Cookie` value being built.
     pub cookie: Vec<u8>,
+    /// User-Agent classes of recently seen User-Agents (browser, OS, device, crawler).
+    pub user_agents: tracker_core::useragent::Cache,
 }
 
 impl Worker {
@@ -36,6 +38,7 @@ impl Worker {
             target: Vec::with_capacity(2048),
             visitors: tracker_core::privacy::VisitorIds::new(os_random_u64(), os_random_u64()),
             cookie: Vec::with_capacity(256),
+            user_agents: tracker_core::useragent::Cache::with_seed(1024, os_random_u64()),
         }
     }
 }

@@ -102,7 +102,8 @@ subtest 'dimension values: UTF-8, invalid UTF-8, truncation' => sub {
     ok($long, 'long value stored') or return;
     is(length dim($long, 'publisher'), 1024, 'cut to 1024 bytes');
     is(dim($long, 'publisher'), 'x' x 1024, 'the first 1024 bytes');
-    ok(has_flag($long, 'truncated'), 'flag truncated');
+    ok(has_flag($long, 'truncated'), 'flag truncated (tracker_invalid flag)');
+    is(scalar @{ events_tagged($events, 'dim-long-rejected') }, 0, 'tracker_invalid reject (the default): not stored');
     my $exact = one_tagged($events, 'dim-1024');
     ok($exact && length(dim($exact, 'publisher')) == 1024 && !has_flag($exact, 'truncated'),
        '1024 bytes exactly: kept whole, not flagged');
@@ -297,14 +298,16 @@ OPTIONS /i?cid=summer&t=imp-options
 --- config
     tracker_dimension t         $arg_t;
     tracker_dimension publisher $arg_pub;
-    location = /i { tracker impression; }
+    location = /i { tracker impression; tracker_invalid flag; }
+    location = /r { tracker impression; }
 --- request eval
 ["GET /i?cid=summer&t=dim-utf8&pub=caf%C3%A9",
  "GET /i?cid=summer&t=dim-badutf8&pub=%FFok",
  "GET /i?cid=summer&t=dim-long&pub=" . ("x" x 1100),
- "GET /i?cid=summer&t=dim-1024&pub=" . ("y" x 1024)]
+ "GET /r?cid=summer&t=dim-long-rejected&pub=" . ("x" x 1100),
+ "GET /r?cid=summer&t=dim-1024&pub=" . ("y" x 1024)]
 --- error_code eval
-[200, 200, 200, 200]
+[200, 200, 200, 200, 200]
 
 
 
@@ -387,7 +390,7 @@ TrackerTest::gif_bytes()
     tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
 --- config
     tracker_dimension t $arg_t;
-    location = /i { tracker impression; }
+    location = /i { tracker impression; tracker_limits body=1m; }
 --- pipelined_requests eval
 ["POST /i?cid=summer&t=post-big\n" . ("b" x 200000), "GET /i?cid=summer&t=after-post"]
 --- error_code eval

@@ -68,10 +68,13 @@ check_click('c-path', status => 302, campaign => 'inpath', publisher => '../../a
 check_click('c-unknown', status => 404, campaign => 'nope', flags => ['unknown_campaign']);
 check_click('c-paused', status => 404, campaign => 'paused-one', flags => ['inactive_campaign']);
 check_click('c-ended', status => 404, campaign => 'ended-one', flags => ['inactive_campaign']);
-check_click('c-dotdot', status => 404, campaign => '', flags => ['invalid_campaign']);
-check_click('c-toolong', status => 404, campaign => '', flags => ['invalid_campaign']);
-check_click('c-missing', status => 404, campaign => '', flags => ['invalid_campaign']);
-check_click('c-crlf-cid', status => 404, campaign => '', flags => ['invalid_campaign']);
+# tracker_invalid reject (the default): 400, nothing stored.
+sub check_refused {
+    my ($tag) = @_;
+    is(scalar @{ events_tagged($events, $tag) }, 0, "$tag: invalid campaign id, not stored");
+    is($loc{$tag} && $loc{$tag}{status}, 400, "$tag: answered 400");
+}
+check_refused($_) for qw(c-dotdot c-toolong c-missing c-crlf-cid nc-invalid);
 check_click('c-64', status => 404, campaign => $LONG64, flags => ['unknown_campaign']);
 check_click('f-unknown', status => 302, campaign => 'nope', flags => ['unknown_campaign']);
 check_click('f-paused', status => 302, campaign => 'paused-one', flags => ['inactive_campaign']);
@@ -84,9 +87,8 @@ check_click('off-fallback', status => 404, campaign => 'nope', flags => ['unknow
 check_click('c-head', status => 302, campaign => 'summer', publisher => 'h');
 
 check_click('nc-unknown', status => 404, campaign => 'nope', flags => ['unknown_campaign']);
-check_click('nc-invalid', status => 404, campaign => '', flags => ['invalid_campaign']);
 
-is(scalar(@$events), 23, '23 clicks stored (one per request)');
+is(scalar(@$events), 18, '18 clicks stored (one per valid request)');
 my %ids;
 $ids{ $_->{id} }++ for @$events;
 is(scalar(keys %ids), scalar(@$events), 'all ids unique');
@@ -190,7 +192,7 @@ Location: ^https://shop\.example\.com/p/(\.\.|%2E%2E)%2F(\.\.|%2E%2E)%2Fadmin%3F
 
 
 
-=== TEST 5: invalid campaign ids get 404
+=== TEST 5: invalid campaign ids get 400 (tracker_invalid reject, the default)
 --- http_config
     tracker_ring      $TEST_NGINX_RING 1m;
     tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
@@ -206,13 +208,13 @@ Location: ^https://shop\.example\.com/p/(\.\.|%2E%2E)%2F(\.\.|%2E%2E)%2Fadmin%3F
  "GET /c?t=c-missing",
  "GET /c?cid=summer%0d%0a&t=c-crlf-cid"]
 --- error_code eval
-[404, 404, 404, 404]
+[400, 400, 400, 400]
 --- raw_response_headers_unlike eval
 [qr/Location:/i, qr/Location:/i, qr/Location:/i, qr/Location:/i]
 
 
 
-=== TEST 6: tracker_fallback_url catches unknown, inactive and invalid campaigns
+=== TEST 6: tracker_fallback_url catches unknown, inactive and (with tracker_invalid flag) invalid campaigns
 --- http_config
     tracker_ring      $TEST_NGINX_RING 1m;
     tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
@@ -223,6 +225,7 @@ Location: ^https://shop\.example\.com/p/(\.\.|%2E%2E)%2F(\.\.|%2E%2E)%2Fadmin%3F
     access_log $TEST_NGINX_WORKDIR/clicks.log clicks;
     location = /cf {
         tracker click;
+        tracker_invalid flag;
         tracker_fallback_url "https://fallback.example.com/lost?c={campaign}&click={click_id}";
     }
 --- request eval
@@ -280,7 +283,7 @@ Location: ^https://shop\.example\.com/p/(\.\.|%2E%2E)%2F(\.\.|%2E%2E)%2Fadmin%3F
 --- request eval
 ["GET /c?cid=nope&t=nc-unknown", "GET /c?cid=../x&t=nc-invalid"]
 --- error_code eval
-[404, 404]
+[404, 400]
 --- response_headers_like eval
 ["Cache-Control: no-store, no-cache, must-revalidate, max-age=0\nPragma: no-cache\nExpires: .*GMT",
  "Cache-Control: no-store, no-cache, must-revalidate, max-age=0\nPragma: no-cache\nExpires: .*GMT"]

@@ -137,11 +137,12 @@ subtest 'ring counters per kind (custom types under "custom")' => sub {
 
 __DATA__
 
-=== TEST 1: conversion with click_id and value
+=== TEST 1: conversion with click_id and value (tracker_invalid flag)
 --- http_config
     tracker_ring      $TEST_NGINX_RING 1m;
     tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
 --- config
+    tracker_invalid flag;
     tracker_dimension t $arg_t;
     location = /cv { tracker conversion; }
 --- request eval
@@ -181,11 +182,12 @@ TrackerTest::gif_bytes()
 
 
 
-=== TEST 3: video events and watch time
+=== TEST 3: video events and watch time (tracker_invalid flag)
 --- http_config
     tracker_ring      $TEST_NGINX_RING 1m;
     tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
 --- config
+    tracker_invalid flag;
     tracker_dimension t $arg_t;
     location = /v { tracker video; }
 --- request eval
@@ -277,11 +279,12 @@ TrackerTest::gif_bytes()
 
 
 
-=== TEST 8: tracker_value, tracker_click_id, tracker_video_event, tracker_watch_time from other variables; non-numbers
+=== TEST 8: tracker_value, tracker_click_id, tracker_video_event, tracker_watch_time from other variables; non-numbers (tracker_invalid flag)
 --- http_config
     tracker_ring      $TEST_NGINX_RING 1m;
     tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
 --- config
+    tracker_invalid flag;
     tracker_dimension t $arg_t;
     location = /cv  { tracker conversion; }
     location = /cv2 { tracker conversion; tracker_value $arg_amount; tracker_click_id $arg_k; }

@@ -29,9 +29,8 @@ sub flags_for { my $e = one_tagged($events, shift); return $e ? flags_of($e) : u
 
 is_deeply(flags_for('st-unknown'), ['unknown_campaign'], 'store: unknown campaign stored, flagged');
 is_deeply(flags_for('st-paused'), ['inactive_campaign'], 'store: paused campaign stored, flagged');
-is_deeply(flags_for('st-invalid'), ['invalid_campaign'], 'store: invalid id stored, flagged');
-my $inv = one_tagged($events, 'st-invalid');
-ok($inv && ($inv->{campaign} // '') eq '', 'store: an invalid id is not stored');
+# An invalid id is refused whatever tracker_unknown_campaign says (tracker_invalid reject).
+is(scalar @{ events_tagged($events, 'st-invalid') }, 0, 'store: an invalid id is refused, not stored');
 my $unk = one_tagged($events, 'st-unknown');
 is($unk && $unk->{campaign}, 'nope', 'store: an unknown id is stored');
 
@@ -44,12 +43,13 @@ for my $t (qw(cnt-ok cntc-ok inh-ok over-unknown)) {
 is_deeply(flags_for('cnt-ok'), [], 'count: an active campaign is stored without flags');
 is_deeply(flags_for('over-unknown'), ['unknown_campaign'], 'location "store" overrides server "count"');
 
-# rejected: impression cnt-unknown, cnt-paused, cnt-invalid, inh-unknown; click cntc-unknown;
-# video cntv-unknown.
-is($h->{rejected}[0], 4, 'rejected impressions: 4');
+# rejected: impression cnt-unknown, cnt-paused, inh-unknown; click cntc-unknown;
+# video cntv-unknown. st-invalid and cnt-invalid are counted as invalid campaign ids.
+is($h->{rejected}[0], 3, 'rejected impressions: 3');
 is($h->{rejected}[1], 1, 'rejected clicks: 1');
 is($h->{rejected}[3], 1, 'rejected video events: 1');
-is($h->{rejected_total}, 6, 'rejected total: 6');
+is($h->{rejected_total}, 5, 'rejected total: 5');
+is($h->{invalid}{invalid_campaign}, 2, 'invalid campaign ids: 2');
 is($h->{written_total}, scalar(@$events), 'written counters = stored events');
 is($h->{dropped_full_total}, 0, 'nothing dropped');
 
@@ -57,7 +57,8 @@ my $s = eval { shipper_stats() };
 ok($s, 'tracker-shipper stats runs') or diag $@;
 if ($s) {
     is_deeply($s->{rejected}, $h->{rejected}, 'shipper stats: rejected per kind');
-    is($s->{rejected_total}, 6, 'shipper stats: 6 rejected');
+    is($s->{rejected_total}, 5, 'shipper stats: 5 rejected');
+    is_deeply($s->{invalid}, $h->{invalid}, 'shipper stats: invalid per reason');
     is_deeply($s->{written}, $h->{written}, 'shipper stats: written per kind');
 }
 

@@ -136,7 +136,7 @@ X-Event: ^[0-9a-f]{32}$
     access_log $TEST_NGINX_WORKDIR/vars.log vars;
     add_header X-Event $tracker_event_id always;
     add_header X-Click $tracker_click_id always;
-    location = /i  { tracker impression; }
+    location = /i  { tracker impression; tracker_invalid flag; }
 --- request eval
 ["GET /i?cid=../x&t=var-invalid", "GET /i?cid=nope&t=var-unknown"]
 --- response_headers_like eval

@@ -71,7 +71,7 @@ GET /i?Pubx=yes&CID=summer&t=case&pub=first&plc=a=b&pub=second&cid=other
 
 
 
-=== TEST 2: more arguments than the index holds
+=== TEST 2: more arguments than the index holds (tracker_limits args=100)
 --- http_config
     tracker_ring      $TEST_NGINX_RING 1m;
     tracker_campaigns $TEST_NGINX_CAMPAIGNS zone=campaigns:1m;
@@ -79,7 +79,7 @@ GET /i?Pubx=yes&CID=summer&t=case&pub=first&plc=a=b&pub=second&cid=other
     tracker_dimension t         $arg_t;
     tracker_dimension publisher $arg_p70;
     tracker_dimension placement $arg_p1;
-    location = /i { tracker impression; }
+    location = /i { tracker impression; tracker_limits args=100; }
 --- request eval
 "GET /i?$::MANY&t=many&cid=summer"
 --- error_code: 200

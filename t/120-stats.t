@@ -137,7 +137,7 @@ subtest 'structure' => sub {
     my %status = map { $_->{id} => $_->{status} } @{ $s->{campaigns}{items} };
     is_deeply(\%status, { summer => 'active', capped => 'active', winter => 'paused', 'vid-1' => 'active' }, 'ids and statuses');
     is_deeply([sort keys %{ $s->{ring} }],
-              [sort qw(size used fill_ratio producer_pos consumer_pos written dropped_full dropped_too_large rejected abandoned)],
+              [sort qw(size used fill_ratio producer_pos consumer_pos written dropped_full dropped_too_large rejected duplicates duplicate_evictions abandoned invalid)],
               'ring keys');
     is_deeply([sort keys %{ $s->{zone} }], [qw(campaigns free generation size)], 'zone keys');
     is($s->{zone}{size}, 1048576, 'zone size 1m');

@@ -17,6 +17,8 @@
 #     the expected set appears (no Set-Cookie, no second Location);
 #   - the event is stored once, with the campaign ("" and invalid_campaign for an invalid id),
 #     the flags and the dimensions the request implies.
+# The locations run with `tracker_invalid flag` and `tracker_limits query=64k`, so that every
+# crafted value reaches the redirect builder instead of being refused with a 400.
 # The same values on a pixel location always get 200 and the 43-byte GIF.
 # Requests whose raw bytes nginx itself refuses (space, tab, CR, NUL, DEL in the request line)
 # must get nginx's 400 and nothing else; a raw LF turns the request into HTTP/0.9 (no headers
@@ -69,6 +71,10 @@ my $ngx = TrackerTest::Nginx->new(workers => 1, log_level => 'warn', http => <<"
         tracker_dimension q   \$arg_q;
         tracker_dimension h   \$http_x_h;
         tracker_fallback_url "$LOCATION_FALLBACK";
+        # The most permissive settings: every crafted value reaches the landing URL (the
+        # default, tracker_invalid reject, answers 400 to many of them: t/180-limits.t).
+        tracker_invalid flag;
+        tracker_limits  query=64k;
         location = /c  { tracker click; }
         location = /c0 { tracker click; tracker_fallback_url off; }
         location = /r  { tracker postback response=redirect; }

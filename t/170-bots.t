@@ -25,6 +25,7 @@ my $ngx = TrackerTest::Nginx->new(workers => 1, log_level => 'warn', http => <<'
         location = /icount { tracker impression; tracker_bots count; }
         location = /ccount { tracker click; tracker_bots count; }
         location = /ioff   { tracker impression; tracker_bots off; }
+        location = /cv     { tracker conversion; }
     }
 HTTP
 $ngx->start;
@@ -61,7 +62,41 @@ get('/ioff?cid=free&t=off-bot', 'User-Agent' => $GOOGLEBOT);
 get('/ioff?cid=free&t=off-noua');
 get('/ioff?cid=free&t=off-prefetch', 'User-Agent' => $BROWSER, 'Sec-Purpose' => 'prefetch');
 
+my $IPHONE = 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1';
+my $IPAD = 'Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1';
+my $EDGE = 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91';
+my $ANDROID = 'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36';
+get('/i?cid=free&t=ua-iphone', 'User-Agent' => $IPHONE);
+get('/i?cid=free&t=ua-ipad', 'User-Agent' => $IPAD);
+get('/i?cid=free&t=ua-edge', 'User-Agent' => $EDGE);
+get('/i?cid=free&t=ua-android', 'User-Agent' => $ANDROID);
+get('/i?cid=free&t=ua-android2', 'User-Agent' => $ANDROID);    # from the worker's cache
+get('/i?cid=free&t=ua-dnt', 'User-Agent' => $IPHONE, 'DNT' => '1');
+get('/cv?cid=free&t=ua-conversion&click_id=k', 'User-Agent' => $IPHONE);
+
 my $events = drain();
+
+subtest 'User-Agent families: browser, os, device' => sub {
+    my %want = (
+        browser      => [qw(firefox linux desktop)],
+        'ua-iphone'  => [qw(safari ios mobile)],
+        'ua-ipad'    => [qw(safari ios tablet)],
+        'ua-edge'    => [qw(edge windows desktop)],
+        'ua-android' => [qw(chrome android mobile)],
+        'ua-android2' => [qw(chrome android mobile)],
+        googlebot    => [qw(other other bot)],
+        noua         => [qw(other other bot)],
+    );
+    for my $t (sort keys %want) {
+        my $e = one_tagged($events, $t) or next;
+        is_deeply([ map { $e->{$_} } qw(browser os device) ], $want{$t}, "$t: @{ $want{$t} }");
+    }
+    my $dnt = one_tagged($events, 'ua-dnt');
+    ok($dnt && !defined $dnt->{ua}, 'DNT: no User-Agent');
+    is_deeply($dnt && [ map { $dnt->{$_} } qw(browser os device) ], [qw(safari ios mobile)], 'DNT: the families are kept');
+    my $cv = one_tagged($events, 'ua-conversion');
+    ok($cv && !exists $cv->{browser} && !exists $cv->{os} && !exists $cv->{device}, 'a conversion (postback) is not classified');
+};
 
 subtest 'flag (the default): bots and prefetches are flagged' => sub {
     for my $t (qw(googlebot curl noua)) {

@@ -110,6 +110,12 @@ pub struct EventRef<'a> {
     pub cost_micros: Option<u64>,
     /// The first-party visitor id (`tracker_userid`): 32 hex characters.
     pub uid: Option<&'a [u8]>,
+    /// The User-Agent's browser family ([`crate::useragent::Class::browser`]).
+    pub browser: Option<&'a str>,
+    /// The User-Agent's OS family ([`crate::useragent::Class::os`]).
+    pub os: Option<&'a str>,
+    /// The User-Agent's device class ([`crate::useragent::Device::as_str`]).
+    pub device: Option<&'a str>,
 }
 
 
@@ -171,8 +177,8 @@ fn write_key(out: &mut Vec<u8>, key: &str) {
 
 /// Encodes `ev` as a MessagePack map into `out` (cleared first). Does not allocate when `out`
 /// already has the capacity. Keys: v, id (bin 16), ts, type, campaign, click_id, dims, ip, ua,
-/// referer, host, status, flags, value, video_event, watch_time, cost_micros, uid; optional ones
-/// are omitted when None/empty.
+/// referer, host, status, flags, value, video_event, watch_time, cost_micros, uid, browser, os,
+/// device; optional ones are omitted when None/empty.
 ///
 /// Keys are written in that order. Byte strings are written as MessagePack `str` with invalid
 /// UTF-8 replaced by U+FFFD; flag bits not in [`flags::NAMES`] are ignored.
@@ -193,6 +199,9 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
         ev.watch_time.is_some(),
         ev.cost_micros.is_some(),
         ev.uid.is_some(),
+        ev.browser.is_some(),
+        ev.os.is_some(),
+        ev.device.is_some(),
     ];
     let nkeys = 6 + optional.iter().filter(|&&b| b).count() as u32;
     let _ = write_map_len(out, nkeys);
@@ -255,6 +264,12 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
         write_key(out, "uid");
         write_lossy_str(out, uid);
     }
+    for (key, field) in [("browser", ev.browser), ("os", ev.os), ("device", ev.device)] {
+        if let Some(text) = field {
+            write_key(out, key);
+            write_lossy_str(out, text.as_bytes());
+        }
+    }
 }
 
 /// An event as the shipper decodes it.
@@ -287,6 +302,10 @@ pub struct Event {
     pub cost_micros: Option<u64>,
     /// The first-party visitor id (absent: none, or `tracker_userid` off, or DNT/GPC).
     pub uid: Option<String>,
+    /// User-Agent families (absent: not classified).
+    pub browser: Option<String>,
+    pub os: Option<String>,
+    pub device: Option<String>,
 }
 
 #[derive(Debug)]
@@ -342,7 +361,7 @@ impl Event {
     /// Appends to `out` (it does not clear it). Keys in order: v, id, time, ts, type, campaign,
     /// click_id, dims (always, `{}` when empty; a repeated name keeps its first value), ip, ua,
     /// referer, host, status, flags (omitted when empty), value, video_event, watch_time,
-    /// cost_micros, uid.
+    /// cost_micros, uid, browser, os, device.
     /// A non-finite value or watch_time is written as null.
     pub fn to_json_line(&self, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail, and every key is a string.
@@ -451,6 +470,9 @@ impl Serialize for Event {
             self.watch_time.is_some(),
             self.cost_micros.is_some(),
             self.uid.is_some(),
+            self.browser.is_some(),
+            self.os.is_some(),
+            self.device.is_some(),
         ];
         // v, id, ts, type, campaign, dims, status (+ time in human-readable form).
         let n = 7 + usize::from(hr) + optional.iter().filter(|&&b| b).count();
@@ -494,6 +516,11 @@ impl Serialize for Event {
         if let Some(x) = &self.uid {
             m.serialize_entry("uid", x)?;
         }
+        for (key, field) in [("browser", &self.browser), ("os", &self.os), ("device", &self.device)] {
+            if let Some(x) = field {
+                m.serialize_entry(key, x)?;
+            }
+        }
         m.end()
     }
 }
@@ -532,6 +559,12 @@ struct Wire {
     cost_micros: Option<u64>,
     #[serde(default)]
     uid: Option<String>,
+    #[serde(default)]
+    browser: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Event {
@@ -559,6 +592,9 @@ impl<'de> Deserialize<'de> for Event {
             watch_time: w.watch_time,
             cost_micros: w.cost_micros,
             uid: w.uid,
+            browser: w.browser,
+            os: w.os,
+            device: w.device,
         })
     }
 }
@@ -705,6 +741,9 @@ mod tests {
             watch_time: Some(7.5),
             cost_micros: Some(250_000),
             uid: Some(b"0123456789abcdef0123456789abcdef"),
+            browser: Some("firefox"),
+            os: Some("linux"),
+            device: Some("desktop"),
         }
     }
 
@@ -754,7 +793,7 @@ mod tests {
         encode(&r, &mut buf);
         assert_eq!(
             keys(&buf),
-            ["v", "id", "ts", "type", "campaign", "click_id", "dims", "ip", "ua", "referer", "host", "status", "flags", "value", "video_event", "watch_time", "cost_micros", "uid"]
+            ["v", "id", "ts", "type", "campaign", "click_id", "dims", "ip", "ua", "referer", "host", "status", "flags", "value", "video_event", "watch_time", "cost_micros", "uid", "browser", "os", "device"]
         );
         let e = decode(&buf).unwrap();
         assert_eq!(e.v, 1);
@@ -778,6 +817,7 @@ mod tests {
         assert_eq!(e.watch_time, Some(7.5));
         assert_eq!(e.cost_micros, Some(250_000));
         assert_eq!(e.uid.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!((e.browser.as_deref(), e.os.as_deref(), e.device.as_deref()), (Some("firefox"), Some("linux"), Some("desktop")));
         // Serde's MessagePack form of an Event is the same schema.
         let again = rmp_serde::to_vec_named(&e).unwrap();
         assert_eq!(decode(&again).unwrap(), e);
@@ -805,6 +845,7 @@ mod tests {
         assert!(e.dims.is_empty() && e.flags.is_empty());
         assert!(e.click_id.is_none() && e.ip.is_none() && e.ua.is_none() && e.referer.is_none() && e.host.is_none());
         assert!(e.value.is_none() && e.video_event.is_none() && e.watch_time.is_none() && e.uid.is_none());
+        assert!(e.browser.is_none() && e.os.is_none() && e.device.is_none());
         // Unknown flag bits are ignored: no flags key.
         encode(&EventRef { flags: 1 << 31, ..r.clone() }, &mut buf);
         assert_eq!(keys(&buf).len(), 6);
@@ -939,8 +980,11 @@ mod tests {
             ("click_id", Some(vec![0xc0])),
             ("value", Some(val_uint(3))),
             ("watch_time", Some(vec![0xc0])),
+            ("browser", Some(val_str("chrome"))),
+            ("device", Some(vec![0xc0])),
         ]);
         let e = decode(&bytes).unwrap();
+        assert_eq!((e.browser.as_deref(), e.os.as_deref(), e.device.as_deref()), (Some("chrome"), None, None));
         assert_eq!(e.event_type, "click");
         assert_eq!(e.click_id, None);
         assert_eq!(e.value, Some(3.0), "an integer value is a number too");
@@ -1033,7 +1077,7 @@ mod tests {
                 r#""type":"conversion","campaign":"summer-sale","click_id":"0190abcdef","dims":{"publisher":"a \"b\"","n":"1"},"#,
                 r#""ip":"192.0.2.0","ua":"Mozilla/5.0","referer":"https://pub.example/a?x=1","host":"t.example.com","status":200,"#,
                 r#""flags":["invalid_value","truncated"],"value":12.5,"video_event":"q1","watch_time":7.5,"cost_micros":250000,"#,
-                r#""uid":"0123456789abcdef0123456789abcdef"}"#
+                r#""uid":"0123456789abcdef0123456789abcdef","browser":"firefox","os":"linux","device":"desktop"}"#
             )
         );
         assert!(!line.contains('\n'));
@@ -1062,6 +1106,9 @@ mod tests {
             watch_time: None,
             cost_micros: None,
             uid: None,
+            browser: None,
+            os: None,
+            device: None,
         };
         let mut line = Vec::new();
         minimal.to_json_line(&mut line);

@@ -12,10 +12,13 @@
 //! - [`id`]: 16-byte time-ordered event ids;
 //! - [`privacy`]: the daily-keyed address hash (`tracker_ip hash`), DNT/GPC, visitor ids;
 //! - [`sign`]: signed tracking URLs (HMAC-SHA256 over campaign, expiry and dimensions);
-//! - [`bots`]: bot User-Agents and prefetch headers (`tracker_bots`).
+//! - [`bots`]: bot User-Agents and prefetch headers (`tracker_bots`);
+//! - [`dedup`]: the recently-seen set (duplicate detection) over shared-memory atomics;
+//! - [`useragent`]: User-Agent families (browser, OS, device class, crawler flag) and their per-worker cache.
 pub mod banker;
 pub mod bots;
 pub mod campaign;
+pub mod dedup;
 pub mod event;
 pub mod id;
 pub mod input;
@@ -25,3 +28,4 @@ pub mod privacy;
 pub mod record;
 pub mod ring;
 pub mod sign;
+pub mod useragent;

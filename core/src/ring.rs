@@ -62,6 +62,8 @@ const STATE_PADDING: u64 = 3;
 const PAGE: u64 = 4096;
 /// Positions must stay below 2^62 so that `pos << 2` keeps them whole (at 1 GB/s: 146 years).
 const MAX_POS: u64 = 1 << 62;
+/// The bits that are zero in every valid position: 62 and up, and 0 to 3 (multiples of 16).
+const BAD_POS_BITS: u64 = !(MAX_POS - 1) | (REC_HDR - 1);
 
 #[derive(Debug)]
 pub enum RingError {
@@ -135,7 +137,8 @@ struct Header {
     _r3: [AtomicU64; 7],                           // 456..512
     invalid: [AtomicU64; INVALID_REASONS],         // 512..640: requests refused as invalid, by reason
     duplicates: [AtomicU64; COUNTER_KINDS],        // 640..704: duplicates seen, by kind
-    _r4: [AtomicU64; 40],                          // 704..1024
+    duplicate_evictions: AtomicU64,                // 704: live duplicate-set entries pushed out
+    _r4: [AtomicU64; 39],                          // 712..1024
     cursors: [CursorSlot; CURSOR_SLOTS],           // 1024..2048
 }
 
@@ -180,6 +183,7 @@ const _: () = {
     assert!(std::mem::offset_of!(Header, abandoned) == 448);
     assert!(std::mem::offset_of!(Header, invalid) == 512);
     assert!(std::mem::offset_of!(Header, duplicates) == 640);
+    assert!(std::mem::offset_of!(Header, duplicate_evictions) == 704);
     assert!(COUNTER_KINDS * 8 == 64);
     assert!(HEADER_SIZE as u64 & (PAGE - 1) == 0);
     assert!(MIN_DATA_SIZE & (PAGE - 1) == 0);
@@ -617,6 +621,8 @@ pub struct RingStats {
     pub invalid: [u64; INVALID_REASONS],
     /// Duplicates (`tracker_duplicates`), by kind: stored flagged, or only counted.
     pub duplicates: [u64; COUNTER_KINDS],
+    /// Entries of the duplicate set pushed out while still in their window.
+    pub duplicate_evictions: u64,
 }
 
 fn load_all(a: &[AtomicU64; COUNTER_KINDS]) -> [u64; COUNTER_KINDS] {
@@ -725,6 +731,13 @@ impl Ring {
         };
         let mut p = h.producer_pos.load(Acquire);
         let res = loop {
+            // A producer cursor that no producer could have made (an overwritten header):
+            // refuse, like a full ring, rather than write at an unaligned or overflowing
+            // place (one test of a register on the hot path).
+            if p & BAD_POS_BITS != 0 {
+                h.dropped_full[k].fetch_add(1, Relaxed);
+                return Err(WriteError::Full);
+            }
             // Acquire: the consumer's reads of the space it released happen before our writes.
             let c = h.consumer_pos.load(Acquire);
             let Some(res) = plan(p, c, size, need) else {
@@ -793,6 +806,12 @@ impl Ring {
         self.header().duplicates[kind.min(COUNTER_KINDS - 1)].fetch_add(1, Relaxed);
     }
 
+    /// Counts an entry of the duplicate set pushed out while still in its window (the set is
+    /// too small for the traffic: `tracker_duplicates_zone`).
+    pub fn count_duplicate_eviction(&self) {
+        self.header().duplicate_evictions.fetch_add(1, Relaxed);
+    }
+
     pub fn stats(&self) -> RingStats {
         let h = self.header();
         let consumer_pos = h.consumer_pos.load(Acquire);
@@ -808,6 +827,7 @@ impl Ring {
             abandoned: h.abandoned.load(Relaxed),
             invalid: std::array::from_fn(|i| h.invalid[i].load(Relaxed)),
             duplicates: load_all(&h.duplicates),
+            duplicate_evictions: h.duplicate_evictions.load(Relaxed),
         }
     }
 
@@ -976,6 +996,31 @@ pub enum Read {
     Empty,
     /// Records of dead writers skipped from `from` to `to` (counted in `abandoned`).
     Skipped { from: u64, to: u64 },
+    /// The header's cursors break the ring's invariant (`consumer_pos <= producer_pos <=
+    /// consumer_pos + data_size`, both multiples of 16 below 2^62): a torn or overwritten
+    /// header, never a normal state. Reported once per bad value, with the values seen; the
+    /// reader then goes on as docs/ring.md says (bounded: it never scans more than a lap).
+    Corrupt { producer: u64, consumer: u64 },
+    /// After a `Corrupt` producer cursor that jumped more than a lap ahead: nothing was found
+    /// from `from` on (a full lap scanned, a `stale_after` wait), so the reader gave up
+    /// `[from, to)` and goes on at `to`, the producer cursor. Not counted in `abandoned`.
+    Resynced { from: u64, to: u64 },
+}
+
+/// What is wrong with the cursors the reader loaded (see [`Read::Corrupt`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cursors {
+    Sane,
+    /// `producer_pos` more than a lap ahead of `consumer_pos`: readable up to a lap, then
+    /// resynchronized at `producer_pos`.
+    Ahead,
+    /// `producer_pos` behind `consumer_pos`: nothing to read until it passes it.
+    Behind,
+    /// `consumer_pos` not a multiple of 16: read on from the next multiple of 16.
+    ConsumerUnaligned,
+    /// `producer_pos` not a multiple of 16 or at least 2^62: nothing can be read (producers
+    /// refuse to write, `Full`).
+    Unusable,
 }
 
 /// A position the reader is waiting on, since when, with what tag there.
@@ -996,6 +1041,8 @@ pub struct Reader<'r> {
     stale_after: Duration,
     stuck: Option<Stuck>,
     count_skips: bool,
+    /// The damage last reported as [`Read::Corrupt`], until the cursors are sane again.
+    reported: Option<Cursors>,
 }
 
 impl<'r> Reader<'r> {
@@ -1007,7 +1054,7 @@ impl<'r> Reader<'r> {
     /// Starts at `pos`, a record boundary at or after the consumer cursor (a sink's
     /// [`Cursor::position`]).
     pub fn at(ring: &'r Ring, pos: u64) -> Reader<'r> {
-        Reader { ring, pos, stale_after: DEFAULT_STALE_AFTER, stuck: None, count_skips: true }
+        Reader { ring, pos, stale_after: DEFAULT_STALE_AFTER, stuck: None, count_skips: true, reported: None }
     }
 
     /// Whether skipped records are counted in the header's `abandoned` (default yes). When
@@ -1042,7 +1089,25 @@ impl<'r> Reader<'r> {
                 self.pos = c;
                 self.stuck = None;
             }
+            // Positions are multiples of 16; a torn consumer cursor (or a caller's position)
+            // that is not is rounded up, to the next record boundary or into a record (then
+            // resynchronized like a stale tag).
+            if !self.pos.is_multiple_of(REC_HDR) {
+                self.pos = self.pos.saturating_add(REC_HDR - 1) & !(REC_HDR - 1);
+                self.stuck = None;
+            }
             let pp = h.producer_pos.load(Acquire);
+            let state = classify(c, pp, size, || h.consumer_pos.load(Acquire));
+            if state == Cursors::Sane {
+                self.reported = None;
+            } else if self.reported != Some(state) {
+                // Once per episode (per kind of damage), not once per call.
+                self.reported = Some(state);
+                return Read::Corrupt { producer: pp, consumer: c };
+            } else if state == Cursors::Unusable {
+                self.stuck = None;
+                return Read::Empty;
+            }
             let pos = self.pos;
             if pos >= pp {
                 self.stuck = None;
@@ -1115,8 +1180,15 @@ impl<'r> Reader<'r> {
     fn recover(&mut self, pos: u64) -> Read {
         let ring = self.ring;
         let pp = ring.header().producer_pos.load(Acquire);
+        if !pp.is_multiple_of(REC_HDR) || pp >= MAX_POS {
+            // Unusable (Corrupt): next() stops before reading at all.
+            return Read::Empty;
+        }
+        // One lap at most: past `pos + size` the words are the same ones again, and no live
+        // reservation reaches beyond it (producers stay within `consumer_pos + size`).
+        let limit = pp.min(pos.saturating_add(ring.size));
         let mut q = pos + REC_HDR;
-        while q < pp {
+        while q < limit {
             let w = ring.word(q % ring.size).load(Acquire);
             if w >> 2 == q && w & 3 != 0 {
                 return self.skip(pos, q);
@@ -1125,12 +1197,36 @@ impl<'r> Reader<'r> {
         }
         let Some(stuck) = self.stuck.as_mut() else { return Read::Empty };
         if pp == stuck.producer {
+            if pp - pos > ring.size {
+                // Only a producer cursor that jumped ahead (Corrupt) leaves more than a lap
+                // without a record: start again at it, which lets producers write again
+                // once the caller commits.
+                self.pos = pp;
+                self.stuck = None;
+                return Read::Resynced { from: pos, to: pp };
+            }
             return self.skip(pos, pp);
         }
         // Producers moved but nothing after `pos` is tagged yet: wait once more.
         stuck.producer = pp;
         stuck.since = Instant::now();
         Read::Empty
+    }
+}
+
+/// What the cursors say: `c` loaded before `pp`; `reload` loads the consumer cursor again (a
+/// sink's commit between the two loads lets producers reserve past the first `c + size`).
+fn classify(c: u64, pp: u64, size: u64, reload: impl FnOnce() -> u64) -> Cursors {
+    if !pp.is_multiple_of(REC_HDR) || pp >= MAX_POS {
+        Cursors::Unusable
+    } else if !c.is_multiple_of(REC_HDR) {
+        Cursors::ConsumerUnaligned
+    } else if pp < c {
+        Cursors::Behind
+    } else if pp - c > size && pp > reload().saturating_add(size) {
+        Cursors::Ahead
+    } else {
+        Cursors::Sane
     }
 }
 
@@ -1231,6 +1327,178 @@ mod tests {
     #[test]
     fn magic_reads_as_text() {
         assert_eq!(&MAGIC.to_ne_bytes(), b"NGXTRKR1");
+    }
+
+    // ---- torn or overwritten header cursors (docs/ring.md, "Corrupt cursors") ----
+
+    fn scratch_ring(size: u64) -> (tempfile::TempDir, RingFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let (rf, _) = RingFile::open_or_create(&dir.path().join("r.ring"), size).unwrap();
+        (dir, rf)
+    }
+
+    /// Overwrites the producer cursor in the mapping, as a stray write would.
+    fn tear_producer(ring: &Ring, v: u64) {
+        ring.header().producer_pos.store(v, Release);
+    }
+
+    fn payload(i: u8) -> Vec<u8> {
+        vec![i; 20 + i as usize]
+    }
+
+    /// Reads until Empty (bounded), committing records; returns what was read.
+    fn read_all(r: &mut Reader<'_>, ring: &Ring) -> Vec<Read> {
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match r.next() {
+                Read::Empty => return out,
+                Read::Record(rec) => {
+                    ring.commit(rec.end);
+                    out.push(Read::Record(rec));
+                }
+                other => out.push(other),
+            }
+        }
+        panic!("no Empty in 10000 reads: {out:?}");
+    }
+
+    #[test]
+    fn producer_far_ahead_is_reported_read_to_its_lap_then_resynced() {
+        let (_d, rf) = scratch_ring(MIN_DATA_SIZE);
+        let ring = rf.ring();
+        for i in 0..5 {
+            ring.write(0, &payload(i), 1).unwrap();
+        }
+        let real = ring.producer_pos();
+        // A header torn to a huge (but aligned, below 2^62) position: before, the reader
+        // scanned up to it 16 bytes at a time (2^57 steps).
+        let bad = 1u64 << 61;
+        tear_producer(ring, bad);
+        assert_eq!(ring.write(1, b"refused", 1), Err(WriteError::Full));
+        let mut r = Reader::new(ring).with_stale_after(Duration::from_millis(30));
+        assert_eq!(r.next(), Read::Corrupt { producer: bad, consumer: 0 });
+        // The records still in the lap are read, each once; the report is not repeated.
+        let reads = read_all(&mut r, ring);
+        let payloads: Vec<Vec<u8>> = reads
+            .into_iter()
+            .map(|x| match x {
+                Read::Record(rec) => rec.payload,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, (0..5).map(payload).collect::<Vec<_>>());
+        assert_eq!(r.position(), real);
+        // After stale_after, one scan of at most a lap, then a jump to the producer cursor.
+        std::thread::sleep(Duration::from_millis(40));
+        let t = Instant::now();
+        assert_eq!(r.next(), Read::Resynced { from: real, to: bad });
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(ring.stats().abandoned, 0, "not a dead writer");
+        // Once the caller commits, the ring is sane again and producers write at `bad`.
+        ring.commit(r.position());
+        assert_eq!(ring.consumer_pos(), bad);
+        assert_eq!(ring.write(2, b"after", 1), Ok(bad));
+        match r.next() {
+            Read::Record(rec) => assert_eq!((rec.pos, rec.payload.as_slice()), (bad, &b"after"[..])),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.next(), Read::Empty);
+        assert_eq!(ring.stats().dropped_full[1], 1);
+    }
+
+    #[test]
+    fn producer_just_over_a_lap_ahead_with_a_hole_resyncs_within_a_lap() {
+        let (_d, rf) = scratch_ring(MIN_DATA_SIZE);
+        let ring = rf.ring();
+        let size = ring.data_size();
+        ring.write(0, &payload(1), 1).unwrap();
+        let real = ring.producer_pos();
+        tear_producer(ring, real + size + 4096);
+        let mut r = Reader::new(ring).with_stale_after(Duration::ZERO);
+        assert!(matches!(r.next(), Read::Corrupt { .. }));
+        assert!(matches!(r.next(), Read::Record(_)));
+        assert_eq!(r.next(), Read::Resynced { from: real, to: real + size + 4096 });
+        assert_eq!(r.next(), Read::Empty);
+    }
+
+    #[test]
+    fn producer_behind_the_consumer_is_reported_and_read_after_it_passes() {
+        let (_d, rf) = scratch_ring(MIN_DATA_SIZE);
+        let ring = rf.ring();
+        for i in 0..4 {
+            ring.write(0, &payload(i), 1).unwrap();
+        }
+        let c = ring.producer_pos();
+        ring.commit(c);
+        tear_producer(ring, 0);
+        let mut r = Reader::new(ring).with_stale_after(Duration::ZERO);
+        assert_eq!(r.next(), Read::Corrupt { producer: 0, consumer: c });
+        assert_eq!(r.next(), Read::Empty);
+        // Producers write from 0 again: behind the consumer, never read (lost), no report
+        // per write.
+        while ring.producer_pos() <= c + 64 {
+            ring.write(0, &payload(9), 1).unwrap();
+            assert!(matches!(r.next(), Read::Empty | Read::Skipped { .. } | Read::Record(_)), "no second report");
+        }
+        // Past the consumer the reader finds its way (into a record: a bounded resync).
+        let reads = read_all(&mut r, ring);
+        assert!(reads.iter().all(|x| matches!(x, Read::Record(_) | Read::Skipped { .. })), "{reads:?}");
+        assert_eq!(r.position(), ring.producer_pos());
+        ring.write(3, b"next", 1).unwrap();
+        assert!(matches!(r.next(), Read::Record(rec) if rec.payload == b"next"));
+    }
+
+    #[test]
+    fn unusable_producer_cursor_stops_reads_and_writes_without_panics() {
+        for bad in [MAX_POS, MAX_POS + 16, u64::MAX, u64::MAX - 15, 1004, 7] {
+            let (_d, rf) = scratch_ring(MIN_DATA_SIZE);
+            let ring = rf.ring();
+            ring.write(0, &payload(1), 1).unwrap();
+            tear_producer(ring, bad);
+            let mut r = Reader::new(ring).with_stale_after(Duration::ZERO);
+            assert_eq!(r.next(), Read::Corrupt { producer: bad, consumer: 0 }, "{bad}");
+            for _ in 0..3 {
+                assert_eq!(r.next(), Read::Empty, "{bad}");
+            }
+            // Producers refuse (counted as full) instead of writing at a broken place.
+            assert_eq!(ring.write(2, b"x", 1), Err(WriteError::Full), "{bad}");
+            assert_eq!(ring.stats().dropped_full[2], 1);
+            // Repaired (e.g. by hand): the reader goes on.
+            tear_producer(ring, 48);
+            assert!(matches!(r.next(), Read::Record(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unaligned_consumer_cursor_is_reported_and_resynced() {
+        let (_d, rf) = scratch_ring(MIN_DATA_SIZE);
+        let ring = rf.ring();
+        ring.write(0, &payload(1), 1).unwrap(); // [0, 48)
+        ring.write(0, &payload(2), 1).unwrap();
+        ring.header().consumer_pos.store(8, Release);
+        let mut r = Reader::new(ring).with_stale_after(Duration::ZERO);
+        assert!(matches!(r.next(), Read::Corrupt { consumer: 8, .. }));
+        // From 16, inside the first record: skipped to the second one.
+        assert_eq!(r.next(), Read::Skipped { from: 16, to: 48 });
+        assert!(matches!(r.next(), Read::Record(rec) if rec.payload == payload(2)));
+        assert_eq!(r.next(), Read::Empty);
+    }
+
+    #[test]
+    fn classify_cursors() {
+        let s = 4096;
+        let never = || -> u64 { panic!("no reload needed") };
+        assert_eq!(classify(0, 0, s, never), Cursors::Sane);
+        assert_eq!(classify(16, 16 + s, s, never), Cursors::Sane);
+        // More than a lap with the first consumer load, within a lap with a later one: sane.
+        assert_eq!(classify(0, s + 16, s, || 16), Cursors::Sane);
+        assert_eq!(classify(0, s + 16, s, || 0), Cursors::Ahead);
+        assert_eq!(classify(32, 16, s, never), Cursors::Behind);
+        assert_eq!(classify(8, 16, s, never), Cursors::ConsumerUnaligned);
+        assert_eq!(classify(0, 24, s, never), Cursors::Unusable);
+        assert_eq!(classify(0, MAX_POS, s, never), Cursors::Unusable);
+        assert_eq!(classify(u64::MAX - 15, MAX_POS - 16, s, never), Cursors::Behind);
+        assert_eq!(classify(0, MAX_POS - 16, s, || u64::MAX), Cursors::Sane);
     }
 
     #[test]

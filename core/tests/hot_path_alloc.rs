@@ -108,6 +108,9 @@ fn encode_and_expand_do_not_allocate() {
         watch_time: Some(12.0),
         cost_micros: Some(1),
         uid: Some(b"0123456789abcdef0123456789abcdef"),
+        browser: Some("chrome"),
+        os: Some("android"),
+        device: Some("mobile"),
     };
     let mut event = Vec::with_capacity(4096);
     let mut target = Vec::with_capacity(4096);
@@ -129,4 +132,37 @@ fn encode_and_expand_do_not_allocate() {
         std::str::from_utf8(&target).unwrap(),
         "https://shop.example.com/x/summer%80?pub=caf%C3%A9%20%FF%20bad&c=0190abcdef&m=#1"
     );
+}
+
+#[test]
+fn user_agent_cache_hit_does_not_allocate() {
+    let uas: Vec<&[u8]> = include_str!("data/user_agents.txt").lines().map(str::as_bytes).collect();
+    // A seed under which these User-Agents fill distinct slots (a slot collision would be a
+    // miss, which runs the parser, which may allocate).
+    let mut seed = 0;
+    let mut cache = loop {
+        let mut cache = tracker_core::useragent::Cache::with_seed(1024, seed);
+        for ua in &uas {
+            let _ = cache.classify(ua); // fills the slots (allocates)
+        }
+        for ua in &uas {
+            let _ = cache.classify(ua);
+        }
+        if cache.stats().1 == uas.len() as u64 {
+            break cache;
+        }
+        seed += 1;
+    };
+    let (_, misses) = cache.stats();
+    let before = allocs();
+    let mut bots = 0usize;
+    for _ in 0..100 {
+        for ua in &uas {
+            bots += usize::from(cache.classify(ua).crawler);
+        }
+    }
+    let after = allocs();
+    assert_eq!(after - before, 0, "allocations on a cache hit");
+    assert!(bots > 0);
+    assert_eq!(cache.stats().1, misses, "all hits");
 }

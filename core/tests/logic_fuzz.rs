@@ -55,6 +55,9 @@ fn sample_events(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
             watch_time: (rng.next() & 1 == 0).then_some(1.5),
             cost_micros: (rng.next() & 1 == 0).then(|| rng.next()),
             uid: (rng.next() & 1 == 0).then_some(&strs[1][..]),
+            browser: (rng.next() & 1 == 0).then_some("chrome"),
+            os: (rng.next() & 1 == 0).then_some("android"),
+            device: (rng.next() & 1 == 0).then_some("mobile"),
         };
         let mut buf = Vec::new();
         encode(&ev, &mut buf);

@@ -128,6 +128,7 @@ fn consume(reader: &mut Reader, ring: &tracker_core::ring::Ring, expected: usize
             }
             Read::Skipped { from, to } => c.skips.push((from, to, Instant::now())),
             Read::Empty => thread::sleep(Duration::from_micros(200)),
+            other => panic!("{other:?}"),
         }
         assert!(Instant::now() < deadline, "only {n} of {expected} records");
     }

@@ -43,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
         watch_time: e.watch_time,
         cost_micros: e.cost_micros,
         uid: e.uid.as_deref().map(str::as_bytes),
+        browser: e.browser.as_deref(),
+        os: e.os.as_deref(),
+        device: e.device.as_deref(),
     };
     let mut buf = Vec::new();
     encode(&r, &mut buf);

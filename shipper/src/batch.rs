@@ -64,6 +64,8 @@ pub struct Totals {
     pub commits: u64,
     pub skipped: u64,
     pub skipped_bytes: u64,
+    /// Committed ring records that did not decode (also in `dead_letters`).
+    pub malformed: u64,
 }
 
 impl Totals {
@@ -110,13 +112,14 @@ impl Summary {
         let active = events > 0
             || now.dead_letters > t0.dead_letters
             || now.skipped > t0.skipped
+            || now.malformed > t0.malformed
             || d_full + d_large + d_abandoned > 0
             || unlogged > 0;
         if active {
             let lag = s.producer_pos.saturating_sub(cursor.position());
             let secs = elapsed.as_secs_f64().max(0.001);
             info!(
-                "{name}: {:.1}s: {events} events ({:.0}/s) in {} files, {} bytes; {} dead letters, {} skipped records; \
+                "{name}: {:.1}s: {events} events ({:.0}/s) in {} files, {} bytes; {} dead letters ({} malformed records), {} skipped records; \
                  lag {lag} bytes ({:.1}% of the ring); ring drops: full +{d_full} (total {}), too large +{d_large} \
                  (total {}), abandoned +{d_abandoned} (total {}){}",
                 secs,
@@ -124,6 +127,7 @@ impl Summary {
                 now.files - t0.files,
                 now.bytes - t0.bytes,
                 now.dead_letters - t0.dead_letters,
+                now.malformed - t0.malformed,
                 now.skipped - t0.skipped,
                 lag as f64 * 100.0 / s.data_size.max(1) as f64,
                 sum(&s.dropped_full),
@@ -147,6 +151,8 @@ struct Batch {
     by_kind: [u64; COUNTER_KINDS],
     /// Ring position after the last record of the batch (read or skipped).
     end: Option<u64>,
+    /// Records of the batch that did not decode.
+    malformed: u64,
     started: Option<Instant>,
 }
 
@@ -187,6 +193,7 @@ impl Writer<'_> {
             *b += n;
         }
         self.batch.started.get_or_insert_with(Instant::now);
+        self.batch.malformed += chunk.dead.len() as u64;
         let last = chunk.last_of_batch;
         self.sink.add(chunk)?;
         self.batch.end = Some(end);
@@ -200,6 +207,9 @@ impl Writer<'_> {
         if let Some(end) = self.batch.end {
             let c = self.sink.commit(self.cursor, end)?;
             self.totals.add(&c);
+            // Counted once committed (a failed batch is read, and counted, again).
+            self.totals.malformed += self.batch.malformed;
+            self.metrics.malformed.fetch_add(self.batch.malformed, Ordering::Relaxed);
             self.metrics.commits.fetch_add(1, Ordering::Relaxed);
             if self.sink.counts_acks_itself() {
                 // The sink counted its acknowledgements as they came.

@@ -122,7 +122,7 @@ pub fn run(
             })
             .expect("spawning the writer thread");
         let read = read_loop(
-            cursor, opts, signals, replaced, &work_tx, &out_tx, &err_rx, &warnings,
+            cursor, opts, signals, replaced, &work_tx, &out_tx, &err_rx, &warnings, metrics,
         );
         drop(work_tx);
         drop(out_tx);
@@ -138,6 +138,32 @@ pub fn run(
     })
 }
 
+/// Whether a producer cursor cannot be a position (not a multiple of 16, or at least 2^62).
+fn unusable(producer: u64) -> bool {
+    !producer.is_multiple_of(16) || producer >= 1 << 62
+}
+
+/// The warning for [`Read::Corrupt`]: what the cursors are and what the drain does about it
+/// (docs/ring.md, "Corrupt cursors").
+fn corrupt_message(producer: u64, consumer: u64, size: u64) -> String {
+    let what = if unusable(producer) {
+        "the producer cursor is unusable: nginx's writes fail as `full` and nothing can be read; \
+         stop nginx and remove the ring file (nginx creates a new one)"
+    } else if !consumer.is_multiple_of(16) {
+        "the consumer cursor is not on a record boundary: reading on from the next record"
+    } else if producer < consumer {
+        "the producer cursor is behind the consumer cursor: events nginx writes until it passes it \
+         are lost, then reading goes on"
+    } else {
+        "the producer cursor is more than a lap ahead: reading what the ring still holds, then \
+         resuming at the producer cursor (nginx's writes fail as `full` until then)"
+    };
+    format!(
+        "the ring header is corrupt (torn or overwritten): producer cursor {producer}, consumer cursor \
+         {consumer}, data size {size}; {what}"
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn read_loop(
     cursor: &Cursor<'_>,
@@ -148,6 +174,7 @@ fn read_loop(
     out: &Sender<ToWriter>,
     errors: &Receiver<io::Error>,
     warnings: &WarnLimiter,
+    metrics: &SinkMetrics,
 ) -> io::Result<Exit> {
     let ring = cursor.ring();
     let new_reader = || {
@@ -248,13 +275,28 @@ fn read_loop(
                 chunk.skipped += 1;
                 chunk.skipped_bytes += to - from;
             }
+            Read::Corrupt { producer, consumer } => {
+                // Once per episode (the reader says it once): never rate-limited away.
+                metrics.ring_corruptions.fetch_add(1, Ordering::Relaxed);
+                warn!("{}", corrupt_message(producer, consumer, ring.data_size()));
+            }
+            Read::Resynced { from, to } => {
+                warn!(
+                    "ring resynchronized: nothing readable in the lap from position {from} (the producer cursor \
+                     jumped ahead), reading again at {to}; {} bytes of positions given up",
+                    to - from
+                );
+                chunk.end = Some(to);
+                send_chunk!();
+            }
             Read::Empty => {
                 send_chunk!();
                 if signals.stop.load(Ordering::Relaxed) {
                     finish!(Exit::Stopped);
                 }
                 if let Some(target) = once_target {
-                    if reader.position() >= target {
+                    // An unusable producer cursor (reported) would never be reached.
+                    if reader.position() >= target || unusable(ring.producer_pos()) {
                         finish!(Exit::Drained);
                     }
                 }

@@ -167,6 +167,12 @@ fn stats_json(ring: &Path, s: &RingStats, cursors: &[(String, u64)]) -> serde_js
         "dropped_full": counters_json(&s.dropped_full),
         "dropped_too_large": counters_json(&s.dropped_too_large),
         "rejected": counters_json(&s.rejected),
+        "duplicates": counters_json(&s.duplicates),
+        "duplicate_evictions": s.duplicate_evictions,
+        "invalid": tracker_core::limits::Reason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), serde_json::json!(s.invalid[r.index()])))
+            .collect::<serde_json::Map<_, _>>(),
         "abandoned": s.abandoned,
     })
 }

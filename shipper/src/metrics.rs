@@ -33,6 +33,11 @@ pub struct SinkMetrics {
     pub dead_letters: AtomicU64,
     /// Records of dead writers skipped in the ring.
     pub skipped: AtomicU64,
+    /// Committed ring records that are not a valid event (a bug or a torn write): skipped,
+    /// kept in the dead letters, counted once their batch is committed.
+    pub malformed: AtomicU64,
+    /// Times this sink's reader found the ring header's cursors corrupt (`Read::Corrupt`).
+    pub ring_corruptions: AtomicU64,
     /// Batches that failed and were read again from the ring.
     pub batch_errors: AtomicU64,
     /// Delivery errors by reason (Kafka error names).
@@ -54,6 +59,8 @@ impl SinkMetrics {
             acked: Default::default(),
             dead_letters: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            ring_corruptions: AtomicU64::new(0),
             batch_errors: AtomicU64::new(0),
             delivery_errors: Mutex::new(BTreeMap::new()),
             up: AtomicI64::new(-1),
@@ -144,6 +151,8 @@ impl Metrics {
         };
         simple(&mut o, "tracker_shipper_dead_letters_total", "counter", "Records that did not decode and messages the destination refused for good, written to the dead letters.", &|s| s.dead_letters.load(Relaxed) as i64);
         simple(&mut o, "tracker_shipper_skipped_records_total", "counter", "Records of nginx workers that died mid-write, skipped in the ring.", &|s| s.skipped.load(Relaxed) as i64);
+        simple(&mut o, "tracker_shipper_malformed_records_total", "counter", "Committed ring records that are not a valid event (a bug or a torn write): skipped, kept in the dead letters.", &|s| s.malformed.load(Relaxed) as i64);
+        simple(&mut o, "tracker_shipper_ring_corruptions_total", "counter", "Times the reader found the ring header's cursors corrupt (torn or overwritten) and resynchronized.", &|s| s.ring_corruptions.load(Relaxed) as i64);
         simple(&mut o, "tracker_shipper_batch_errors_total", "counter", "Batches that failed and were read again from the ring.", &|s| s.batch_errors.load(Relaxed) as i64);
         simple(&mut o, "tracker_shipper_commits_total", "counter", "Acknowledgements of the sink's cursor in the ring.", &|s| s.commits.load(Relaxed) as i64);
         simple(&mut o, "tracker_shipper_destination_up", "gauge", "1 when the destination is reachable, 0 when not, -1 before the first attempt.", &|s| s.up.load(Relaxed));
@@ -208,6 +217,11 @@ impl Metrics {
             }
         }
         kinds(o, "tracker_ring_events_rejected_total", "Events nginx did not store on purpose (tracker_unknown_campaign count), by type.", &s.rejected, "");
+        kinds(o, "tracker_ring_events_duplicate_total", "Duplicates nginx saw within the window (tracker_duplicates), stored flagged or only counted, by type.", &s.duplicates, "");
+        help(o, "tracker_invalid_requests_total", "counter", "Requests nginx refused as invalid (tracker_limits, tracker_invalid reject), never stored, by reason.");
+        for re in tracker_core::limits::Reason::ALL {
+            let _ = writeln!(o, "tracker_invalid_requests_total{{reason=\"{}\"}} {}", re.name(), s.invalid[re.index()]);
+        }
         help(o, "tracker_ring_records_abandoned_total", "counter", "Records whose nginx worker died mid-write.");
         let _ = writeln!(o, "tracker_ring_records_abandoned_total {}", s.abandoned);
     }

@@ -57,6 +57,8 @@ fn ndjson_lines_carry_the_event() {
     assert_eq!(l.json["campaign"], "camp-1");
     assert_eq!(l.json["dims"]["t"], "shipper-test");
     assert_eq!(l.json["time"], "2024-02-29T22:00:00.000000Z");
+    // The User-Agent families (tracker_core::useragent) come through.
+    assert_eq!((&l.json["browser"], &l.json["os"], &l.json["device"]), (&"chrome".into(), &"linux".into(), &"desktop".into()));
     assert_eq!(
         l.file,
         format!(

@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
 # Flood test: nginx with the module (2 workers) on 127.0.0.1 only, hit by wrk with several
 # hundred thousand requests (FLOOD_REQUESTS, default 300,000) that mix valid tracking requests
-# with malformed ones: invalid campaign ids, query strings up to large_client_header_buffers
-# (and over it), thousands of arguments, invalid percent-encoding, binary garbage in values and
-# headers, 20 KB User-Agents, POST bodies (up to 100 KB, chunked too) on the postback location,
+# with malformed ones: invalid campaign ids, query strings over tracker_limits query= (4 KB) and
+# up to large_client_header_buffers (and over it), arguments over args= (64) and by thousands,
+# each limit probed on both sides (t/e2e/flood_load.lua's "edge" kind), several invalid fields
+# at once, invalid percent-encoding, binary garbage in values and headers, 20 KB User-Agents,
+# POST bodies (Content-Length at and over body= 64k, chunked too) on the postback location,
 # other methods, control bytes in the request line, Content-Length with Transfer-Encoding, and
-# requests to the limit_req / limit_conn example locations of docs/security.md. Each request
-# carries X-Kind and X-N headers; the valid ones a unique dimension n (t/e2e/flood_load.lua).
+# requests to the limit_req / limit_conn example locations of docs/security.md. The main
+# locations have the defaults (tracker_invalid reject, tracker_limits query=4k args=64 value=1k
+# body=64k); a third of the malformed requests go instead to their flag-mode twins (/if /cf /cvf
+# /vf: tracker_invalid flag, tracker_limits query=64k args=4096), which store them flagged with
+# values cut. Each request carries X-Kind and X-N headers; the valid ones a unique dimension n.
 #
-# Then, with nginx's access log ($tracker_event_id for every request) as the ground truth:
+# Then, with nginx's access log ($tracker_event_id, status, Content-Length and arguments of every
+# request) as the ground truth:
 #   - flood_limit.py: limit_conn and limit_req refuse requests (503, and 429 as configured)
 #     deterministically, and the refused requests reach no tracker;
 #   - nginx still answers, its workers are the ones it started with, and the error log has no
 #     [alert], [crit], [emerg] and no "exited on signal";
 #   - nginx is stopped, the ring drained once (tracker-shipper --once, file sink), and
-#     flood_check.py checks every access log line against the stored events: each request the
-#     module answered has exactly one event with exactly the fields its request implies
-#     (docs/event-schema.md: invalid campaign ids stored as "" with invalid_campaign, cut values
-#     flagged truncated, invalid values left out and flagged...), the others none; no dead
-#     letters; nothing dropped from the ring.
-# Takes about 40-60 s on 2 cores. FLOOD_KEEP=1 keeps the work directory.
+#     flood_check.py computes for every access log line what the module must have done, with
+#     the rules of docs/directives.md (tracker_limits, tracker_invalid) and
+#     docs/event-schema.md: either refuse it, for the first failing check in the handler's order
+#     (body, query length, argument count, campaign id, click id, value, video event and watch
+#     time, dimensions), with no event and the reason's status (413 for the body, else 200 with
+#     the GIF on GIF locations, 400 on the others), or store exactly one event with exactly the
+#     fields and status the request implies (flag mode: invalid campaign ids stored as "" with
+#     invalid_campaign, cut values flagged truncated, invalid values left out and flagged...).
+#     So every valid request is stored exactly once and no refused one is; no event lacks its
+#     request; the refusals per reason in the log equal the ring header's invalid counters
+#     (tracker-shipper stats), and every reason occurs; no dead letters; nothing dropped.
+# Takes about 30-50 s on 2 cores. FLOOD_KEEP=1 keeps the work directory; FLOOD_SEED varies the mix.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -77,11 +89,11 @@ http {
     # Bot classification is tested by t/170-bots.t; flood_check.py predicts every other flag.
     tracker_bots off;
 
-    # The ground truth: every request, with its event id (or "-"), its arguments as they came,
-    # and for the "binval" kind the random User-Agent and Referer it sent.
+    # The ground truth: every request, with its event id (or "-"), its Content-Length, its
+    # arguments as they came, and for the "binval" kind the random User-Agent and Referer it sent.
     map \$http_x_kind \$flood_ua { binval \$http_user_agent; default ""; }
     map \$http_x_kind \$flood_ref { binval \$http_referer; default ""; }
-    log_format flood '\$tracker_event_id \$status "\$request_method" "\$uri" "\$http_x_kind" "\$http_x_n" "\$flood_ua" "\$flood_ref" "\$args"';
+    log_format flood '\$tracker_event_id \$status "\$request_method" "\$uri" "\$http_x_kind" "\$http_x_n" "\$flood_ua" "\$flood_ref" "\$http_content_length" "\$args"';
 
     # The limit_req / limit_conn example of docs/security.md.
     limit_req_zone  \$binary_remote_addr zone=flood_req:1m rate=50r/s;
@@ -105,6 +117,12 @@ http {
         location = /cv  { tracker conversion; }
         location = /v   { tracker video; }
         location = /b   { tracker signup response=empty; }
+        # The old behaviour, for a third of the malformed requests: stored flagged, values cut;
+        # query strings up to 64 KB and 4,096 arguments (the body limit stays 64k).
+        location = /if  { tracker impression; tracker_invalid flag; tracker_limits query=64k args=4096; }
+        location = /cf  { tracker click; tracker_invalid flag; tracker_limits query=64k args=4096; }
+        location = /cvf { tracker conversion; tracker_invalid flag; tracker_limits query=64k args=4096; }
+        location = /vf  { tracker video; tracker_invalid flag; tracker_limits query=64k args=4096; }
         location = /lim {
             limit_req zone=flood_req nodelay;
             limit_req_status 429;

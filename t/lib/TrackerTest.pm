@@ -254,8 +254,8 @@ sub ring_header {
     $ring ||= $ENV{TEST_NGINX_RING};
     open my $fh, '<', $ring or die "cannot open $ring: $!";
     binmode $fh;
-    my $n = read($fh, my $buf, 512);
-    die "short ring header in $ring" unless $n && $n == 512;
+    my $n = read($fh, my $buf, 1024);
+    die "short ring header in $ring" unless $n && $n == 1024;
     close $fh;
     my $u64 = sub { unpack('Q', substr($buf, $_[0], 8)) };
     my $arr = sub { my $off = shift; [ map { $u64->($off + 8 * $_) } 0 .. 7 ] };
@@ -270,8 +270,13 @@ sub ring_header {
         dropped_too_large => $arr->(320),
         rejected => $arr->(384),
         abandoned => $u64->(448),
+        duplicates => $arr->(640),
     );
-    for my $c (qw(written dropped_full dropped_too_large rejected)) {
+    # Requests refused as invalid, by reason (core/src/limits.rs, in index order).
+    my @reasons = qw(query_too_long too_many_args value_too_long invalid_campaign invalid_click_id
+                     invalid_value invalid_video_event body_too_large);
+    $h{invalid} = { map { $reasons[$_] => $u64->(512 + 8 * $_) } 0 .. $#reasons };
+    for my $c (qw(written dropped_full dropped_too_large rejected duplicates)) {
         my $t = 0;
         $t += $_ for @{ $h{$c} };
         $h{"${c}_total"} = $t;
@@ -294,7 +299,8 @@ sub shipper_stats {
     my $j = eval { JSON::PP->new->decode($out) };
     die "tracker-shipper stats printed no JSON ($@): $out" unless ref $j eq 'HASH';
     my %s = (raw => $j, abandoned => $j->{abandoned});
-    for my $c (qw(written dropped_full dropped_too_large rejected)) {
+    $s{invalid} = $j->{invalid};
+    for my $c (qw(written dropped_full dropped_too_large rejected duplicates)) {
         my $v = $j->{$c};
         die "tracker-shipper stats: \"$c\" is not an object: $out" unless ref $v eq 'HASH';
         my @a = (0) x 8;

@@ -47,7 +47,7 @@ pub fn drain(reader: &mut Reader, ring: &tracker_core::ring::Ring) -> Vec<Read> 
                 ring.commit(r.end);
                 out.push(Read::Record(r));
             }
-            s @ Read::Skipped { .. } => out.push(s),
+            s @ (Read::Skipped { .. } | Read::Corrupt { .. } | Read::Resynced { .. }) => out.push(s),
         }
     }
 }

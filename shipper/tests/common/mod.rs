@@ -137,6 +137,9 @@ pub fn event_for(event_type: &str, ts: u64, seq: u64, campaign: &str, click_id: 
         watch_time: None,
         cost_micros: None,
         uid: None,
+        browser: Some("chrome"),
+        os: Some("linux"),
+        device: Some("desktop"),
     };
     let mut payload = Vec::new();
     encode(&ev, &mut payload);

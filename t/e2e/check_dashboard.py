@@ -100,7 +100,7 @@ def as_float(text):
 
 INT_FIELDS = ["impressions", "clicks", "conversions", "video_completes", "over_budget", "rejected"]
 MONEY_FIELDS = ["spend", "spend_today"]
-RING_FIELDS = ["written", "dropped_full", "dropped_too_large", "rejected"]
+RING_FIELDS = ["written", "dropped_full", "dropped_too_large", "rejected", "duplicates"]
 
 
 def static(dom_path, json_path):
@@ -133,6 +133,13 @@ def static(dom_path, json_path):
             cell = row.get(k, {"text": "", "v": None})
             check(as_int(cell["text"]) == want and cell["v"] == str(want),
                   f"ring {t} {k}: shown {cell['text']!r} (data-v {cell['v']}) = {want}")
+
+    reasons = p.table("data-reason")
+    check(sorted(reasons) == sorted(ring["invalid"]), f"invalid rows {sorted(reasons)} = {sorted(ring['invalid'])}")
+    for reason, want in sorted(ring["invalid"].items()):
+        cell = reasons.get(reason, {}).get("requests", {"text": "", "v": None})
+        check(as_int(cell["text"]) == want and cell["v"] == str(want),
+              f"invalid {reason}: shown {cell['text']!r} (data-v {cell['v']}) = {want}")
 
     rows = p.table("data-campaign")
     items = {it["id"]: it for it in d["campaigns"]["items"]}

@@ -122,6 +122,8 @@ fire 3  '/v?cid=app-install&event=q1'
 fire 1  '/v?cid=app-install&event=complete'
 fire 5  '/i?cid=winter-teaser'
 fire 2  '/b?cid=summer-sale'
+fire 2  '/c?cid=../x'
+fire 1  '/v?cid=app-install&event=bogus'
 curl -s "$base/tracker/stats" > "$work/before.json"
 written=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ring"]["written"]["total"])' "$work/before.json")
 [ "$written" -eq 50 ]; result $? "50 events written before the browser (ring written total $written)"

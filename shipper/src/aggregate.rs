@@ -18,8 +18,7 @@ use crate::layout::{civil_from_days, US_PER_HOUR};
 pub const DEFAULT_PUBLISHER_DIMENSION: &str = "publisher";
 
 /// The flags counted per row, each in a column of that name: the number of the row's events
-/// whose `flags` hold it. `duplicate` is counted when events carry it (not a flag of schema 1
-/// yet: the column stays 0 until the module sets it).
+/// whose `flags` hold it (`duplicate`: `tracker_duplicates flag`).
 pub const COUNTED_FLAGS: [&str; 6] = [
     "over_budget",
     "outside_schedule",

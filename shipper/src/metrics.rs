@@ -218,6 +218,8 @@ impl Metrics {
         }
         kinds(o, "tracker_ring_events_rejected_total", "Events nginx did not store on purpose (tracker_unknown_campaign count), by type.", &s.rejected, "");
         kinds(o, "tracker_ring_events_duplicate_total", "Duplicates nginx saw within the window (tracker_duplicates), stored flagged or only counted, by type.", &s.duplicates, "");
+        help(o, "tracker_duplicate_evictions_total", "counter", "Entries of nginx's duplicate set pushed out while still in their window (tracker_duplicates_zone too small).");
+        let _ = writeln!(o, "tracker_duplicate_evictions_total {}", s.duplicate_evictions);
         help(o, "tracker_invalid_requests_total", "counter", "Requests nginx refused as invalid (tracker_limits, tracker_invalid reject), never stored, by reason.");
         for re in tracker_core::limits::Reason::ALL {
             let _ = writeln!(o, "tracker_invalid_requests_total{{reason=\"{}\"}} {}", re.name(), s.invalid[re.index()]);

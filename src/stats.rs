@@ -7,14 +7,8 @@
 //! dashboard is a static page (`src/dashboard.html`) that fetches the JSON every second.
 
 use core::fmt::Write as _;
-use core::ptr;
 
-use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_http_discard_request_body, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_pcalloc, ngx_pnalloc,
-    ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
-};
+use ngx::ffi::{ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_OK};
 use ngx::http::HttpModuleMainConf;
 use serde_json::{json, Map, Value};
 use tracker_core::banker::Counters;
@@ -431,31 +425,8 @@ impl Body {
     }
 }
 
-fn ngx_str(s: &'static [u8]) -> ngx_str_t {
-    ngx_str_t { len: s.len(), data: s.as_ptr().cast_mut() }
-}
-
-/// Adds an output header with static key and value.
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn add_header(r: &mut ngx_http_request_t, key: &'static [u8], value: &'static [u8]) -> bool {
-    // SAFETY: headers_out.headers is an initialized list of ngx_table_elt_t.
-    let h = unsafe { ngx_list_push(&mut r.headers_out.headers) }.cast::<ngx_table_elt_t>();
-    if h.is_null() {
-        return false;
-    }
-    // SAFETY: h points to a fresh list element; zeroing gives null `next`/`lowcase_key`.
-    unsafe {
-        ptr::write_bytes(h, 0, 1);
-        (*h).hash = 1;
-        (*h).key = ngx_str(key);
-        (*h).value = ngx_str(value);
-    }
-    true
-}
-
-/// Sends a whole answer: status, content type, no-store, extra headers, body (none for HEAD).
+/// Sends a whole answer: status, content type, no-store, nosniff, extra headers, body (none
+/// for HEAD), through the module's one body sender.
 ///
 /// # Safety
 /// `r` is a live request in its content handler.
@@ -466,61 +437,10 @@ unsafe fn send(
     extra: &[(&'static [u8], &'static [u8])],
     body: Body,
 ) -> ngx_int_t {
-    let mut headers = vec![
-        (&b"Cache-Control"[..], &b"no-store"[..]),
-        (&b"X-Content-Type-Options"[..], &b"nosniff"[..]),
-    ];
-    headers.extend_from_slice(extra);
-    for (k, v) in headers {
-        // SAFETY: r is live; the header strings are static.
-        if !unsafe { add_header(r, k, v) } {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
-    }
-    let len = body.bytes().len();
-    r.headers_out.status = status;
-    r.headers_out.content_length_n = len as i64;
-    r.headers_out.content_type = ngx_str(content_type);
-    r.headers_out.content_type_len = r.headers_out.content_type.len;
-    r.headers_out.content_type_lowcase = ptr::null_mut();
-    if len == 0 {
-        r.set_header_only(1);
-    }
-    // SAFETY: r is live; send_header copies the headers out (HEAD sets header_only).
-    let rc = unsafe { ngx_http_send_header(r) };
-    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || r.header_only() != 0 {
-        return rc;
-    }
-    let data = match &body {
-        Body::Static(b) => b.as_ptr().cast_mut(),
-        Body::Owned(v) => {
-            // SAFETY: len bytes from the request pool, which outlives the output.
-            let p = unsafe { ngx_pnalloc(r.pool, len) }.cast::<u8>();
-            if p.is_null() {
-                return NGX_ERROR as ngx_int_t;
-            }
-            // SAFETY: p has len bytes.
-            unsafe { ptr::copy_nonoverlapping(v.as_ptr(), p, len) };
-            p
-        }
-    };
-    // SAFETY: a zeroed buffer from the request pool.
-    let b = unsafe { ngx_pcalloc(r.pool, core::mem::size_of::<ngx_buf_t>()) }.cast::<ngx_buf_t>();
-    if b.is_null() {
-        return NGX_ERROR as ngx_int_t;
-    }
-    // SAFETY: b is a valid, zeroed ngx_buf_t; data holds len bytes that outlive the request
-    // (static, or the request pool). `memory`: nginx never writes into them.
-    unsafe {
-        (*b).pos = data;
-        (*b).last = data.add(len);
-        (*b).set_memory(1);
-        (*b).set_last_buf(if ptr::eq(r, r.main) { 1 } else { 0 });
-        (*b).set_last_in_chain(1);
-    }
-    let mut out = ngx_chain_t { buf: b, next: ptr::null_mut() };
-    // SAFETY: the chain link may live on the stack: filters copy links they keep.
-    unsafe { ngx_http_output_filter(r, &mut out) }
+    let mut headers: Vec<(&'static [u8], &[u8])> = vec![(b"X-Content-Type-Options", b"nosniff")];
+    headers.extend(extra.iter().map(|&(k, v)| (k, v)));
+    // SAFETY: r is live and in its content handler.
+    unsafe { crate::response::with_body(r, status, content_type, &headers, body.bytes()) }
 }
 
 /// The content handler of a `tracker_stats` location.

@@ -18,11 +18,9 @@
 # Env: TEST_NGINX_BINARY, TEST_NGINX_LOAD_MODULES (as scripts/test.sh exports them; defaults:
 # /usr/sbin/nginx and target/release/), E2E_KEEP=1 keeps the temporary directory.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-NGINX=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
-MODULE=${TEST_NGINX_LOAD_MODULES:-$root/target/release/libngx_http_tracker_module.so}
 WIDTH=1280
 HEIGHT=900
 
@@ -49,19 +47,16 @@ if [ -z "$CHROMIUM" ]; then
 fi
 
 work=$(mktemp -d /tmp/tracker-dashboard.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 base="http://127.0.0.1:$port"
 load_pid=""
-failures=0
-passes=0
 
 cleanup() {
-    [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null || true
+    kill_quiet TERM "$load_pid"
     if [ -f "$work/logs/nginx.pid" ]; then
         local pid
         pid=$(cat "$work/logs/nginx.pid")
-        kill -QUIT "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        nginx_stop "$work/logs/nginx.pid" QUIT 5 2>/dev/null || true
         kill -KILL "$pid" 2>/dev/null || true
     fi
     if [ -z "${E2E_KEEP:-}" ]; then rm -rf "$work"; else echo "# kept $work (screenshot: $work/dashboard.png)"; fi
@@ -69,7 +64,7 @@ cleanup() {
 trap cleanup EXIT
 
 result() { # $1 = exit status of a check, $2 = what
-    if [ "$1" -eq 0 ]; then passes=$((passes + 1)); else failures=$((failures + 1)); echo "not ok - $2"; fi
+    if [ "$1" -eq 0 ]; then passes=$((passes + 1)); else not_ok "$2"; fi
 }
 
 mkdir -p "$work/logs"
@@ -82,11 +77,7 @@ cat > "$work/campaigns.json" <<'JSON'
 ]
 JSON
 cat > "$work/nginx.conf" <<CONF
-load_module $MODULE;
-worker_processes 2;
-error_log $work/logs/error.log notice;
-pid $work/logs/nginx.pid;
-events { worker_connections 1024; }
+$(conf_main 2 "$work/logs/error.log" "$work/logs/nginx.pid")
 http {
     access_log off;
     client_body_temp_path $work/tmp;
@@ -95,22 +86,18 @@ http {
     server {
         listen 127.0.0.1:$port;
         keepalive_requests 1000000;
-        location = /i  { tracker impression; }
-        location = /c  { tracker click; }
-        location = /cv { tracker conversion; }
-        location = /v  { tracker video; }
-        location = /b  { tracker signup response=empty; }
+$(conf_tracker_locations)
         location = /tracker/stats { tracker_stats; }
     }
 }
 CONF
-"$NGINX" -p "$work/" -c "$work/nginx.conf"
-for _ in $(seq 50); do curl -s -o /dev/null "$base/tracker/stats" && break; sleep 0.1; done
+nginx_start "$work/" "$work/nginx.conf"
+wait_for 5 curl -s -o /dev/null "$base/tracker/stats" || true
 
 # --- a known set of tracking requests ----------------------------------------------------------
 fire() { # $1 = count, $2 = path and query
-    local i urls=()
-    for i in $(seq "$1"); do urls+=("$base$2"); done
+    local urls=()
+    for _ in $(seq "$1"); do urls+=("$base$2"); done
     # A browser's User-Agent: curl's would be flagged bot and not charged (tracker_bots).
     curl -s -A 'Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0' "${urls[@]}" >/dev/null
 }
@@ -170,7 +157,7 @@ if [ -s "$work/dom.html" ]; then
     result "${PIPESTATUS[0]}" "the page shows the JSON's numbers"
 else
     result 1 "chromium dumped no DOM"
-    tail -n 20 "$work/chromium.log" | sed 's/^/#   /'
+    tail -n 20 "$work/chromium.log" | diag
 fi
 
 # --- 2. a screenshot ---------------------------------------------------------------------------
@@ -180,7 +167,7 @@ if [ -s "$work/dashboard.png" ]; then
     result "${PIPESTATUS[0]}" "screenshot"
 else
     result 1 "chromium wrote no screenshot"
-    tail -n 20 "$work/chromium.log" | sed 's/^/#   /'
+    tail -n 20 "$work/chromium.log" | diag
 fi
 
 # --- 3. rates under load -----------------------------------------------------------------------
@@ -209,8 +196,7 @@ for attempt in 1 2 3; do
 done
 result "$rates_ok" "the page shows rates per second under load"
 
-if grep -E '\[(alert|crit|emerg)\]' "$work/logs/error.log"; then
+if log_alerts "$work/logs/error.log"; then
     result 1 "alerts in the error log"
 fi
-echo "dashboard: $passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+summary dashboard

@@ -33,33 +33,23 @@
 #     (tracker-shipper stats), and every reason occurs; no dead letters; nothing dropped.
 # Takes about 30-50 s on 2 cores. FLOOD_KEEP=1 keeps the work directory; FLOOD_SEED varies the mix.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-NGINX=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
-MODULE=${TEST_NGINX_LOAD_MODULES:-$root/target/release/libngx_http_tracker_module.so}
-SHIPPER=${TEST_NGINX_SHIPPER:-$root/target/release/tracker-shipper}
 REQUESTS=${FLOOD_REQUESTS:-300000}
 SEED=${FLOOD_SEED:-1}
 UA="Mozilla/5.0 (X11; Linux x86_64) flood"
 
 work=$(mktemp -d /var/tmp/tracker-flood.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 wrk_pid=""
-failures=0
 
 cleanup() {
-    [ -n "$wrk_pid" ] && kill -9 "$wrk_pid" 2>/dev/null || true
-    if [ -f "$work/nginx.pid" ]; then
-        kill -TERM "$(cat "$work/nginx.pid")" 2>/dev/null || true
-        for _ in $(seq 50); do [ -f "$work/nginx.pid" ] || break; sleep 0.1; done
-    fi
+    kill_quiet KILL "$wrk_pid"
+    if [ -f "$work/nginx.pid" ]; then nginx_stop "$work/nginx.pid" TERM 5 2>/dev/null || true; fi
     if [ -z "${FLOOD_KEEP:-}" ]; then rm -rf "$work"; else echo "# kept $work"; fi
 }
 trap cleanup EXIT
-
-ok() { echo "ok - $*"; }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
 
 mkdir -p "$work/logs" "$work/tmp" "$work/events"
 cat > "$work/campaigns.json" <<'JSON'
@@ -70,11 +60,7 @@ cat > "$work/campaigns.json" <<'JSON'
 JSON
 
 cat > "$work/nginx.conf" <<CONF
-load_module $MODULE;
-worker_processes 2;
-error_log $work/logs/error.log notice;
-pid $work/nginx.pid;
-events { worker_connections 1024; }
+$(conf_main 2 "$work/logs/error.log" "$work/nginx.pid")
 http {
     access_log off;
     client_body_temp_path $work/tmp/body;
@@ -111,12 +97,8 @@ http {
         tracker_dimension kind \$http_x_kind;
         tracker_fallback_url "https://fallback.example.com/f?c={campaign}&k={click_id}";
 
-        location = /i   { tracker impression; }
-        location = /c   { tracker click; }
+$(conf_tracker_locations)
         location = /c0  { tracker click; tracker_fallback_url off; }
-        location = /cv  { tracker conversion; }
-        location = /v   { tracker video; }
-        location = /b   { tracker signup response=empty; }
         # The old behaviour, for a third of the malformed requests: stored flagged, values cut;
         # query strings up to 64 KB and 4,096 arguments (the body limit stays 64k).
         location = /if  { tracker impression; tracker_invalid flag; tracker_limits query=64k args=4096; }
@@ -136,11 +118,8 @@ http {
 }
 CONF
 
-"$NGINX" -p "$work" -c "$work/nginx.conf"
-for _ in $(seq 50); do    # wait until it listens (a bare connection: nothing logged)
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
+nginx_start "$work" "$work/nginx.conf"
+wait_for 5 port_open "$port" || true
 master=$(cat "$work/nginx.pid")
 workers_of() { pgrep -P "$master" -f 'worker process' | sort | tr '\n' ' '; }
 for _ in $(seq 50); do [ "$(workers_of | wc -w)" -ge 2 ] && break; sleep 0.1; done
@@ -166,7 +145,7 @@ done
 wait "$wrk_pid" || true
 wrk_pid=""
 load_s=$((SECONDS - t0))
-grep -E 'requests in|Non-2xx|Socket errors' "$work/wrk.log" | sed 's/^/#   wrk: /' || true
+wrk_summary "$work/wrk.log" || true
 logged=$(wc -l <"$work/logs/access.log")
 if [ "$logged" -ge "$REQUESTS" ]; then
     ok "$logged requests served in ${load_s}s"
@@ -175,7 +154,7 @@ else
 fi
 
 # limit_conn / limit_req, deterministically.
-if python3 "$here/flood_limit.py" "$port" | sed 's/^/#   /'; then
+if python3 "$here/flood_limit.py" "$port" | diag; then
     ok "limit_conn refuses with 503 and limit_req with 429 (flood_limit.py)"
 else
     not_ok "limit_conn / limit_req (flood_limit.py)"
@@ -193,22 +172,21 @@ else
 fi
 if grep -qE '\[(alert|crit|emerg)\]|exited on signal' "$work/logs/error.log"; then
     not_ok "alert, crit, emerg or a crashed worker in the error log"
-    grep -E '\[(alert|crit|emerg)\]|exited on signal' "$work/logs/error.log" | head -5 | sed 's/^/#   /'
+    grep -E '\[(alert|crit|emerg)\]|exited on signal' "$work/logs/error.log" | head -5 | diag
 else
     ok "no [alert], [crit], [emerg] or \"exited on signal\" in the error log"
 fi
 
 # Stop nginx, drain the ring once.
-kill -QUIT "$master"
-for _ in $(seq 100); do [ -f "$work/nginx.pid" ] || break; sleep 0.1; done
+nginx_stop "$work/nginx.pid"
 t1=$SECONDS
 if "$SHIPPER" --ring "$work/events.ring" --sink file --dir "$work/events" --once >"$work/shipper.log" 2>&1; then
     ok "shipper --once drained the ring in $((SECONDS - t1))s"
 else
-    not_ok "shipper --once failed"; tail -n 20 "$work/shipper.log" | sed 's/^/#   /'
+    not_ok "shipper --once failed"; tail -n 20 "$work/shipper.log" | diag
 fi
 "$SHIPPER" --ring "$work/events.ring" stats >"$work/stats.json"
-if python3 "$here/flood_check.py" "$work/logs/access.log" "$work/events" "$work/stats.json" | sed 's/^/#   /'; then
+if python3 "$here/flood_check.py" "$work/logs/access.log" "$work/events" "$work/stats.json" | diag; then
     ok "every request the module answered has exactly its event, the others none; no dead letters, no drops"
 else
     not_ok "flood_check.py"

@@ -26,12 +26,9 @@
 # KAFKA_E2E_DELAY_MS (per-connection pause between requests, 8), KAFKA_E2E_KEEP=1 (keep the
 # work directory), TANSU_BIN, KAFKA_DUMP (a built kafka_dump; otherwise cargo builds it).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-NGINX=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
-MODULE=${TEST_NGINX_LOAD_MODULES:-$root/target/release/libngx_http_tracker_module.so}
-SHIPPER=${TEST_NGINX_SHIPPER:-$root/target/release/tracker-shipper}
 REQUESTS=${KAFKA_E2E_REQUESTS:-20000}
 PARTITIONS=${KAFKA_E2E_PARTITIONS:-3}
 BROKER_DOWN_S=${KAFKA_E2E_BROKER_DOWN_S:-5}
@@ -45,10 +42,6 @@ TANSU=(bash "$root/scripts/tansu.sh")
 t_start=$SECONDS
 log() { echo "# [$((SECONDS - t_start))s] $*"; }
 fail() { echo "not ok - kafka e2e: $*"; exit 1; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 work=$(mktemp -d /var/tmp/kafka-e2e.XXXXXX)
 nginx_port=$(free_port)
@@ -64,15 +57,14 @@ nginx_started=""
 cleanup() {
     local rc=$?
     set +e
-    [ -n "$wrk_pid" ] && kill -9 "$wrk_pid" 2>/dev/null
-    [ -n "$shipper_pid" ] && kill -9 "$shipper_pid" 2>/dev/null
-    [ -n "$nginx_started" ] && [ -f "$work/nginx.pid" ] && kill -TERM "$(cat "$work/nginx.pid")" 2>/dev/null
+    kill_quiet KILL "$wrk_pid" "$shipper_pid"
+    [ -n "$nginx_started" ] && [ -f "$work/nginx.pid" ] && nginx_stop "$work/nginx.pid" TERM 5 2>/dev/null
     "${TANSU[@]}" kill "$work/kafka" >/dev/null 2>&1
     if [ "$rc" -ne 0 ]; then
         for f in "$work/shipper.log" "$work/kafka/tansu.log" "$work/logs/error.log" "$work/kafka_dump.err"; do
             [ -s "$f" ] || continue
             echo "# --- last lines of $f"
-            tail -n 25 "$f" | sed 's/^/#   /'
+            tail -n 25 "$f" | diag
         done
     fi
     sleep 0.3
@@ -102,40 +94,26 @@ fi
 "${TANSU[@]}" create-topics "$work/kafka" "$kafka_port" "$PARTITIONS" "${TOPICS[@]}" | sed 's/^/# /'
 
 # --- nginx, as in end-to-end.sh; custom type "signup" on /b
-cat > "$work/campaigns.json" <<'JSON'
-[
-  {"id": "summer-sale", "status": "active", "landing_url": "https://shop.example.com/s?pub={dim.publisher}&click={click_id}"},
-  {"id": "app-install", "status": "active", "landing_url": "https://apps.example.com/i?c={campaign}"},
-  {"id": "winter-teaser", "status": "paused", "landing_url": "https://shop.example.com/w"}
-]
-JSON
+write_e2e_campaigns "$work/campaigns.json"
 mkdir -p "$work/logs"
 cat > "$work/nginx.conf" <<CONF
-load_module $MODULE;
-worker_processes 2;
-error_log $work/logs/error.log notice;
-pid $work/nginx.pid;
-events { worker_connections 1024; }
+$(conf_main 2 "$work/logs/error.log" "$work/nginx.pid")
 http {
     access_log off;
     tracker_ring $ring 64m;
     tracker_campaigns $work/campaigns.json zone=campaigns_kafka:1m;
-    log_format e2e '\$tracker_event_id \$status \$request_uri';
+$(conf_e2e_log_format)
     server {
         listen 127.0.0.1:$nginx_port;
         access_log $work/logs/access.log e2e;
         tracker_dimension publisher \$arg_pub;
         tracker_dimension placement \$arg_plc;
         tracker_dimension n \$arg_n;
-        location = /i  { tracker impression; }
-        location = /c  { tracker click; }
-        location = /cv { tracker conversion; }
-        location = /v  { tracker video; }
-        location = /b  { tracker signup response=empty; }
+$(conf_tracker_locations)
     }
 }
 CONF
-"$NGINX" -p "$work" -c "$work/nginx.conf"
+nginx_start "$work" "$work/nginx.conf"
 nginx_started=1
 touch "$work/logs/access.log"
 
@@ -187,10 +165,10 @@ while kill -0 "$wrk_pid" 2>/dev/null; do
     fi
     if [ -z "$broker_bounced" ] && [ "$n" -ge $((REQUESTS / 5)) ]; then
         log "$n requests served: stopping the broker ($BROKER_STOP) for ${BROKER_DOWN_S}s"
-        "${TANSU[@]}" "$BROKER_STOP" "$work/kafka" | sed 's/^/#   /'
+        "${TANSU[@]}" "$BROKER_STOP" "$work/kafka" | diag
         sleep "$BROKER_DOWN_S"
         during=$(served)
-        "${TANSU[@]}" start "$work/kafka" "$kafka_port" | sed 's/^/#   /'
+        "${TANSU[@]}" start "$work/kafka" "$kafka_port" | diag
         log "broker back; $((during - n)) requests served while it was down"
         [ "$during" -gt "$n" ] && kill -0 "$wrk_pid" 2>/dev/null && broker_bounced=1 || broker_bounced=late
         continue
@@ -211,23 +189,22 @@ wrk_pid=""
 t_load=$((SECONDS - t_load))
 n_served=$(served)
 log "load done in ${t_load}s: $n_served requests served"
-grep -E 'requests in|Non-2xx|Socket errors' "$work/wrk.log" | sed 's/^/#   wrk: /' || true
+wrk_summary "$work/wrk.log" || true
 
-failures=()
-[ "$broker_bounced" = 1 ] || failures+=("the broker was not stopped and restarted during the load (${broker_bounced:-never})")
-[ "$shipper_killed" = 1 ] || failures+=("the shipper was not killed during the load")
-[ "$n_served" -ge $((REQUESTS * 99 / 100)) ] || failures+=("only $n_served of $REQUESTS requests served")
+problems=()
+[ "$broker_bounced" = 1 ] || problems+=("the broker was not stopped and restarted during the load (${broker_bounced:-never})")
+[ "$shipper_killed" = 1 ] || problems+=("the shipper was not killed during the load")
+[ "$n_served" -ge $((REQUESTS * 99 / 100)) ] || problems+=("only $n_served of $REQUESTS requests served")
 
 # --- drain: nginx stops, the shipper catches up with the ring, SIGTERM
-kill -QUIT "$(cat "$work/nginx.pid")"
-for _ in $(seq 100); do [ -f "$work/nginx.pid" ] || break; sleep 0.1; done
+nginx_stop "$work/nginx.pid"
 nginx_started=""
 t_drain=$SECONDS
 drained=""
 while [ $((SECONDS - t_drain)) -lt "$DRAIN_S" ]; do
     if ! kill -0 "$shipper_pid" 2>/dev/null; then
         wait "$shipper_pid" || true
-        failures+=("the shipper exited by itself during the drain")
+        problems+=("the shipper exited by itself during the drain")
         shipper_pid=""
         break
     fi
@@ -240,13 +217,13 @@ done
 t_drain=$((SECONDS - t_drain))
 stats >"$work/stats.json"
 log "ring after ${t_drain}s: $(python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); print("producer %d, consumer %d, lag %d bytes, written %d, dropped full %d, too large %d, abandoned %d" % (s["producer_pos"], s["consumer_pos"], s["lag_bytes"], s["written"]["total"], s["dropped_full"]["total"], s["dropped_too_large"]["total"], s["abandoned"]))' "$work/stats.json")"
-[ -n "$drained" ] || failures+=("the shipper did not reach the ring's producer cursor within $DRAIN_S s")
+[ -n "$drained" ] || problems+=("the shipper did not reach the ring's producer cursor within $DRAIN_S s")
 if [ -n "$shipper_pid" ]; then
     kill -TERM "$shipper_pid"
     wait_exit "$shipper_pid" 60
     [ "$wait_status" = 124 ] && kill -9 "$shipper_pid" 2>/dev/null
     shipper_pid=""
-    [ "$wait_status" = 0 ] || failures+=("the shipper's exit status after SIGTERM was $wait_status (124: still running after 60 s)")
+    [ "$wait_status" = 0 ] || problems+=("the shipper's exit status after SIGTERM was $wait_status (124: still running after 60 s)")
 fi
 
 # --- read every topic back and check
@@ -257,39 +234,39 @@ if "$KAFKA_DUMP" --brokers "$brokers" --topics "$topics_csv" --expect-idle-ms 30
     sed 's/^/# /' "$work/kafka_dump.err"
 else
     sed 's/^/# /' "$work/kafka_dump.err"
-    failures+=("kafka_dump failed")
+    problems+=("kafka_dump failed")
 fi
 log "dump: $(wc -l <"$work/kafka.jsonl") messages in $((SECONDS - t_dump))s"
 
 if python3 "$here/check_kafka.py" "$work/logs/access.log" "$work/kafka.jsonl" "$events" | sed 's/^/# /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
     echo "ok - kafka: every request's event in Kafka, on its topic, keyed by campaign, with headers"
 else
-    failures+=("the Kafka messages do not match the requests (check_kafka.py above)")
+    problems+=("the Kafka messages do not match the requests (check_kafka.py above)")
 fi
 if python3 "$here/check_events.py" "$work/logs/access.log" "$events" | sed 's/^/# /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
     echo "ok - file sink next to kafka: one event per request"
 else
-    failures+=("the file sink does not have exactly one event per request (check_events.py above)")
+    problems+=("the file sink does not have exactly one event per request (check_events.py above)")
 fi
 # Messages the Kafka sink gave up on go to the dead letters (kafka-<ring pos>.jsonl) instead.
 if ls "$events"/_dead_letter/kafka-* >/dev/null 2>&1; then
-    head -c 2000 "$events"/_dead_letter/kafka-* | sed 's/^/#   /'
-    failures+=("the Kafka sink wrote dead letters (events Kafka refused)")
+    head -c 2000 "$events"/_dead_letter/kafka-* | diag
+    problems+=("the Kafka sink wrote dead letters (events Kafka refused)")
 fi
-if grep -E '\[(alert|crit|emerg)\]' "$work/logs/error.log"; then
-    failures+=("alerts in nginx's error log")
+if log_alerts "$work/logs/error.log"; then
+    problems+=("alerts in nginx's error log")
 fi
 if grep -q -a 'panicked' "$work/kafka/tansu.log"; then
-    grep -a -m1 -A1 'panicked' "$work/kafka/tansu.log" | sed 's/^/#   /'
-    failures+=("tansu panicked (its log: $work/kafka/tansu.log; see scripts/tansu.sh on stop vs kill)")
+    grep -a -m1 -A1 'panicked' "$work/kafka/tansu.log" | diag
+    problems+=("tansu panicked (its log: $work/kafka/tansu.log; see scripts/tansu.sh on stop vs kill)")
 fi
 if grep -E 'panicked|RUST_BACKTRACE' "$work/shipper.log"; then
-    failures+=("the shipper panicked")
+    problems+=("the shipper panicked")
 fi
 
 echo "# summary: $n_served requests in ${t_load}s (broker down ${BROKER_DOWN_S}s, shipper killed once), drain ${t_drain}s, total $((SECONDS - t_start))s"
-if [ "${#failures[@]}" -gt 0 ]; then
-    for f in "${failures[@]}"; do echo "not ok - kafka e2e: $f"; done
+if [ "${#problems[@]}" -gt 0 ]; then
+    for f in "${problems[@]}"; do echo "not ok - kafka e2e: $f"; done
     exit 1
 fi
 echo "kafka e2e: passed"

@@ -26,23 +26,15 @@
 # exports them; defaults: /usr/sbin/nginx and target/release/), SVC_TEST_KEEP=1 keeps the
 # temporary directories, SVC_TEST_TIMEOUT (seconds, default 300) bounds the whole run.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-NGINX=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
-MODULE=${TEST_NGINX_LOAD_MODULES:-${MODULE_SO:-$root/target/release/libngx_http_tracker_module.so}}
-SHIPPER=${TEST_NGINX_SHIPPER:-${SHIPPER_BIN:-$root/target/release/tracker-shipper}}
 SVC_USER=tracker-shipper
 RING_GROUP=www-data
 LIMIT=${SVC_TEST_TIMEOUT:-300}
 REQUESTS=35
 
-passes=0
-failures=0
-ok() { echo "ok - $*"; passes=$((passes + 1)); }
-not_ok() { echo "not ok - $*"; failures=$((failures + 1)); }
-diag() { sed 's/^/#   /'; }
-bail() { echo "not ok - $*"; failures=$((failures + 1)); exit 1; }
+bail() { not_ok "$@"; exit 1; }
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "SKIP shipper-service: needs root (nginx's user directive, setpriv, a system user)"
@@ -74,13 +66,9 @@ watchdog_pid=""
 cleanup() {
     local rc=$?
     set +e
-    [ -n "$shipper_pid" ] && kill -9 "$shipper_pid" 2>/dev/null
-    [ -n "$listener_pid" ] && kill "$listener_pid" 2>/dev/null
-    [ -n "$watchdog_pid" ] && kill "$watchdog_pid" 2>/dev/null
-    if [ -s "$work/nginx/nginx.pid" ]; then
-        kill -QUIT "$(cat "$work/nginx/nginx.pid")" 2>/dev/null
-        for _ in $(seq 50); do [ -f "$work/nginx/nginx.pid" ] || break; sleep 0.1; done
-    fi
+    kill_quiet KILL "$shipper_pid"
+    kill_quiet TERM "$listener_pid" "$watchdog_pid"
+    [ -s "$work/nginx/nginx.pid" ] && nginx_stop "$work/nginx/nginx.pid" QUIT 5 2>/dev/null
     wait 2>/dev/null
     if [ "$created_user" -eq 1 ]; then
         userdel "$SVC_USER" 2>/dev/null
@@ -91,12 +79,12 @@ cleanup() {
     else
         rm -rf "$work" "$shm"
     fi
-    echo "shipper-service: $passes passed, $failures failed"
+    summary shipper-service
     if [ "$rc" -eq 0 ] && [ "$failures" -ne 0 ]; then rc=1; fi
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'echo "not ok - interrupted"; failures=$((failures + 1)); exit 1' INT TERM HUP
+trap 'not_ok interrupted; exit 1' INT TERM HUP
 
 # The whole test stops by itself.
 (
@@ -107,16 +95,6 @@ trap 'echo "not ok - interrupted"; failures=$((failures + 1)); exit 1' INT TERM 
     kill -TERM $$
 ) &
 watchdog_pid=$!
-
-# Waits until "$@" succeeds, at most $1 seconds (polls every 0.1 s).
-wait_for() {
-    local secs=$1; shift
-    local deadline=$((SECONDS + secs))
-    until "$@"; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
 
 # Whether the binary accepts a config file: `stats` parses it before looking for the ring,
 # and a config error is exit status 2.
@@ -294,7 +272,7 @@ as_service() {
 }
 
 # --- nginx with the module, workers as www-data ----------------------------------------------
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 mkdir -p "$work/nginx/logs"
 cat >"$work/nginx/campaigns.json" <<'JSON'
 [
@@ -303,27 +281,19 @@ cat >"$work/nginx/campaigns.json" <<'JSON'
 ]
 JSON
 cat >"$work/nginx/nginx.conf" <<CONF
-load_module $MODULE;
+$(conf_main 1 "$work/nginx/logs/error.log" "$work/nginx/nginx.pid" 256)
 user $RING_GROUP;
-worker_processes 1;
-error_log $work/nginx/logs/error.log notice;
-pid $work/nginx/nginx.pid;
-events { worker_connections 256; }
 http {
     access_log off;
     tracker_ring $ring 1m;
     tracker_campaigns $work/nginx/campaigns.json zone=svc_test_$$:1m;
-    log_format e2e '\$tracker_event_id \$status \$request_uri';
+$(conf_e2e_log_format)
     server {
         listen 127.0.0.1:$port;
         access_log $work/nginx/logs/access.log e2e;
         tracker_dimension publisher \$arg_pub;
         tracker_dimension n \$arg_n;
-        location = /i  { tracker impression; }
-        location = /c  { tracker click; }
-        location = /cv { tracker conversion; }
-        location = /v  { tracker video; }
-        location = /b  { tracker signup response=empty; }
+$(conf_tracker_locations)
     }
 }
 CONF
@@ -340,7 +310,7 @@ if command -v systemd-tmpfiles >/dev/null 2>&1; then
 else
     echo "SKIP tmpfiles.d rule: systemd-tmpfiles is not installed"
 fi
-"$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/start.err" \
+nginx_start "$work/nginx" "$work/nginx/nginx.conf" 2>"$work/nginx/start.err" \
     || { diag <"$work/nginx/start.err"; bail "nginx did not start"; }
 wait_for 10 test -s "$work/nginx/nginx.pid" || bail "nginx wrote no pid file"
 [ -f "$ring" ] || bail "nginx did not create the ring $ring"
@@ -535,9 +505,9 @@ if [ "$notify_supported" -eq 1 ]; then
         diag <"$work/notify.log"
     fi
 fi
-if grep -qE '\[(alert|crit|emerg)\]' "$work/nginx/logs/error.log"; then
+if log_alerts "$work/nginx/logs/error.log" >/dev/null; then
     not_ok "alerts in nginx's error log"
-    grep -E '\[(alert|crit|emerg)\]' "$work/nginx/logs/error.log" | diag
+    log_alerts "$work/nginx/logs/error.log" | diag
 fi
 if [ -n "$(find "$stage$events_dir" -name '*.tmp')" ]; then
     not_ok "temporary files left in $events_dir"

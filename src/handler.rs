@@ -65,7 +65,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: ngx_pid is set once per process before requests are handled.
     let pid = unsafe { ngx::ffi::ngx_pid } as u32;
     // SAFETY: r is live for the whole call.
-    worker::with(pid, |w| unsafe { track(r, lcf, mcf, tracker, w, pid) })
+    worker::with(pid, |w| unsafe { track(r, lcf, mcf, tracker, &limits, w, pid) })
 }
 
 /// The index of the variable a complex value consists of, when it is exactly one variable
@@ -322,6 +322,7 @@ unsafe fn track(
     lcf: &LocConf,
     mcf: &MainConf,
     tracker: &Tracker,
+    limits: &Limits,
     w: &mut Worker,
     pid: u32,
 ) -> ngx_int_t {
@@ -330,7 +331,6 @@ unsafe fn track(
     w.text.clear();
     // SAFETY: r is live for this call, which is as long as `args` and the values from it live.
     let mut args = unsafe { Args::of(r) };
-    let limits: Limits = lcf.limits.unwrap_or_default();
     let reject = lcf.invalid != Some(Invalid::Flag);
     // `?` on a reason: refuse the request (tracker_invalid reject).
     macro_rules! valid {
@@ -343,7 +343,7 @@ unsafe fn track(
         };
     }
     // The query string's own limits, whatever the mode: past them nothing is parsed.
-    valid!(limits::check_query(args.raw, &limits));
+    valid!(limits::check_query(args.raw, limits));
 
     // The campaign.
     // SAFETY (all `conf_value` calls): r is live, the values were compiled for this location.

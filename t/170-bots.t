@@ -88,7 +88,7 @@ subtest 'User-Agent families: browser, os, device' => sub {
         noua         => [qw(other other bot)],
     );
     for my $t (sort keys %want) {
-        my $e = one_tagged($events, $t) or next;
+        my $e = one_tagged($events, $t) or do { fail("$t: one event"); next };
         is_deeply([ map { $e->{$_} } qw(browser os device) ], $want{$t}, "$t: @{ $want{$t} }");
     }
     my $dnt = one_tagged($events, 'ua-dnt');

@@ -5,7 +5,7 @@
 #
 # 1. bench/run.sh with BENCH_SHORT=1: every case once for 2 s (empty_gif, access log, tracker
 #    pixel/click with and without the shipper, the Lua peer), the ratio table; the fixed-rate
-#    latency phase too when oha is already built in .cache/oha (BENCH_LATENCY=1 builds it,
+#    latency phase too when oha is already built in $TOOLS_DIR/oha (BENCH_LATENCY=1 builds it,
 #    about 10 minutes the first time; BENCH_LATENCY=0 skips it);
 # 2. bench/callgrind.sh with CG_REQUESTS=500: instructions per request of empty_gif, the pixel
 #    and the click (deterministic: the number to compare between commits).
@@ -18,7 +18,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 t0=$(date +%s)
 latency=0
-[ -x "$CACHE_DIR/oha/bin/oha" ] && latency=1
+[ -x "$TOOLS_DIR/oha/bin/oha" ] && latency=1
 latency=${BENCH_LATENCY:-$latency}
 
 header "bench (short): throughput and CPU per request$([ "$latency" = 1 ] && echo ', latency at a fixed rate')"

@@ -7,21 +7,21 @@
 #   gnuplot-nox            the SVG chart
 #   wrk, valgrind          load generator, callgrind
 # With the argument `oha`, also makes sure oha (fixed-rate load with latency percentiles; not
-# in Debian, wrk2 neither) is in .cache/oha/bin: `cargo install oha --locked --root .cache/oha`
+# in Debian, wrk2 neither) is in $TOOLS_DIR/oha/bin (scripts/lib.sh): `cargo install oha --locked`
 # the first time (about 10 minutes on 2 cores), reused afterwards. Prints nothing else.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 OHA_VERSION=1.16.0
 if [ "${1:-}" = oha ]; then
-    OHA="$CACHE_DIR/oha/bin/oha"
+    OHA="$TOOLS_DIR/oha/bin/oha"
     if [ ! -x "$OHA" ]; then
-        note "installing oha $OHA_VERSION into ${CACHE_DIR#"$ROOT"/}/oha (cargo install, once)"
-        mkdir -p "$CACHE_DIR/oha"
-        cargo install oha --version "$OHA_VERSION" --locked --root "$CACHE_DIR/oha" \
-            --target-dir "$CACHE_DIR/oha/build" >"$CACHE_DIR/oha/install.log" 2>&1 \
-            || die "cargo install oha failed (see ${CACHE_DIR#"$ROOT"/}/oha/install.log)"
-        rm -rf "$CACHE_DIR/oha/build"
+        note "installing oha $OHA_VERSION into $TOOLS_DIR/oha (cargo install, once)"
+        mkdir -p "$TOOLS_DIR/oha"
+        cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS_DIR/oha" \
+            --target-dir "$TOOLS_DIR/oha/build" >"$TOOLS_DIR/oha/install.log" 2>&1 \
+            || die "cargo install oha failed (see $TOOLS_DIR/oha/install.log)"
+        rm -rf "$TOOLS_DIR/oha/build"
     fi
     exit 0
 fi

@@ -21,7 +21,7 @@
 # Then the latency phase: oha at a fixed rate of half empty_gif's median req/s
 # (BENCH_LATENCY_RATE), BENCH_LATENCY_SECONDS (10; 2 short) per case and round, with its
 # latency correction, the shipper running: p50/p90/p99/p99.9 per case, p99 as ratio to
-# empty_gif's (latency.csv, latency-*.json). oha is built once into .cache/oha by deps.sh.
+# empty_gif's (latency.csv, latency-*.json). oha is built once into $TOOLS_DIR/oha by deps.sh.
 # Measured per case: req/s, nginx worker CPU (utime+stime of /proc/<worker>/stat) per
 # request, both as ratio to empty_gif, and for tracker cases the ring's `written` delta per
 # request (for the Lua cases, the queue length delta). Results: bench/results/<timestamp>/
@@ -45,7 +45,7 @@ if [ "${BENCH_SHORT:-0}" = 1 ]; then
 else
     LAT_SECONDS=${BENCH_LATENCY_SECONDS:-10}; LAT_ROUNDS=${BENCH_LATENCY_ROUNDS:-$ROUNDS}
 fi
-OHA="$ROOT/.cache/oha/bin/oha"
+OHA="$TOOLS_DIR/oha/bin/oha"
 LAT_FRACTION=${BENCH_LATENCY_FRACTION:-0.5}   # of empty_gif's median req/s
 # BENCH_THROUGHPUT=0 skips the wrk phase (then BENCH_LATENCY_RATE gives the rate).
 THROUGHPUT=${BENCH_THROUGHPUT:-1}

@@ -8,13 +8,14 @@
 #
 # Works on stable Rust: targets are built with `cargo fuzz build -s none` (no sanitizer, which
 # would need nightly; libFuzzer's coverage instrumentation uses stable -C flags). cargo-fuzz is
-# installed from crates.io into .cache/cargo-fuzz on first use; if that fails, `short` says so
+# installed from crates.io into $TOOLS_DIR/cargo-fuzz on first use; if that fails, `short` says so
 # and exits 0 (skipped), `long` fails. Corpora live in .cache/fuzz-corpus/TARGET (seeded from
 # fuzz/seeds/TARGET), crashes in fuzz/artifacts/TARGET. Prints the executions of each target.
 # FUZZ_TARGETS="args landing" restricts the targets.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+TOOLS_DIR=${NGINX_TRACKER_TOOLS:-/var/cache/nginx-tracker-tools} # as in scripts/lib.sh
 MODE=${1:-short}
 ALL_TARGETS="campaign_file landing sign_verify event_decode args ring_reader"
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
@@ -28,15 +29,15 @@ case "$MODE" in
     *) echo "usage: $0 short | long [SECONDS] | run TARGET SECONDS | replay TARGET FILE..." >&2; exit 2 ;;
 esac
 
-export PATH="$ROOT/.cache/cargo-fuzz/bin:$PATH"
+export PATH="$TOOLS_DIR/cargo-fuzz/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION into .cache/cargo-fuzz"
-    mkdir -p .cache/cargo-fuzz
-    if ! cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root .cache/cargo-fuzz \
-            >.cache/cargo-fuzz/install.log 2>&1; then
-        tail -5 .cache/cargo-fuzz/install.log >&2
+    echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS_DIR/cargo-fuzz"
+    mkdir -p "$TOOLS_DIR/cargo-fuzz"
+    if ! cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS_DIR/cargo-fuzz" \
+            >"$TOOLS_DIR/cargo-fuzz/install.log" 2>&1; then
+        tail -5 "$TOOLS_DIR/cargo-fuzz/install.log" >&2
         if [ "$MODE" = short ]; then
-            echo "fuzz: SKIPPED: cargo-fuzz could not be installed (.cache/cargo-fuzz/install.log)"
+            echo "fuzz: SKIPPED: cargo-fuzz could not be installed ($TOOLS_DIR/cargo-fuzz/install.log)"
             exit 0
         fi
         echo "fuzz: cargo-fuzz could not be installed" >&2

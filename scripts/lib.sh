@@ -14,6 +14,10 @@ RELEASE_DIR="$ROOT/target/release"
 MODULE_SO="$RELEASE_DIR/libngx_http_tracker_module.so"
 SHIPPER_BIN="$RELEASE_DIR/tracker-shipper"
 VENDORED_TARGET_DIR="$ROOT/target/vendored"
+# Built tools (tansu, oha, cargo-fuzz) live outside the clone, so that a fresh clone on the same
+# machine (CI's) reuses them instead of spending 20-30 minutes rebuilding them; each script
+# builds its tool there when it is missing. NGINX_TRACKER_TOOLS moves it.
+TOOLS_DIR=${NGINX_TRACKER_TOOLS:-/var/cache/nginx-tracker-tools}
 
 # A stage header: "==> text", easy to spot in a long CI log.
 header() {

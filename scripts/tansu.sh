@@ -3,7 +3,7 @@
 # (https://github.com/tansu-io/tansu), one process, Apache Kafka's wire protocol, here with its
 # SQLite (libsql) storage engine so that its topics survive a broker restart.
 #
-#   bash scripts/tansu.sh install                 cargo install tansu into .cache/tansu (once)
+#   bash scripts/tansu.sh install                 cargo install tansu into $TOOLS_DIR/tansu (once)
 #   bash scripts/tansu.sh start DIR PORT          broker on 127.0.0.1:PORT, storage DIR/tansu.db
 #   bash scripts/tansu.sh stop DIR                SIGTERM (SIGKILL after 10 s), waits for the exit
 #   bash scripts/tansu.sh kill DIR                SIGKILL at once (a broker crash), waits for the exit
@@ -11,10 +11,10 @@
 #   bash scripts/tansu.sh status DIR              "running (pid N)" / "stopped"; exit 0 / 1
 #
 # install: skipped when the binary is there already ($TANSU_BIN, by default
-# .cache/tansu/bin/tansu, cached across CI runs with the rest of .cache/). Otherwise runs
+# $TOOLS_DIR/tansu/bin/tansu, outside the clone: see scripts/lib.sh). Otherwise runs
 #   cargo install tansu --version 0.6.0 --locked --features dynostore,libsql \
-#       --root .cache/tansu --target-dir .cache/tansu-build
-# (20 minutes on the 2-core development VM; .cache/tansu-build, 1.4 GB, is kept so that a
+#       --root $TOOLS_DIR/tansu --target-dir $TOOLS_DIR/tansu-build
+# (20 minutes on the 2-core development VM; the build directory, 1.4 GB, is kept so that a
 # second install is quick).
 #
 # start: runs, in DIR (the SQLite path is relative to the broker's working directory),
@@ -51,7 +51,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TANSU_VERSION=0.6.0
-TANSU_ROOT="$CACHE_DIR/tansu"
+TANSU_ROOT="$TOOLS_DIR/tansu"
 TANSU_BIN=${TANSU_BIN:-$TANSU_ROOT/bin/tansu}
 
 usage() {
@@ -74,7 +74,7 @@ cmd_install() {
     command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH (install a Rust toolchain)"
     header "tansu: cargo install tansu $TANSU_VERSION into $TANSU_ROOT (takes a while)"
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
-        --root "$TANSU_ROOT" --target-dir "$CACHE_DIR/tansu-build"
+        --root "$TANSU_ROOT" --target-dir "$TOOLS_DIR/tansu-build"
     [ -x "$TANSU_BIN" ] || die "cargo install tansu did not produce $TANSU_BIN"
 }
 

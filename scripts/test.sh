@@ -8,10 +8,10 @@
 #   3. Test::Nginx  prove -r t/ against /usr/sbin/nginx with the module loaded
 #                   (Test::Nginx from scripts/test-nginx.sh)
 #   4. end-to-end   every t/e2e/*.sh (first `scripts/tansu.sh install`: the Kafka-compatible
-#                   broker of t/e2e/kafka-end-to-end.sh, built once into .cache/tansu)
+#                   broker of t/e2e/kafka-end-to-end.sh, built once into $TOOLS_DIR/tansu)
 #   5. vendored     scripts/vendored-smoke.sh: the module built against nginx-src, in its nginx
 #   6. fuzz         scripts/fuzz.sh short: every cargo-fuzz target for 20 s (cargo-fuzz built
-#                   into .cache/cargo-fuzz the first time)
+#                   into $TOOLS_DIR/cargo-fuzz the first time)
 #   7. bench        bench/deps.sh, then bench/ci-short.sh: the benchmark suite, short (about a
 #                   minute): prints the ratio table and instructions per request; fails only on
 #                   a broken setup, never on the figures (a shared 2-core machine is noisy)
@@ -86,10 +86,10 @@ fi
 
 run_e2e() {
     [ -n "${TEST_TMP:-}" ] || export_test_env
-    # The Kafka-compatible broker of t/e2e/kafka-end-to-end.sh: installed into .cache/tansu the
-    # first time (cargo install, 10-20 minutes), then found there.
+    # The Kafka-compatible broker of t/e2e/kafka-end-to-end.sh: installed into $TOOLS_DIR/tansu
+    # (outside the clone) the first time (cargo install, 10-20 minutes), then found there.
     bash "$ROOT/scripts/tansu.sh" install
-    export TANSU_BIN="$CACHE_DIR/tansu/bin/tansu"
+    export TANSU_BIN="$TOOLS_DIR/tansu/bin/tansu"
     local f n=0
     for f in "$ROOT"/t/e2e/*.sh; do
         [ -f "$f" ] || continue

@@ -18,7 +18,8 @@
 #
 # Every stage prints a header and the script stops at the first failure.
 # TEST_STAGES="cargo prove" (any of: build cargo prove e2e vendored fuzz bench) runs only those stages;
-# the build runs whenever prove, e2e or bench do (vendored builds its own).
+# the build runs whenever prove, e2e or bench do (vendored builds its own). TEST_FILES narrows the
+# Test::Nginx stage to the files it names, E2E_FILES the end-to-end stage.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -78,7 +79,9 @@ run_prove() {
     export_test_env
     echo "TEST_NGINX_LOAD_MODULES=$TEST_NGINX_LOAD_MODULES"
     echo "TEST_NGINX_SERVER_PORT=$TEST_NGINX_SERVER_PORT"
-    prove -r t/
+    # TEST_FILES="t/130-banker.t t/190-duplicates.t" runs only those files.
+    # shellcheck disable=SC2086
+    prove ${TEST_FILES:--r t/}
 }
 if want prove; then
     stage "Test::Nginx (prove -r t/)" run_prove
@@ -91,7 +94,7 @@ run_e2e() {
     bash "$ROOT/scripts/tansu.sh" install
     export TANSU_BIN="$TOOLS_DIR/tansu/bin/tansu"
     local f n=0
-    for f in "$ROOT"/t/e2e/*.sh; do
+    for f in ${E2E_FILES:-"$ROOT"/t/e2e/*.sh}; do
         [ -f "$f" ] || continue
         n=$((n + 1))
         echo "--- $f"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the benchmarks need, idempotently: asks dpkg first and runs apt-get only for
-# what is missing. A /usr/sbin/policy-rc.d answering 101 is put in place first (if there is
-# none) so that no packaged service (Debian's nginx) starts on install.
+# what is missing, through `apt_install` (scripts/lib.sh), so that no packaged service (Debian's
+# nginx) starts on install.
 #   libnginx-mod-http-lua  the OpenResty-style Lua peer (ndk + lua modules for Debian's nginx)
 #   lua-cjson              cjson for the Lua peer (OpenResty bundles it, Debian does not)
 #   gnuplot-nox            the SVG chart
@@ -36,13 +36,5 @@ for p in "${PACKAGES[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-f=/usr/sbin/policy-rc.d
-if [ ! -e "$f" ]; then
-    note "installing $f (exit 101) so that packaged services do not start"
-    printf '#!/bin/sh\nexit 101\n' | as_root tee "$f" >/dev/null
-    as_root chmod 755 "$f"
-fi
 note "installing: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-as_root apt-get update -qq
-as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+apt_install "${missing[@]}"

@@ -3,9 +3,9 @@
 # everything is there already: it asks dpkg first, and runs `apt-get update` + install only
 # for what is missing. Never changes the system's apt sources.
 #
-# Debian's nginx package would start its service on install; a policy-rc.d that answers 101
-# ("action forbidden") keeps it from starting, and a packaged nginx that is running anyway
-# is stopped: the demo and the tests start their own nginx on 127.0.0.1.
+# Debian's nginx package would start its service on install: `apt_install` (lib.sh) keeps it
+# from starting. A system nginx that runs already is left alone: the demo and the tests start
+# their own nginx, on 127.0.0.1 and ports of their own, with their own prefix and pid file.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -42,51 +42,11 @@ done
 # python3 runs the end-to-end checker; any python3 on PATH will do.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 
-install_policy_rc_d() {
-    local f=/usr/sbin/policy-rc.d
-    if [ -f "$f" ] && grep -qx 'exit 101' "$f"; then
-        return 0
-    fi
-    if [ -e "$f" ]; then
-        note "leaving the existing $f in place (it does not simply exit 101)"
-        return 0
-    fi
-    note "installing $f (exit 101) so that packaged services do not start"
-    printf '#!/bin/sh\nexit 101\n' | as_root tee "$f" >/dev/null
-    as_root chmod 755 "$f"
-}
-
-# Stops the nginx that Debian's package runs (pid file /run/nginx.pid), never any other one.
-stop_packaged_nginx() {
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        if systemctl is-active --quiet nginx 2>/dev/null; then
-            note "stopping the packaged nginx service"
-            as_root systemctl stop nginx || true
-        fi
-        if systemctl is-enabled --quiet nginx 2>/dev/null; then
-            as_root systemctl disable nginx >/dev/null 2>&1 || true
-        fi
-    fi
-    if [ -s /run/nginx.pid ]; then
-        local pid
-        pid=$(cat /run/nginx.pid)
-        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-            && [ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" = /usr/sbin/nginx ]; then
-            note "stopping the packaged nginx (pid $pid)"
-            as_root /usr/sbin/nginx -s quit 2>/dev/null || as_root kill -QUIT "$pid" || true
-        fi
-    fi
-}
-
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "deps: all ${#PACKAGES[@]} packages present"
 else
     header "deps: installing ${missing[*]}"
-    install_policy_rc_d
-    export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt_install "${missing[@]}"
 fi
-stop_packaged_nginx
 
 command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH (install a Rust toolchain, >= 1.81)"

@@ -44,6 +44,24 @@ as_root() {
     fi
 }
 
+# Installs Debian packages without starting their services (Debian's nginx would start on :80):
+# while apt runs, a /usr/sbin/policy-rc.d answering 101 ("action forbidden") is in place, and it
+# is removed again afterwards, so later upgrades restart services as usual. An existing
+# policy-rc.d is left as it is. Nothing that runs already (a system nginx) is stopped.
+apt_install() { # packages...
+    local f=/usr/sbin/policy-rc.d ours=0 rc=0
+    if [ ! -e "$f" ]; then
+        printf '#!/bin/sh\n# nginx-tracker: packaged services stay stopped while we install\nexit 101\n' \
+            | as_root tee "$f" >/dev/null
+        as_root chmod 755 "$f"
+        ours=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    { as_root apt-get update -qq && as_root apt-get install -y -qq --no-install-recommends "$@"; } || rc=$?
+    if [ "$ours" = 1 ]; then as_root rm -f "$f"; fi
+    return "$rc"
+}
+
 # The URI of the system's main Debian archive, read from the apt sources (deb822 first, then
 # the one-line format). Never hard-coded: it is whatever mirror this machine already uses.
 debian_mirror() {

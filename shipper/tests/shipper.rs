@@ -454,6 +454,45 @@ fn daemon_waits_for_the_ring_to_appear() {
 }
 
 #[test]
+fn under_systemd_log_lines_carry_their_syslog_priority() {
+    // stderr is the journal when $JOURNAL_STREAM names its device and inode: a warning then
+    // starts with `<4>` and carries no timestamp of its own.
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("journal");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--ring", tmp.path().join("absent.ring").to_str().unwrap()])
+        .args(["--sink", "file", "--dir", tmp.path().join("out").to_str().unwrap()])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let waiting = || std::fs::read_to_string(&log).unwrap_or_default();
+    let seen = wait_until(Duration::from_secs(10), || waiting().contains("waiting for the ring"));
+    signal(&child, libc::SIGTERM);
+    wait_timeout(&mut child, Duration::from_secs(20));
+    assert!(seen, "{}", waiting());
+    let line = waiting().lines().find(|l| l.contains("waiting for the ring")).unwrap().to_string();
+    assert!(line.starts_with("<4>waiting for the ring"), "{line}");
+    // Without the variable (or naming another file), the plain format.
+    let mut child = Command::new(BIN)
+        .args(["--ring", tmp.path().join("absent.ring").to_str().unwrap()])
+        .args(["--sink", "file", "--dir", tmp.path().join("out").to_str().unwrap()])
+        .env("JOURNAL_STREAM", "1:1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&child, libc::SIGTERM);
+    wait_timeout(&mut child, Duration::from_secs(20));
+    let err = stderr_of(&mut child);
+    let line = err.lines().find(|l| l.contains("waiting for the ring")).unwrap_or_default();
+    assert!(line.contains(" WARN  waiting for the ring"), "{err}");
+}
+
+#[test]
 fn records_of_stalled_writers_are_skipped_and_committed_past() {
     // A record reserved by a writer that never finishes it: the shipper skips it after
     // --stale-after-ms and ships what follows.

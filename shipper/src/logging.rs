@@ -37,13 +37,17 @@ fn priority(level: log::Level) -> u8 {
 /// Whether `journal_stream` (the value of `$JOURNAL_STREAM`, `DEVICE:INODE`) names the file
 /// whose device and inode are `dev` and `ino`.
 fn is_journal_stream(journal_stream: &str, dev: u64, ino: u64) -> bool {
-    journal_stream.split_once(':').is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+    journal_stream
+        .split_once(':')
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
 }
 
 /// Whether this process's stderr is the systemd journal.
 fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(js) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Ok(js) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
     std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| is_journal_stream(&js, m.dev(), m.ino()))
 }
 
@@ -66,7 +70,12 @@ impl log::Log for Logger {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let line = format!("{} {:<5} {}\n", rfc3339_ms(ms), record.level(), record.args());
+        let line = format!(
+            "{} {:<5} {}\n",
+            rfc3339_ms(ms),
+            record.level(),
+            record.args()
+        );
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, file)) = f.as_mut() {
             if file.write_all(line.as_bytes()).is_ok() {
@@ -93,7 +102,10 @@ pub fn init(level: log::LevelFilter, file: Option<&Path>) -> Result<(), String> 
         )),
         None => None,
     };
-    let logger = LOGGER.get_or_init(|| Logger { file: Mutex::new(None), journal: stderr_is_journal() });
+    let logger = LOGGER.get_or_init(|| Logger {
+        file: Mutex::new(None),
+        journal: stderr_is_journal(),
+    });
     *logger.file.lock().unwrap_or_else(|p| p.into_inner()) = f;
     if log::set_logger(logger).is_ok() || log::max_level() != level {
         log::set_max_level(level);
@@ -109,10 +121,15 @@ pub fn set_level(level: log::LevelFilter) {
 /// Reopens the log file (SIGHUP): a file moved away by logrotate is replaced by a new one at
 /// the same path. Does nothing when logging to stderr.
 pub fn reopen() -> Result<bool, String> {
-    let Some(logger) = LOGGER.get() else { return Ok(false) };
+    let Some(logger) = LOGGER.get() else {
+        return Ok(false);
+    };
     let mut f = logger.file.lock().unwrap_or_else(|p| p.into_inner());
-    let Some((path, file)) = f.as_mut() else { return Ok(false) };
-    *file = open(path).map_err(|e| format!("cannot reopen the log file {}: {e}", path.display()))?;
+    let Some((path, file)) = f.as_mut() else {
+        return Ok(false);
+    };
+    *file =
+        open(path).map_err(|e| format!("cannot reopen the log file {}: {e}", path.display()))?;
     Ok(true)
 }
 

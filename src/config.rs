@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_parse_size, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_http_complex_value_t, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
+    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -436,12 +436,10 @@ fn fail(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
     NGX_CONF_ERROR
 }
 
-/// Parses an nginx size ("64m") as `ngx_parse_size` does.
+/// Parses a size ("64m", "1g"; `tracker_core::limits::parse_size`), zero refused.
 fn parse_size(s: &ngx_str_t) -> Option<u64> {
-    let mut copy = *s;
-    // SAFETY: ngx_parse_size only reads `len` bytes of the string.
-    let n = unsafe { ngx_parse_size(&mut copy) };
-    (n > 0).then_some(n as u64)
+    let text = std::str::from_utf8(s.as_bytes()).ok()?;
+    tracker_core::limits::parse_size(text).filter(|&n| n > 0)
 }
 
 unsafe extern "C" fn set_ring(

@@ -117,11 +117,13 @@ pub fn check_query(query: &[u8], limits: &Limits) -> Result<(), Reason> {
     Ok(())
 }
 
-/// A size with an optional `k`/`K` or `m`/`M` suffix, as nginx writes sizes ("64k").
+/// A size with an optional `k`/`K`, `m`/`M` or `g`/`G` suffix, as nginx writes sizes ("64k").
+/// (nginx's own `ngx_parse_size` knows no `g`; the ring and the zones take one.)
 pub fn parse_size(s: &str) -> Option<u64> {
     let (digits, unit) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 1024u64),
         b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        b'g' | b'G' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
         _ => (s, 1),
     };
     if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
@@ -219,7 +221,19 @@ mod tests {
         assert_eq!(parse_size("64k"), Some(65536));
         assert_eq!(parse_size("2M"), Some(2 << 20));
         assert_eq!(parse_size("100"), Some(100));
-        for bad in ["", "k", "-1", "1g", "1.5k", " 1", "99999999999999999999"] {
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("3G"), Some(3 << 30));
+        for bad in [
+            "",
+            "k",
+            "g",
+            "-1",
+            "1t",
+            "1.5k",
+            " 1",
+            "99999999999999999999",
+            "99999999999g",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
     }

@@ -2,7 +2,8 @@
 # The test command: `bash scripts/test.sh` (CI runs exactly this through .ci/run).
 #
 #   1. build        scripts/build.sh: Debian packages, configured nginx source, release build of
-#                   the module and the shipper
+#                   the module and the shipper; then lint: `cargo fmt --check` and
+#                   `cargo clippy --workspace --all-targets -D warnings`
 #   2. cargo test   the workspace without the module crate (tracker-core, tracker-shipper): the
 #                   module's nginx symbols only resolve inside nginx, so it is tested in nginx
 #   3. Test::Nginx  prove -r t/ against /usr/sbin/nginx with the module loaded
@@ -17,13 +18,13 @@
 #                   a broken setup, never on the figures (a shared 2-core machine is noisy)
 #
 # Every stage prints a header and the script stops at the first failure.
-# TEST_STAGES="cargo prove" (any of: build cargo prove e2e vendored fuzz bench) runs only those stages;
+# TEST_STAGES="cargo prove" (any of: lint build cargo prove e2e vendored fuzz bench) runs only those stages;
 # the build runs whenever prove, e2e or bench do (vendored builds its own). TEST_FILES narrows the
 # Test::Nginx stage to the files it names, E2E_FILES the end-to-end stage.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-STAGES=${TEST_STAGES:-build cargo prove e2e vendored fuzz bench}
+STAGES=${TEST_STAGES:-lint build cargo prove e2e vendored fuzz bench}
 want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 started=$(date +%s)
@@ -37,8 +38,19 @@ stage() { # $1 = name, rest = command
     stage_times+=("$name $(( $(date +%s) - t0 ))s")
 }
 
-if want build || want prove || want e2e || want bench; then
+# rustfmt's defaults, and clippy with every warning an error, over the whole workspace.
+run_lint() {
+    cargo fmt --all -- --check
+    env -u NGINX_SOURCE_DIR NGINX_BUILD_DIR="$NGINX_SRC_COPY/objs" \
+        cargo clippy --workspace --all-targets -- -D warnings
+}
+
+if want build || want prove || want e2e || want bench || want lint; then
     stage "build (scripts/build.sh)" bash "$ROOT/scripts/build.sh"
+fi
+
+if want lint; then
+    stage "lint (cargo fmt --check, cargo clippy -D warnings)" run_lint
 fi
 
 if want cargo; then

@@ -396,7 +396,11 @@ fn unique_by_id(list: &[Campaign]) -> Vec<Campaign> {
 fn index_of<'z>(base: *mut u8, size: usize, h: &ZoneHeader) -> Option<&'z [AtomicU32]> {
     let off = h.index_off.load(Ordering::Acquire) as usize;
     let len = h.index_len.load(Ordering::Acquire) as usize;
-    if off == 0 || len == 0 || off.checked_add(len.checked_mul(4)?)? > size || off % 4 != 0 {
+    if off == 0
+        || len == 0
+        || off.checked_add(len.checked_mul(4)?)? > size
+        || !off.is_multiple_of(4)
+    {
         return None;
     }
     // SAFETY: [off, off + 4 len) lies in the zone mapping (checked), 4-aligned; the index is

@@ -656,9 +656,12 @@ mod tests {
         None
     }
 
+    /// A query, an argument name, and the value nginx's `$arg_NAME` gives.
+    type ArgCase<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+
     #[test]
     fn arg_value_as_nginx() {
-        let cases: &[(&[u8], &[u8], Option<&[u8]>)] = &[
+        let cases: &[ArgCase] = &[
             (b"cid=a&pub=b", b"cid", Some(b"a")),
             (b"cid=a&pub=b", b"pub", Some(b"b")),
             (b"CID=a", b"cid", Some(b"a")),

@@ -265,7 +265,8 @@ impl Cache {
     /// A cache of `slots` slots (rounded up to a power of two, at least 2), hash keyed with a
     /// random seed (so slot collisions cannot be planned from outside).
     pub fn new(slots: usize) -> Cache {
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x7472_6163_6b65_72u64);
+        let seed =
+            std::collections::hash_map::RandomState::new().hash_one(0x0074_7261_636b_6572_u64);
         Cache::with_seed(slots, seed)
     }
 
@@ -606,7 +607,7 @@ mod tests {
         let mut long = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 ".to_vec();
         long.resize(MAX_UA_LEN - 1, b'a');
         long.extend_from_slice("é".as_bytes()); // cut in the middle by MAX_UA_LEN
-        long.extend(std::iter::repeat(0xffu8).take(100_000));
+        long.extend(std::iter::repeat_n(0xffu8, 100_000));
         let class = *cache.classify(&long);
         assert_eq!(class.browser, "chrome");
         assert_eq!(

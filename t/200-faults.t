@@ -8,6 +8,8 @@
 #   and the old one keeps serving;
 # - the ring's directory read-only (a read-only tmpfs: root ignores permission bits), at start
 #   and at reload;
+# - the ring file truncated, or replaced by another file, behind nginx's back: the next reload
+#   fails saying so; once it is removed, a reload creates a new ring;
 # - the campaigns file removed, or replaced by a directory, then a reload: the old campaigns
 #   keep serving.
 # The tmpfs mounts need root and CAP_SYS_ADMIN; where mounting is not permitted those parts
@@ -130,6 +132,7 @@ subtest 'ring on a filesystem too small for it' => sub {
     my $workers = $ngx->worker_pids;
     serves($ngx, 'a ring that fits', 'fits');
     my $client = $ngx->client;
+    my $log_from = length $ngx->error_log_text;
     my ($ok, $full, $other) = (0, 0, 0);
     my $pad = 'p' x 400;
     for (1 .. 5000) {
@@ -146,6 +149,8 @@ subtest 'ring on a filesystem too small for it' => sub {
     cmp_ok($h->{dropped_full_total}, '>=', 20, 'every drop counted');
     is_deeply($ngx->worker_pids, $workers, 'no worker died filling the ring');
     unlike($ngx->error_log_text, qr/exited on signal/, 'no worker exited on a signal');
+    my @lines = split /\n/, log_since($ngx, $log_from);
+    cmp_ok(scalar @lines, '<', 5, 'the error log is not written per request') or diag "@lines[0 .. 4]";
     my $p = $ngx->get('/plain');
     is($p->{body}, "plain\n", 'a non-tracking location still serves');
 
@@ -177,6 +182,38 @@ subtest "ring's directory read-only" => sub {
     $ngx->write_conf(http => http_conf("$ro/r.ring", '1m'));
     failed_reload($ngx, 'reload to a read-only directory', qr{\[emerg\].*"tracker_ring" "\Q$ro\E/r\.ring".*Read-only file system});
     serves($ngx, 'after the failed reload', 'after-ro');
+    $ngx->stop;
+};
+
+# --- the ring file damaged behind nginx's back ------------------------------------------------
+subtest 'ring file truncated or replaced behind nginx\'s back, then a reload' => sub {
+    my $ring = "$WORK/damaged.ring";
+    my $ngx = TrackerTest::Nginx->new(http => http_conf($ring, '1m'), workers => 2);
+    $ngx->start;
+    serves($ngx, 'before', 'before-damage');
+    # Truncated (an operator's mistake): no tracking request now, a worker storing past the
+    # new end would die of SIGBUS (docs/failure-modes.md says not to do this).
+    truncate($ring, 8192) or die "truncate $ring: $!";
+    failed_reload($ngx, 'ring truncated', qr{\[emerg\].*"tracker_ring" "\Q$ring\E".*truncated tracker ring \(8192 bytes.*remove it});
+    is($ngx->get('/plain')->{body}, "plain\n", 'ring truncated: a non-tracking location serves');
+
+    # Replaced by a file that is not a ring: refused, never overwritten.
+    unlink $ring or die "unlink $ring: $!";
+    write_file($ring, "not a ring\n" x 1000);
+    failed_reload($ngx, 'ring replaced by another file', qr{\[emerg\].*"tracker_ring" "\Q$ring\E".*is not a tracker ring});
+    is(read_file($ring), "not a ring\n" x 1000, 'the other file is left untouched');
+
+    # Removed: the reload creates a new ring and the new workers write into it.
+    unlink $ring or die "unlink $ring: $!";
+    my $from = length $ngx->error_log_text;
+    $ngx->reload;
+    ok(wait_until(10, sub { -s $ring }), 'after removing it, a reload creates a new ring');
+    my $new = wait_until(10, sub {
+        my $r = eval { $ngx->get('/i?cid=a&t=new-ring') };
+        $r && $r->{status} == 200 && ring_header($ring)->{written_total} > 0;
+    });
+    ok($new, 'the new workers write into the new ring');
+    unlike(log_since($ngx, $from), qr/\[(?:emerg|alert|crit)\]/, 'no error at that reload');
     $ngx->stop;
 };
 

@@ -487,7 +487,7 @@ unsafe extern "C" fn set_ring(
             if let Opened::KeptOtherSize(kept) = opened {
                 ngx::ngx_conf_log_error!(
                     ngx::ffi::NGX_LOG_WARN, cf,
-                    "\"tracker_ring\" \"{}\" holds unread events: keeping its size of {} bytes until it is empty",
+                    "\"tracker_ring\" \"{}\" holds unread events or is open in another process (the running nginx, the shipper): keeping its size of {} bytes until it is empty and closed",
                     path.display(), kept
                 );
             }

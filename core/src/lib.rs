@@ -2,6 +2,7 @@
 //!
 //! Everything here is plain Rust with no nginx dependency, so `cargo test` and fuzzers reach it:
 //! - [`ring`]: the shared-memory ring (layout, producer, consumer), see `docs/ring.md`;
+//! - [`filespace`]: reserving a mapped file's blocks up front (no SIGBUS on a full filesystem);
 //! - [`event`]: the event schema and its MessagePack encoding, see `docs/event-schema.md`;
 //! - [`campaign`]: the campaigns file and the shared-memory campaign table;
 //! - [`banker`]: per-campaign counters and budget caps, charged atomically across workers;
@@ -20,6 +21,7 @@ pub mod bots;
 pub mod campaign;
 pub mod dedup;
 pub mod event;
+pub mod filespace;
 pub mod id;
 pub mod input;
 pub mod landing;

@@ -21,6 +21,8 @@
 //! Every process that maps the ring holds a shared `flock` on its file for as long as the
 //! mapping lives; the file is (re)initialized or resized only under an exclusive `flock`, that is
 //! when no other process has it open, so a mapping never sees its file change size under it.
+//! Every block of the file is allocated before it is mapped ([`crate::filespace`]): a store
+//! into a page its filesystem cannot back would kill the writer with SIGBUS.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io;
@@ -31,6 +33,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
+
+use crate::filespace::{self, Fallback};
 
 /// Number of per-kind counter slots in the header (`event::Kind::index()` < COUNTER_KINDS).
 pub const COUNTER_KINDS: usize = 8;
@@ -411,6 +415,11 @@ fn init_exclusive(file: &File, path: &Path, size: u64) -> Result<Opened, RingErr
             file.set_len(0).map_err(|e| io_ctx("ftruncate", e))?;
             file.set_len(full)
                 .map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
+            if let Err(e) = filespace::reserve(file, full, Fallback::Rewrite) {
+                // Give back what was allocated: the file stays blank, the space free.
+                let _ = file.set_len(0);
+                return Err(no_space(file, path, full, e));
+            }
             let mut h = [0u8; HEADER_SIZE];
             h[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC.to_ne_bytes());
             h[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&LAYOUT_VERSION.to_ne_bytes());
@@ -427,7 +436,10 @@ fn init_exclusive(file: &File, path: &Path, size: u64) -> Result<Opened, RingErr
             consumer,
         } => {
             check_cursors(path, data_size, producer, consumer)?;
+            let kept = HEADER_SIZE as u64 + data_size;
             if data_size == size {
+                // Completes a sparse ring (made by an older version): cheap when it is not.
+                reserve_kept(file, path, kept)?;
                 Ok(Opened::Reused)
             } else if producer == consumer {
                 // Empty, and no one else has it open: new data area, same cursors (positions
@@ -436,14 +448,48 @@ fn init_exclusive(file: &File, path: &Path, size: u64) -> Result<Opened, RingErr
                     .map_err(|e| io_ctx("ftruncate", e))?;
                 file.set_len(full)
                     .map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
+                if let Err(e) = filespace::reserve(file, full, Fallback::Rewrite) {
+                    // Back to the old size (the header still says it), the new space given back.
+                    let _ = file
+                        .set_len(HEADER_SIZE as u64)
+                        .and_then(|()| file.set_len(kept));
+                    return Err(no_space(file, path, full, e));
+                }
                 file.write_all_at(&size.to_ne_bytes(), OFF_DATA_SIZE as u64)
                     .map_err(|e| io_ctx("write of the ring header", e))?;
                 Ok(Opened::Resized)
             } else {
+                reserve_kept(file, path, kept)?;
                 Ok(Opened::KeptOtherSize(data_size))
             }
         }
     }
+}
+
+/// Reserves the blocks of a ring that is kept as it is (its events stay). `fallback`:
+/// [`Fallback::Rewrite`] only under the exclusive lock (no one else maps the file).
+fn reserve_kept_with(
+    file: &File,
+    path: &Path,
+    len: u64,
+    fallback: Fallback,
+) -> Result<(), RingError> {
+    filespace::reserve(file, len, fallback).map_err(|e| no_space(file, path, len, e))
+}
+
+fn reserve_kept(file: &File, path: &Path, len: u64) -> Result<(), RingError> {
+    reserve_kept_with(file, path, len, Fallback::Rewrite)
+}
+
+/// A failed reservation as the ring's error: path, size asked, space free, and what to do.
+fn no_space(file: &File, path: &Path, len: u64, e: io::Error) -> RingError {
+    let e = filespace::no_space(file, path, len, e);
+    RingError::Io(io::Error::new(
+        e.kind(),
+        format!(
+            "{e}; make the ring smaller, free space there or put the ring on a larger filesystem"
+        ),
+    ))
 }
 
 impl RingFile {
@@ -454,6 +500,11 @@ impl RingFile {
     /// The file is initialized or resized only when no other process has it open (an
     /// exclusive flock succeeds); otherwise an existing ring is mapped as it is (Reused or
     /// KeptOtherSize).
+    ///
+    /// Every block of the file is reserved before it is mapped, an existing sparse ring
+    /// completed; when its filesystem lacks the space, an `Io` error of kind StorageFull names
+    /// the path, the size asked and the space free, and the file is left as it was (a new one
+    /// empty).
     pub fn open_or_create(path: &Path, data_size: u64) -> Result<(RingFile, Opened), RingError> {
         let size = normalize_data_size(data_size);
         let file = loop {
@@ -499,7 +550,14 @@ impl RingFile {
             // Someone else has it open (or is initializing it): wait for a shared lock.
             flock(&file, libc::LOCK_SH).map_err(|e| io_ctx("flock", e))?;
             match inspect(&file, path)? {
-                Found::Valid { .. } => {
+                Found::Valid { data_size, .. } => {
+                    // Others map it: allocate only (rewriting could undo their stores).
+                    reserve_kept_with(
+                        &file,
+                        path,
+                        HEADER_SIZE as u64 + data_size,
+                        Fallback::Refuse,
+                    )?;
                     let rf = RingFile::map(file, path)?;
                     let mapped = rf.ring.size;
                     let o = if mapped == size {

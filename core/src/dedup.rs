@@ -74,15 +74,19 @@
 //! the bucket during the race, and errs towards counting, never towards dropping: some racer
 //! always answers `First` (the lowest-indexed entry of the race finds no lower one).
 //!
-//! Memory order: every access is `SeqCst`. The decisions above rest on the CAS (an atomic
-//! read-modify-write: one winner per slot, and a loser's rescan reads the winner's entry or a
-//! later one, by coherence) and on each worker's own rescan, whose outcomes under weaker
-//! orders are also outcomes of some interleaving; `SeqCst` costs nothing more on x86 (loads
-//! are plain loads, the CAS is a locked instruction anyway) and keeps the reasoning to
-//! interleavings. `core/tests/loom_dedup.rs` checks the protocol (one first per key, some first
-//! always, a released claim leaves nothing recorded) under every interleaving and the weak
-//! outcomes loom models (`RUSTFLAGS="--cfg loom"`; loom models `SeqCst` accesses as
-//! acquire/release, so it checks the protocol does not need more than that).
+//! Memory order: every access is `SeqCst`, but the protocol does not rest on it. Its decisions
+//! rest on the CAS (an atomic read-modify-write: one winner per slot, and a loser's rescan
+//! reads the winner's entry or a later one, by coherence) and on each worker's own reads:
+//! a weaker order can only make a rescan miss an entry that an interleaving could also have
+//! missed (the higher racer rescanning before the lower one's CAS), which is the documented
+//! "both `First`" case. `SeqCst` costs nothing more on x86 (loads are plain loads, the CAS is
+//! a locked instruction either way) and keeps the reasoning to interleavings. The guard is
+//! `core/tests/loom_dedup.rs` (`RUSTFLAGS="--cfg loom"`): two workers on the real code under
+//! every interleaving loom explores: one first per key, some first always, no entry left by
+//! a `Duplicate`, a released claim leaves the key recorded only by a stored first. It fails
+//! when the CAS is replaced by a plain store and without the [`SKEW_S`] margin; it passes
+//! with every access `Relaxed` (loom models `SeqCst` accesses as acquire/release and
+//! `Relaxed` only in part, so it cannot show a need for `SeqCst` beyond that; none is known).
 //!
 //! The multi-thread test below checks that N threads inserting the same M keys at the same time
 //! get exactly M `First` answers.

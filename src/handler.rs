@@ -604,6 +604,8 @@ unsafe fn track(
     // campaign and a key: `tracker_duplicates_key`, else a conversion's click id, else the client
     // address and the dimensions. Flagged (or only counted) and never charged.
     let mut duplicate = None;
+    // The slot this request's key took in the set: given back if the event is not stored.
+    let mut dedup_claim = None;
     if let (Some((mode @ (Duplicates::Flag | Duplicates::Count), window)), Some(zone)) =
         (lcf.duplicates, &mcf.duplicates)
     {
@@ -644,7 +646,10 @@ unsafe fn track(
                     .map_or(now / 1_000_000, |c| c.now().max(0) as u64);
                 let seen = zone.hash(&parts[..n]).zip(zone.seen());
                 if let Some((hash, seen)) = seen {
-                    match seen.check_and_insert(hash, now_s, window.unwrap_or(zone.window_s())) {
+                    let (outcome, claim) =
+                        seen.check_and_claim(hash, now_s, window.unwrap_or(zone.window_s()));
+                    dedup_claim = claim.map(|c| (seen, c));
+                    match outcome {
                         tracker_core::dedup::Outcome::Duplicate => {
                             event_flags |= flags::DUPLICATE;
                             duplicate = Some(mode);
@@ -688,6 +693,8 @@ unsafe fn track(
         }
     }
     let mut cost_micros = None;
+    // What the request added to the campaign's account: taken back if the event is not stored.
+    let mut tally = banker::Tally::default();
     // Where a click goes: the landing URL, the campaign's fallback, or the location's.
     let mut target = Target::Location;
     let campaign_ok = match &hit {
@@ -722,8 +729,9 @@ unsafe fn track(
                     cost,
                     banker::day_of(*now_s, h.utc_offset_minutes),
                 ) {
-                    Charge::Charged(c) => {
-                        cost_micros = (c > 0).then_some(c);
+                    Charge::Charged(receipt) => {
+                        cost_micros = (receipt.cost() > 0).then_some(receipt.cost());
+                        tally.charge = Some(receipt);
                         target = Target::Landing;
                     }
                     Charge::OverBudget => event_flags |= flags::OVER_BUDGET,
@@ -733,7 +741,7 @@ unsafe fn track(
                 target = Target::CampaignFallback;
             }
             if let Some(v) = value.filter(|_| kind == Kind::Conversion && !uncharged) {
-                h.account.count_value(v);
+                tally.value_micros = h.account.count_value(v);
             }
             if !uncharged
                 && video_event
@@ -741,6 +749,7 @@ unsafe fn track(
                     .is_some_and(|at| &w.text[at.clone()] == b"complete")
             {
                 h.account.count_video_complete();
+                tally.video_completes = 1;
             }
             h.status == CampaignStatus::Active
         }
@@ -859,8 +868,15 @@ unsafe fn track(
                 device: ua_class.map(|c| c.device.as_str()),
             };
             event::encode(&ev, &mut w.event);
-            if let Err(WriteError::Full) = ring.write(kind.index(), &w.event, pid) {
-                if lcf.ring_full == Some(RingFull::Unavailable) {
+            if let Err(why) = ring.write(kind.index(), &w.event, pid) {
+                // Not stored (counted as dropped): no spend and no duplicates key without it.
+                if let Some((h, _)) = &hit {
+                    h.account.take_back(&tally);
+                }
+                if let Some((seen, claim)) = dedup_claim {
+                    seen.release(claim);
+                }
+                if why == WriteError::Full && lcf.ring_full == Some(RingFull::Unavailable) {
                     // SAFETY: r is live and in its content handler.
                     return unsafe {
                         response::error(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t)

@@ -25,12 +25,18 @@
 //! the hash, so it is independent of the bucket choice: two different keys are taken for one
 //! another with probability at most 8 / 2^40 per lookup (8 live entries in the bucket): one
 //! false duplicate per ~16 days at 100,000 requests a second into a full set. An entry's age is `(now - time) mod 2^24`; it is live while its
-//! age is below the window. Windows are limited to [`MAX_WINDOW_S`] (7 days), far below 2^24 s
-//! (194 days), so the modular age is exact for any entry younger than 194 days. An entry left
-//! untouched in a quiet bucket for more than 194 days looks live again for one window (a false
-//! duplicate if its very key returns then); a clock stepped backwards makes entries from the
-//! "future" look expired (a duplicate let through). The window is a parameter of the lookup,
-//! not stored: a reload that changes the window applies it to the entries already there.
+//! age is below the window. Workers read the clock at slightly different moments (and each
+//! caches it for a loop of its event loop), so an entry can be stamped a little after the
+//! `now` of the worker that reads it: its modular age is then just below 2^24. Ages within
+//! [`SKEW_S`] (1 hour) below the wrap are such entries "from the future": they count as age 0
+//! (live, and the youngest when a full bucket chooses what to evict), so a clock one second
+//! behind does not let a duplicate through. Windows are limited to [`MAX_WINDOW_S`] (7 days),
+//! far below 2^24 s - [`SKEW_S`] (194 days), so the modular age is exact for any entry younger
+//! than 194 days. An entry left untouched in a quiet bucket for more than 194 days looks live
+//! again for one window and the margin (a false duplicate if its very key returns then); a
+//! clock stepped backwards by more than [`SKEW_S`] makes entries from the "future" look
+//! expired (a duplicate let through). The window is a parameter of the lookup, not stored: a
+//! reload that changes the window applies it to the entries already there.
 //!
 //! # Check and insert
 //!
@@ -45,25 +51,50 @@
 //!    `First` (fail open: counting a duplicate is preferred to dropping a genuine event; it
 //!    takes four writers on one bucket within the same microseconds).
 //! 4. Scan the bucket again (see below): if another live slot with our fingerprint sits at a
-//!    lower index, the request is a `Duplicate`, otherwise it is `First`.
+//!    lower index, the request is a `Duplicate` (and gives its slot back: the CAS of 5),
+//!    otherwise it is `First`.
+//! 5. A `First` whose event is then not stored (the ring is full, the event too large) gives
+//!    its slot back with [`Seen::release`]: a compare-and-swap from our entry to the word the
+//!    slot held before, so the key is recorded only by an event that is stored, and a retry
+//!    is `First` again. If the slot changed in between (evicted, reused), nothing is undone.
+//!    A request for the same key that came while the claim was there was told `Duplicate`:
+//!    that race (a retry arriving during its first attempt) can flag it; nothing ever drops
+//!    a stored first. A worker killed between the claim and the write of its event leaves
+//!    the key recorded without an event, for one window.
 //!
 //! Two workers racing on one key: both scan (1) before either inserts. Because everybody claims
 //! the *first* claimable slot, and a slot only stops being claimable by being claimed (within
 //! the same second, when nothing expires and nothing is evicted), both choose the same slot and
 //! the CAS lets exactly one of them in; the loser starts again and finds the winner's entry.
 //! The rescan of step 4 covers the rarer case where they chose different slots (one of them saw
-//! a slot expire or be evicted that the other did not): all accesses are `SeqCst`, so of two
-//! workers that each CAS then rescan, at least one sees the other's entry (the store-load
-//! pattern of Dekker's algorithm); the one at the higher index then answers `Duplicate`. Only
-//! if the lower-indexed one sees the higher one while the higher one did not see it (or the
-//! lower entry is overwritten before the higher one rescans) do both answer `First`: that needs
-//! an expiry or an eviction in the bucket during the race, and errs towards counting, never
-//! towards dropping: some racer always answers `First` (the lowest-indexed entry of the race
-//! finds no lower one).
+//! a slot expire or be evicted that the other did not): the one at the higher index answers
+//! `Duplicate` if its rescan sees the lower one's entry. If it does not (the lower one's CAS
+//! came after that rescan in the single order of the bucket's `SeqCst` accesses, or the lower
+//! entry is overwritten before it), both answer `First`: that needs an expiry or an eviction in
+//! the bucket during the race, and errs towards counting, never towards dropping: some racer
+//! always answers `First` (the lowest-indexed entry of the race finds no lower one).
+//!
+//! Memory order: every access is `SeqCst`, but the protocol does not rest on it. Its decisions
+//! rest on the CAS (an atomic read-modify-write: one winner per slot, and a loser's rescan
+//! reads the winner's entry or a later one, by coherence) and on each worker's own reads:
+//! a weaker order can only make a rescan miss an entry that an interleaving could also have
+//! missed (the higher racer rescanning before the lower one's CAS), which is the documented
+//! "both `First`" case. `SeqCst` costs nothing more on x86 (loads are plain loads, the CAS is
+//! a locked instruction either way) and keeps the reasoning to interleavings. The guard is
+//! `core/tests/loom_dedup.rs` (`RUSTFLAGS="--cfg loom"`): two workers on the real code under
+//! every interleaving loom explores: one first per key, some first always, no entry left by
+//! a `Duplicate`, a released claim leaves the key recorded only by a stored first. It fails
+//! when the CAS is replaced by a plain store and without the [`SKEW_S`] margin; it passes
+//! with every access `Relaxed` (loom models `SeqCst` accesses as acquire/release and
+//! `Relaxed` only in part, so it cannot show a need for `SeqCst` beyond that; none is known).
 //!
 //! The multi-thread test below checks that N threads inserting the same M keys at the same time
 //! get exactly M `First` answers.
 
+// Loom's atomics under `--cfg loom` (core/tests/loom_dedup.rs), std's otherwise.
+#[cfg(loom)]
+use loom::sync::atomic::AtomicU64;
+#[cfg(not(loom))]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -73,6 +104,10 @@ pub const BUCKET: usize = 8;
 pub const MAX_WINDOW_S: u32 = 7 * 24 * 3600;
 /// Attempts at claiming a slot before answering `First` without an entry (see the module docs).
 pub const RETRIES: usize = 4;
+
+/// How far ahead of a reader's clock an entry may be stamped and still count as live (age 0):
+/// one hour (see the module docs).
+pub const SKEW_S: u64 = 3600;
 
 const TIME_BITS: u32 = 24;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
@@ -91,6 +126,15 @@ pub enum Outcome {
     First { evicted: bool },
     /// Seen within the window.
     Duplicate,
+}
+
+/// The slot a `First` answer of [`Seen::check_and_claim`] wrote, and what it held before: what
+/// [`Seen::release`] needs to give it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    slot: usize,
+    mine: u64,
+    before: u64,
 }
 
 /// The recently-seen set over `slots` (all zeros: empty). Only whole buckets of [`BUCKET`]
@@ -116,8 +160,15 @@ fn fingerprint(hash: u64) -> u64 {
     }
 }
 
+/// The age of an entry at `now24`: `(now - time) mod 2^24`, and 0 for an entry stamped up to
+/// [`SKEW_S`] ahead of `now` (a modular age just below the wrap).
 fn age(word: u64, now24: u64) -> u64 {
-    now24.wrapping_sub(word & TIME_MASK) & TIME_MASK
+    let a = now24.wrapping_sub(word & TIME_MASK) & TIME_MASK;
+    if a > TIME_MASK - SKEW_S {
+        0
+    } else {
+        a
+    }
 }
 
 impl<'a> Seen<'a> {
@@ -143,20 +194,20 @@ impl<'a> Seen<'a> {
             .count()
     }
 
-    /// The bucket of `hash` (None: the slice holds no whole bucket).
-    fn bucket(&self, hash: u64) -> Option<&'a [AtomicU64]> {
+    /// The bucket of `hash` and the index of its first slot (None: no whole bucket).
+    fn bucket(&self, hash: u64) -> Option<(usize, &'a [AtomicU64])> {
         let nbuckets = self.slots.len() / BUCKET;
         if nbuckets == 0 {
             return None;
         }
         let b = ((u128::from(hash) * nbuckets as u128) >> 64) as usize;
-        Some(&self.slots[b * BUCKET..(b + 1) * BUCKET])
+        Some((b * BUCKET, &self.slots[b * BUCKET..(b + 1) * BUCKET]))
     }
 
     /// Whether `hash` was recorded within the last `window_s` seconds before `now_s`, without
     /// recording it.
     pub fn contains(&self, hash: u64, now_s: u64, window_s: u32) -> bool {
-        let Some(bucket) = self.bucket(hash) else {
+        let Some((_, bucket)) = self.bucket(hash) else {
             return false;
         };
         let (window, now24, fp) = (
@@ -174,8 +225,19 @@ impl<'a> Seen<'a> {
     /// records it at `now_s`. A window above [`MAX_WINDOW_S`] counts as `MAX_WINDOW_S`; a
     /// window of 0 makes every request `First` (and records it).
     pub fn check_and_insert(&self, hash: u64, now_s: u64, window_s: u32) -> Outcome {
-        let Some(bucket) = self.bucket(hash) else {
-            return Outcome::First { evicted: false };
+        self.check_and_claim(hash, now_s, window_s).0
+    }
+
+    /// [`Seen::check_and_insert`], and for a `First` that recorded the key the claim that
+    /// [`Seen::release`] takes to forget it again (when the event is not stored).
+    pub fn check_and_claim(
+        &self,
+        hash: u64,
+        now_s: u64,
+        window_s: u32,
+    ) -> (Outcome, Option<Claim>) {
+        let Some((first_slot, bucket)) = self.bucket(hash) else {
+            return (Outcome::First { evicted: false }, None);
         };
         let window = u64::from(window_s.min(MAX_WINDOW_S));
         let now24 = now_s & TIME_MASK;
@@ -192,7 +254,7 @@ impl<'a> Seen<'a> {
                 let v = slot.load(SeqCst);
                 seen[i] = v;
                 if is_live_match(v) {
-                    return Outcome::Duplicate;
+                    return (Outcome::Duplicate, None);
                 }
                 let a = age(v, now24);
                 if claim.is_none() && (v == 0 || a >= window) {
@@ -213,15 +275,32 @@ impl<'a> Seen<'a> {
             {
                 continue;
             }
-            // 4: a racer for the same key may have claimed another slot; the lowest index wins.
-            for slot in &bucket[..i] {
-                if is_live_match(slot.load(SeqCst)) {
-                    return Outcome::Duplicate;
-                }
+            // 4: a racer for the same key may have claimed another slot; the lowest index wins,
+            // and a loser gives its slot back (the key stays recorded by the winner's only).
+            if bucket[..i]
+                .iter()
+                .any(|slot| is_live_match(slot.load(SeqCst)))
+            {
+                let _ = bucket[i].compare_exchange(mine, seen[i], SeqCst, SeqCst);
+                return (Outcome::Duplicate, None);
             }
-            return Outcome::First { evicted };
+            let claim = Claim {
+                slot: first_slot + i,
+                mine,
+                before: seen[i],
+            };
+            return (Outcome::First { evicted }, Some(claim));
         }
-        Outcome::First { evicted: false }
+        (Outcome::First { evicted: false }, None)
+    }
+
+    /// Forgets the key of `claim` (a `First` whose event was not stored): puts back what its
+    /// slot held before, if the slot still holds the claim's entry. Returns whether it did.
+    pub fn release(&self, claim: Claim) -> bool {
+        self.slots.get(claim.slot).is_some_and(|s| {
+            s.compare_exchange(claim.mine, claim.before, SeqCst, SeqCst)
+                .is_ok()
+        })
     }
 }
 
@@ -320,7 +399,7 @@ impl<const C: usize, const D: usize> Sip<C, D> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering::Relaxed;
@@ -454,8 +533,103 @@ mod tests {
             Outcome::Duplicate
         );
         assert_eq!(s.check_and_insert(h, start + u64::from(w), w), first());
-        // A clock stepped back: the entry looks expired (let through, not dropped).
-        assert_eq!(s.check_and_insert(h, start + u64::from(w) - 1, w), first());
+        // A clock stepped back by up to SKEW_S: the entry is still live. By more: it looks
+        // expired (let through, not dropped).
+        let stamped = start + u64::from(w);
+        assert_eq!(s.check_and_insert(h, stamped - 1, w), Outcome::Duplicate);
+        assert_eq!(
+            s.check_and_insert(h, stamped - SKEW_S, w),
+            Outcome::Duplicate
+        );
+        assert_eq!(s.check_and_insert(h, stamped - SKEW_S - 1, w), first());
+    }
+
+    /// Issue 21, finding 7: a worker whose clock read is a second behind the one that recorded
+    /// the key must still see it (the modular age is 2^24 - 1 there).
+    #[test]
+    fn an_entry_stamped_a_second_ahead_is_live() {
+        let t = table(64);
+        let s = Seen::new(&t);
+        let h = key_hash(&K, &[b"conversion", b"summer", b"A"]);
+        assert_eq!(s.check_and_insert(h, 1000, 60), first());
+        assert_eq!(s.check_and_insert(h, 999, 60), Outcome::Duplicate);
+        assert!(s.contains(h, 999, 60));
+        assert_eq!(s.live(999, 60), 1);
+        // Across the 2^24 wrap as well.
+        let g = key_hash(&K, &[b"conversion", b"summer", b"B"]);
+        assert_eq!(s.check_and_insert(g, 5 << 24, 60), first());
+        assert_eq!(s.check_and_insert(g, (5 << 24) - 1, 60), Outcome::Duplicate);
+        // Its window still counts from its own stamp.
+        assert_eq!(
+            s.check_and_insert(g, (5 << 24) + 59, 60),
+            Outcome::Duplicate
+        );
+        assert_eq!(s.check_and_insert(g, (5 << 24) + 60, 60), first());
+    }
+
+    /// An entry from the "future" is the youngest, not the oldest: a full bucket evicts the
+    /// really oldest entry.
+    #[test]
+    fn a_full_bucket_does_not_evict_an_entry_stamped_ahead() {
+        let t = table(4 * BUCKET);
+        let s = Seen::new(&t);
+        let keys = keys_in_bucket0(4, 9);
+        for (i, &k) in keys[..8].iter().enumerate() {
+            assert_eq!(s.check_and_insert(k, 101 + i as u64, 60), first());
+        }
+        // At 107, keys[7] (stamped 108) is a second ahead: live, and the youngest.
+        assert_eq!(
+            s.check_and_insert(keys[8], 107, 60),
+            Outcome::First { evicted: true }
+        );
+        assert_eq!(s.check_and_insert(keys[7], 107, 60), Outcome::Duplicate);
+        assert!(
+            !s.contains(keys[0], 107, 60),
+            "the oldest (101) was evicted"
+        );
+    }
+
+    /// Issue 21, finding 3: a `First` whose event is not stored gives its claim back, and the
+    /// retry is `First` again; a released claim restores what the slot held (an evicted entry).
+    #[test]
+    fn a_released_claim_forgets_the_key() {
+        let t = table(4 * BUCKET);
+        let s = Seen::new(&t);
+        let h = key_hash(&K, &[b"conversion", b"summer", b"A"]);
+        let (o, claim) = s.check_and_claim(h, 1000, 60);
+        assert_eq!(o, first());
+        assert!(s.release(claim.expect("a First records a claim")));
+        assert!(!s.contains(h, 1000, 60));
+        assert!(
+            t.iter().all(|x| x.load(Relaxed) == 0),
+            "the slot is empty again"
+        );
+        // The retry: First, kept this time; then duplicates.
+        let (o, kept) = s.check_and_claim(h, 1001, 60);
+        assert_eq!(o, first());
+        assert!(kept.is_some());
+        assert_eq!(s.check_and_claim(h, 1002, 60), (Outcome::Duplicate, None));
+        // A claim whose slot changed since (here: released twice) undoes nothing.
+        let (_, c2) = s.check_and_claim(key_hash(&K, &[b"x"]), 1002, 60);
+        let c2 = c2.expect("claimed");
+        assert!(s.release(c2));
+        assert!(!s.release(c2));
+        assert!(s.contains(h, 1002, 60), "other entries untouched");
+
+        // Eviction undone: a full bucket, a ninth key evicts the oldest; released, the oldest
+        // is back.
+        let keys = keys_in_bucket0(4, 9);
+        let u = table(4 * BUCKET);
+        let s = Seen::new(&u);
+        for (i, &k) in keys[..8].iter().enumerate() {
+            assert_eq!(s.check_and_insert(k, 100 + i as u64, 60), first());
+        }
+        let (o, c) = s.check_and_claim(keys[8], 110, 60);
+        assert_eq!(o, Outcome::First { evicted: true });
+        assert!(!s.contains(keys[0], 110, 60));
+        assert!(s.release(c.expect("claimed")));
+        assert!(s.contains(keys[0], 110, 60), "the evicted entry is back");
+        assert!(!s.contains(keys[8], 110, 60));
     }
 
     /// Keys that all fall in bucket 0 of a table of `nbuckets`.

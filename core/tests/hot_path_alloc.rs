@@ -198,3 +198,57 @@ fn user_agent_cache_hit_does_not_allocate() {
     assert!(bots > 0);
     assert_eq!(cache.stats().1, misses, "all hits");
 }
+
+/// The banker's charge and refund and the duplicates set's claim and release (what a request
+/// does when its event is not stored) allocate nothing.
+#[test]
+fn charge_refund_claim_and_release_do_not_allocate() {
+    use std::sync::atomic::AtomicU64;
+    use tracker_core::banker::{Account, Charge, Tally};
+    use tracker_core::campaign::Caps;
+    use tracker_core::dedup::{key_hash, Seen};
+    use tracker_core::event::Kind;
+
+    let account = Account::default();
+    let caps = Caps {
+        daily_spend_micros: Some(1_000_000_000),
+        daily_clicks: Some(1_000_000),
+        ..Caps::default()
+    };
+    let slots: Vec<AtomicU64> = (0..8192).map(|_| AtomicU64::new(0)).collect();
+    let seen = Seen::new(&slots);
+    let key = [1u64, 2];
+    let mut refunded = 0;
+
+    let before = allocs();
+    for i in 0..1000u64 {
+        let hash = key_hash(&key, &[b"click", b"summer", &i.to_le_bytes()]);
+        let (_, claim) = seen.check_and_claim(hash, 1_000 + i / 100, 60);
+        if let Charge::Charged(receipt) = account.charge(&caps, Kind::Click, 250, 19_000 + i / 500)
+        {
+            let tally = Tally {
+                charge: Some(receipt),
+                value_micros: account.count_value(1.5),
+                video_completes: 0,
+            };
+            if i % 2 == 0 {
+                account.take_back(&tally);
+                refunded += 1;
+                if let Some(c) = claim {
+                    seen.release(c);
+                }
+            }
+        }
+    }
+    let after = allocs();
+    assert_eq!(
+        after - before,
+        0,
+        "allocations when charging, refunding, claiming, releasing"
+    );
+    assert_eq!(refunded, 500);
+    let k = account.counters(19_001);
+    assert_eq!(k.spend_micros, 500 * 250);
+    assert_eq!(k.value_micros, 500 * 1_500_000);
+    assert_eq!(seen.live(1_009, 60), 500);
+}

@@ -5,7 +5,8 @@
 #                   the module and the shipper; then lint: `cargo fmt --check` and
 #                   `cargo clippy --workspace --all-targets -D warnings`
 #   2. cargo test   the workspace without the module crate (tracker-core, tracker-shipper): the
-#                   module's nginx symbols only resolve inside nginx, so it is tested in nginx
+#                   module's nginx symbols only resolve inside nginx, so it is tested in nginx;
+#                   then the loom models of core's lock-free code (RUSTFLAGS="--cfg loom")
 #   3. Test::Nginx  prove -r t/ against /usr/sbin/nginx with the module loaded
 #                   (Test::Nginx from scripts/test-nginx.sh)
 #   4. end-to-end   every t/e2e/*.sh (first `scripts/tansu.sh install`: the Kafka-compatible
@@ -60,6 +61,11 @@ if want cargo; then
     stage "cargo test --workspace --exclude nginx-tracker" \
         env -u NGINX_SOURCE_DIR NGINX_BUILD_DIR="$NGINX_SRC_COPY/objs" \
         cargo test --workspace --exclude nginx-tracker
+    # The loom models of the lock-free code (core/tests/loom_*.rs): their own target dir, since
+    # --cfg loom swaps the atomics of the whole crate.
+    stage "loom models (cargo test --cfg loom)" \
+        env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
+        cargo test -p tracker-core --release --test 'loom_*'
 fi
 
 # The environment the Test::Nginx files and the end-to-end scripts read.

@@ -9,10 +9,13 @@
 //!                        3 = padding to the end of the data area); a stale tag from an earlier lap
 //!                        never matches the current position.
 //!   word1 (u64): writer pid << 32 | payload length.
-//! Producers reserve space with a CAS on the producer cursor, write word1, publish "reserved",
-//! copy the payload and publish "committed" (release). The consumer reads committed records in
-//! order, skips records of dead writers (reserved by a pid that no longer exists, or never
-//! tagged for a while), and advances the consumer cursor only when its caller acknowledges.
+//! Producers publish themselves in the writers table (ring/writers.rs), reserve space with a
+//! CAS on the producer cursor, write word1, publish "reserved" (and leave the table), copy the
+//! payload and publish "committed" (release). The consumer reads committed records in order,
+//! skips records of dead or stalled writers (reserved by a pid that no longer exists, or for
+//! too long, or never tagged for a while), and advances the consumer cursor only when its
+//! caller acknowledges, never past the space of a skipped writer that may still be alive
+//! (ring/hold.rs).
 //!
 //! Every access to the data area goes through `AtomicU64` (the payload is copied as 8-byte
 //! words with relaxed stores and loads), so a reader scanning a region that a producer is
@@ -1205,6 +1208,12 @@ impl<'r> Reader<'r> {
             let off = pos % size;
             // Acquire: pairs with the writer's Release tag stores (word1, payload visible).
             let w0 = ring.word(off).load(Acquire);
+            // `next <= pp` and `end <= pp` below never refuse a real record: `pos < pp`, so the
+            // CAS that reserved `pos` is at or before the `pp` loaded, and that one CAS moved the
+            // producer cursor over the writer's padding and the whole record after it. (Were
+            // they two CASes, the reader could pass padding into a lap no one had reserved.)
+            // The checks refuse leftovers and torn headers that would take the reader past the
+            // producer cursor. Test: ring_threads_padding_and_its_record_are_reserved_by_one_cas.
             if w0 == tag(pos, STATE_PADDING) {
                 let next = lap_end(pos, size);
                 if off != 0 && next <= pp {

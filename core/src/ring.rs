@@ -1163,8 +1163,7 @@ impl<'r> Reader<'r> {
     pub fn next(&mut self) -> Read {
         let read = self.read();
         if !matches!(read, Read::Skipped { .. }) {
-            self.hold
-                .after_read(self.ring, self.pos, read == Read::Empty);
+            self.hold.after_read(self.ring, self.pos, read == Read::Empty);
         }
         read
     }

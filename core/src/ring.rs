@@ -632,7 +632,8 @@ pub struct RingStats {
     pub dropped_too_large: [u64; COUNTER_KINDS],
     /// Events not stored on purpose (e.g. unknown campaign with `tracker_unknown_campaign count`).
     pub rejected: [u64; COUNTER_KINDS],
-    /// Records the consumer skipped because their writer died before committing.
+    /// Records the consumer skipped because their writer died, or stalled past `stale_after`,
+    /// before committing (one that commits later is in `written` too).
     pub abandoned: u64,
     /// Requests refused as invalid, by `limits::Reason::index()`; never stored.
     pub invalid: [u64; INVALID_REASONS],
@@ -1059,7 +1060,9 @@ pub enum Read {
     Record(Record),
     /// Nothing committed yet at this position (caught up, or a writer still writing).
     Empty,
-    /// Records of dead writers skipped from `from` to `to` (counted in `abandoned`).
+    /// Records of dead or stalled writers skipped from `from` to `to` (counted in `abandoned`).
+    /// For delivery only: while such a writer may be alive, the space stays held
+    /// ([`Reader::held`]), and commits do not hand it back to producers.
     Skipped { from: u64, to: u64 },
     /// The header's cursors break the ring's invariant (`consumer_pos <= producer_pos <=
     /// consumer_pos + data_size`, both multiples of 16 below 2^62): a torn or overwritten

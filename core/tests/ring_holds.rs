@@ -8,7 +8,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ring_common::{check, payload};
-use tracker_core::ring::{Cursor, Read, Reader, Ring, RingFile, StallPoint, WriteError, MIN_DATA_SIZE};
+use tracker_core::ring::{
+    Cursor, Read, Reader, Ring, RingFile, StallPoint, WriteError, MIN_DATA_SIZE,
+};
 
 const STALE: Duration = Duration::from_millis(20);
 
@@ -75,7 +77,11 @@ fn a_sink_cursor_passes_a_held_record_the_consumer_cursor_does_not() {
         assert_eq!(file.position(), ring.producer_pos());
         assert_eq!(ring.consumer_pos(), stalled_at);
         ring.commit(u64::MAX);
-        assert_eq!(ring.consumer_pos(), stalled_at, "Ring::commit passed a hold");
+        assert_eq!(
+            ring.consumer_pos(),
+            stalled_at,
+            "Ring::commit passed a hold"
+        );
 
         // The ring fills up to the held record, one lap later, and no further.
         let mut fits = 0;
@@ -92,7 +98,10 @@ fn a_sink_cursor_passes_a_held_record_the_consumer_cursor_does_not() {
         assert_eq!(reader.held(), Some(stalled_at));
         assert_eq!(reader.position(), file.position());
         let (recs, skips) = read_all(&mut reader);
-        assert!(skips.is_empty() && recs.len() == fits as usize, "{recs:?} {skips:?}");
+        assert!(
+            skips.is_empty() && recs.len() == fits as usize,
+            "{recs:?} {skips:?}"
+        );
         assert_eq!(reader.held(), Some(stalled_at));
         file.commit(reader.position());
         assert_eq!(ring.consumer_pos(), stalled_at);
@@ -136,7 +145,10 @@ fn each_sink_holds_on_its_own_and_a_removed_sink_holds_nothing() {
         assert_eq!(ring.consumer_pos(), 0, "b has read nothing yet");
         assert_eq!(read_past_the_stall(&mut rb, &b), [(0, 64)]);
         assert_eq!((ra.held(), rb.held()), (Some(0), Some(0)));
-        assert_eq!((a.position(), b.position()), (ring.producer_pos(), ring.producer_pos()));
+        assert_eq!(
+            (a.position(), b.position()),
+            (ring.producer_pos(), ring.producer_pos())
+        );
         assert_eq!(ring.consumer_pos(), 0);
         // Sink b is removed from the configuration: its hold goes with it; a's stays.
         drop(rb);

@@ -28,8 +28,8 @@ use std::io::Write;
 
 use ngx::core::{SlabPool, Status};
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc_locked, ngx_slab_free_locked,
-    ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc_locked,
+    ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
 use ngx::ngx_log_error;
 use tracker_core::banker::{Account, Counters};
@@ -182,7 +182,9 @@ impl Writer<'_> {
 
     fn find(&self, id: &[u8]) -> Option<(usize, u32)> {
         let (base, size) = (self.base, self.size);
-        record::find(self.index(), id, |x| record_at(base, size, x).map(|r| r.id()))
+        record::find(self.index(), id, |x| {
+            record_at(base, size, x).map(|r| r.id())
+        })
     }
 
     /// Unlinks `chunk` for good, with a node from `spare`: freed after the grace period.
@@ -195,7 +197,13 @@ impl Writer<'_> {
         let next = self.h.retired.load(Ordering::Relaxed);
         let (chunk_off, r_off) = (self.off(chunk), self.off(node));
         // SAFETY: node is a chunk of this change of the size of Retired, 8-aligned.
-        unsafe { r.write(Retired { next, chunk: chunk_off, since: now_secs() }) };
+        unsafe {
+            r.write(Retired {
+                next,
+                chunk: chunk_off,
+                since: now_secs(),
+            })
+        };
         self.h.retired.store(r_off, Ordering::Relaxed);
     }
 
@@ -273,12 +281,15 @@ impl Writer<'_> {
         // Phase two: publish.
         if let Some((p, n)) = new_index {
             // SAFETY: p has n * 4 zeroed bytes, aligned for u32 (slab chunks are).
-            let new: &[AtomicU32] = unsafe { core::slice::from_raw_parts(p.cast::<AtomicU32>(), n) };
+            let new: &[AtomicU32] =
+                unsafe { core::slice::from_raw_parts(p.cast::<AtomicU32>(), n) };
             let (base, size) = (self.base, self.size);
             for slot in self.index() {
                 let v = slot.load(Ordering::Relaxed);
                 if let Some(id) = record_at(base, size, v).map(|r| r.id()) {
-                    if let Ok((i, _)) = record::slot_for(new, id, |x| record_at(base, size, x).map(|r| r.id())) {
+                    if let Ok((i, _)) =
+                        record::slot_for(new, id, |x| record_at(base, size, x).map(|r| r.id()))
+                    {
                         new[i].store(v, Ordering::Relaxed);
                     }
                 }
@@ -296,9 +307,9 @@ impl Writer<'_> {
         let mut created = 0;
         for pr in prepared {
             let (base, size) = (self.base, self.size);
-            let Ok((slot, old)) =
-                record::slot_for(self.index(), pr.c.id.as_bytes(), |x| record_at(base, size, x).map(|r| r.id()))
-            else {
+            let Ok((slot, old)) = record::slot_for(self.index(), pr.c.id.as_bytes(), |x| {
+                record_at(base, size, x).map(|r| r.id())
+            }) else {
                 continue; // cannot happen: the index is at most half full
             };
             let v = (self.off(pr.record) >> 3) as u32;
@@ -339,12 +350,18 @@ impl Writer<'_> {
     fn ids(&self) -> Vec<Vec<u8>> {
         self.index()
             .iter()
-            .filter_map(|s| self.record(s.load(Ordering::Relaxed)).map(|r| r.id().to_vec()))
+            .filter_map(|s| {
+                self.record(s.load(Ordering::Relaxed))
+                    .map(|r| r.id().to_vec())
+            })
             .collect()
     }
 
     /// Runs a change: `f` either succeeds (published) or fails in its first phase (undone).
-    fn change<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn change<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.reclaim();
         match f(self) {
             Ok(t) => {
@@ -403,22 +420,43 @@ fn record_at<'z>(base: *mut u8, size: usize, v: u32) -> Option<RecordView<'z>> {
 
 impl Store {
     /// Reads and checks the file and declares the zone.
-    pub fn configure(cf: *mut ngx_conf_t, path: &str, name: &[u8], size: usize) -> Result<Store, String> {
+    pub fn configure(
+        cf: *mut ngx_conf_t,
+        path: &str,
+        name: &[u8],
+        size: usize,
+    ) -> Result<Store, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let list = campaign::parse_file(&text).map_err(|e| format!("line {}: {}", e.line, e.message))?;
-        let mut zone_name = ngx_str_t { len: name.len(), data: name.as_ptr() as *mut u8 };
+        let list =
+            campaign::parse_file(&text).map_err(|e| format!("line {}: {}", e.line, e.message))?;
+        let mut zone_name = ngx_str_t {
+            len: name.len(),
+            data: name.as_ptr() as *mut u8,
+        };
         // SAFETY: cf is the configuration being parsed; the name points into its arguments.
         let zone = unsafe {
-            ngx_shared_memory_add(cf, &mut zone_name, size, ptr::addr_of_mut!(crate::ngx_http_tracker_module).cast())
+            ngx_shared_memory_add(
+                cf,
+                &mut zone_name,
+                size,
+                ptr::addr_of_mut!(crate::ngx_http_tracker_module).cast(),
+            )
         };
         if zone.is_null() {
             return Err("cannot add the shared zone".into());
         }
         // SAFETY: zone is a valid shm zone entry of this cycle.
         if unsafe { !(*zone).data.is_null() } {
-            return Err(format!("zone \"{}\" is already used", String::from_utf8_lossy(name)));
+            return Err(format!(
+                "zone \"{}\" is already used",
+                String::from_utf8_lossy(name)
+            ));
         }
-        Ok(Store { zone, list: std::sync::Mutex::new(list), path: path.to_owned() })
+        Ok(Store {
+            zone,
+            list: std::sync::Mutex::new(list),
+            path: path.to_owned(),
+        })
     }
 
     /// Points the zone at this store, once the store has its final address (in MainConf).
@@ -454,12 +492,22 @@ impl Store {
         // SAFETY: the zone is initialized (mapping() found our header).
         let pool = unsafe { SlabPool::from_shm_zone(&*self.zone) }.ok_or(StoreError::NotReady)?;
         let lock = pool.lock();
-        Ok(Writer { base, size, pool: base.cast(), h, fresh: Vec::new(), spare: Vec::new(), _lock: lock })
+        Ok(Writer {
+            base,
+            size,
+            pool: base.cast(),
+            h,
+            fresh: Vec::new(),
+            spare: Vec::new(),
+            _lock: lock,
+        })
     }
 
     /// The clock the campaigns live by: Unix seconds, plus the test offset.
     pub fn now(&self) -> i64 {
-        let off = self.mapping().map_or(0, |(_, _, h)| h.clock_offset.load(Ordering::Relaxed));
+        let off = self
+            .mapping()
+            .map_or(0, |(_, _, h)| h.clock_offset.load(Ordering::Relaxed));
         now_secs() as i64 + off
     }
 
@@ -472,7 +520,8 @@ impl Store {
 
     /// The test clock's offset in seconds (0 in production).
     pub fn clock_offset(&self) -> i64 {
-        self.mapping().map_or(0, |(_, _, h)| h.clock_offset.load(Ordering::Relaxed))
+        self.mapping()
+            .map_or(0, |(_, _, h)| h.clock_offset.load(Ordering::Relaxed))
     }
 
     /// Looks `id` up at time `now`, for `publisher`: copies the landing and fallback URLs
@@ -509,7 +558,8 @@ impl Store {
                         // SAFETY: the account lies in the zone (checked), 8-aligned (slab),
                         // made only of atomics, alive while its campaign exists (and for
                         // GRACE_SECS after a delete).
-                        let account: &'static Account = unsafe { &*base.add(acc_off).cast::<Account>() };
+                        let account: &'static Account =
+                            unsafe { &*base.add(acc_off).cast::<Account>() };
                         hit = Some(Hit {
                             status: r.status(),
                             in_schedule: r.in_schedule(now),
@@ -525,7 +575,9 @@ impl Store {
                 slot_v = Some((slot, v));
             }
             fence(Ordering::Acquire);
-            let same_slot = slot_v.is_none_or(|(slot, v)| index.get(slot).map(|s| s.load(Ordering::Acquire)) == Some(v));
+            let same_slot = slot_v.is_none_or(|(slot, v)| {
+                index.get(slot).map(|s| s.load(Ordering::Acquire)) == Some(v)
+            });
             if same_slot && h.seq.load(Ordering::Relaxed) == s0 {
                 return hit;
             }
@@ -541,7 +593,9 @@ impl Store {
 
     /// Deletes a campaign. Returns whether it existed.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        self.writer()?.change(|w| w.remove(&[id.as_bytes()])).map(|n| n > 0)
+        self.writer()?
+            .change(|w| w.remove(&[id.as_bytes()]))
+            .map(|n| n > 0)
     }
 
     /// One campaign and its counters.
@@ -549,7 +603,9 @@ impl Store {
         let (base, size, h) = self.mapping()?;
         let _w = self.writer().ok()?;
         let index = index_of(base, size, h)?;
-        let (_, v) = record::find(index, id.as_bytes(), |x| record_at(base, size, x).map(|r| r.id()))?;
+        let (_, v) = record::find(index, id.as_bytes(), |x| {
+            record_at(base, size, x).map(|r| r.id())
+        })?;
         let r = record_at(base, size, v)?;
         Some((r.to_campaign(), self.counters_of(base, size, &r)))
     }
@@ -561,7 +617,10 @@ impl Store {
         }
         // SAFETY: as in lookup_full; the caller holds the mutex, so it is not freed.
         let a = unsafe { &*base.add(acc_off).cast::<Account>() };
-        a.counters(tracker_core::banker::day_of(self.now(), r.utc_offset_minutes()))
+        a.counters(tracker_core::banker::day_of(
+            self.now(),
+            r.utc_offset_minutes(),
+        ))
     }
 
     /// Campaigns in index order from slot `from`, at most `limit`; and the slot to continue at.
@@ -571,17 +630,34 @@ impl Store {
 
     /// Like [`Store::page`] without decoding whole campaigns: id, status and counters (the
     /// stats location, `src/stats.rs`, which may read many of them).
-    pub fn page_counters(&self, from: usize, limit: usize) -> (Vec<(String, CampaignStatus, Counters)>, Option<usize>) {
-        self.page_with(from, limit, |r, k| (String::from_utf8_lossy(r.id()).into_owned(), r.status(), k))
+    pub fn page_counters(
+        &self,
+        from: usize,
+        limit: usize,
+    ) -> (Vec<(String, CampaignStatus, Counters)>, Option<usize>) {
+        self.page_with(from, limit, |r, k| {
+            (String::from_utf8_lossy(r.id()).into_owned(), r.status(), k)
+        })
     }
 
     /// `f(record, counters)` for the campaigns in index order from slot `from`, at most
     /// `limit`, under the zone's mutex (records are not freed meanwhile); and the next slot.
-    fn page_with<T>(&self, from: usize, limit: usize, f: impl Fn(&RecordView<'_>, Counters) -> T) -> (Vec<T>, Option<usize>) {
+    fn page_with<T>(
+        &self,
+        from: usize,
+        limit: usize,
+        f: impl Fn(&RecordView<'_>, Counters) -> T,
+    ) -> (Vec<T>, Option<usize>) {
         let mut out = Vec::new();
-        let Some((base, size, h)) = self.mapping() else { return (out, None) };
-        let Ok(_w) = self.writer() else { return (out, None) };
-        let Some(index) = index_of(base, size, h) else { return (out, None) };
+        let Some((base, size, h)) = self.mapping() else {
+            return (out, None);
+        };
+        let Ok(_w) = self.writer() else {
+            return (out, None);
+        };
+        let Some(index) = index_of(base, size, h) else {
+            return (out, None);
+        };
         for (i, slot) in index.iter().enumerate().skip(from) {
             if out.len() == limit {
                 return (out, Some(i));
@@ -597,7 +673,11 @@ impl Store {
     /// The number of campaigns, the zone's size and the change generation.
     pub fn summary(&self) -> (u64, usize, u64) {
         match self.mapping() {
-            Some((_, size, h)) => (h.count.load(Ordering::Relaxed), size, h.generation.load(Ordering::Relaxed)),
+            Some((_, size, h)) => (
+                h.count.load(Ordering::Relaxed),
+                size,
+                h.generation.load(Ordering::Relaxed),
+            ),
             None => (0, 0, 0),
         }
     }
@@ -605,7 +685,9 @@ impl Store {
     /// Free bytes in the zone (whole free pages of the slab allocator; partly used pages of
     /// small chunks are not counted), for the stats and the memory-per-campaign measurement.
     pub fn zone_free_bytes(&self) -> usize {
-        let Some((base, _, _)) = self.mapping() else { return 0 };
+        let Some((base, _, _)) = self.mapping() else {
+            return 0;
+        };
         let pool = base.cast::<ngx_slab_pool_t>();
         // SAFETY: the zone starts with its slab pool; pfree is read without the mutex, as
         // nginx's own status code does: a momentary value is fine for statistics.
@@ -617,8 +699,11 @@ impl Store {
     /// Writes every campaign to the campaigns file, atomically (a temporary file in the same
     /// directory, fsync, rename), under the zone's mutex so that two writers never interleave.
     pub fn write_through(&self) -> std::io::Result<()> {
-        let w = self.writer().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        let mut campaigns: Vec<serde_json::Value> = Vec::with_capacity(w.h.count.load(Ordering::Relaxed) as usize);
+        let w = self
+            .writer()
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let mut campaigns: Vec<serde_json::Value> =
+            Vec::with_capacity(w.h.count.load(Ordering::Relaxed) as usize);
         for slot in w.index() {
             if let Some(r) = w.record(slot.load(Ordering::Relaxed)) {
                 campaigns.push(r.to_campaign().to_json());
@@ -628,7 +713,9 @@ impl Store {
         let path = std::path::Path::new(&self.path);
         let tmp = path.with_file_name(format!(
             ".{}.tmp.{}",
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             std::process::id()
         ));
         let mut f = std::fs::File::create(&tmp)?;
@@ -641,7 +728,10 @@ impl Store {
             serde_json::to_writer(&mut text, c).map_err(std::io::Error::other)?;
         }
         text.extend_from_slice(b"\n]\n");
-        let r = f.write_all(&text).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+        let r = f
+            .write_all(&text)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -662,9 +752,14 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     // ours and survives reloads when the zone is reused. The master is alone here.
     unsafe {
         if (*pool).data.is_null() {
-            let h = ngx::ffi::ngx_slab_calloc(pool, mem::size_of::<ZoneHeader>()).cast::<ZoneHeader>();
+            let h =
+                ngx::ffi::ngx_slab_calloc(pool, mem::size_of::<ZoneHeader>()).cast::<ZoneHeader>();
             if h.is_null() {
-                ngx_log_error!(NGX_LOG_EMERG, log, "tracker_campaigns: zone too small for its header");
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    "tracker_campaigns: zone too small for its header"
+                );
                 return Status::NGX_ERROR.into();
             }
             (*pool).data = h.cast();
@@ -676,7 +771,11 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     let list = std::mem::take(&mut *store.list.lock().unwrap_or_else(|p| p.into_inner()));
     let result = store.writer().and_then(|mut w| {
         let keep: std::collections::HashSet<&[u8]> = list.iter().map(|c| c.id.as_bytes()).collect();
-        let gone: Vec<Vec<u8>> = w.ids().into_iter().filter(|id| !keep.contains(id.as_slice())).collect();
+        let gone: Vec<Vec<u8>> = w
+            .ids()
+            .into_iter()
+            .filter(|id| !keep.contains(id.as_slice()))
+            .collect();
         let gone: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
         w.change(|w| w.remove(&gone))?;
         w.change(|w| w.upsert(&list))

@@ -117,7 +117,9 @@ fn sinks_committing_from_several_threads_never_pass_the_slowest() {
     let dir = tempfile::tempdir().unwrap();
     let (rf, _) = RingFile::open_or_create(&dir.path().join("c.ring"), MIN_DATA_SIZE).unwrap();
     let ring = rf.ring();
-    let cursors: Vec<_> = (0..SINKS).map(|i| ring.cursor(&format!("sink{i}")).unwrap()).collect();
+    let cursors: Vec<_> = (0..SINKS)
+        .map(|i| ring.cursor(&format!("sink{i}")).unwrap())
+        .collect();
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let sinks: Vec<_> = cursors
@@ -157,7 +159,8 @@ fn sinks_committing_from_several_threads_never_pass_the_slowest() {
             let file = std::fs::File::open(dir.path().join("c.ring")).unwrap();
             let slot_pos = |i: u64| {
                 let mut b = [0u8; 8];
-                std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, 1024 + 64 * i + 8).unwrap();
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, 1024 + 64 * i + 8)
+                    .unwrap();
                 u64::from_ne_bytes(b)
             };
             let mut checks = 0u64;
@@ -166,7 +169,10 @@ fn sinks_committing_from_several_threads_never_pass_the_slowest() {
                 // least what it was when the consumer cursor was computed.
                 let c = ring.consumer_pos();
                 let slowest = (0..SINKS as u64).map(slot_pos).min().unwrap();
-                assert!(c <= slowest, "consumer cursor {c} past the slowest sink {slowest}");
+                assert!(
+                    c <= slowest,
+                    "consumer cursor {c} past the slowest sink {slowest}"
+                );
                 checks += 1;
             }
             checks

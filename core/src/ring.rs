@@ -9,10 +9,13 @@
 //!                        3 = padding to the end of the data area); a stale tag from an earlier lap
 //!                        never matches the current position.
 //!   word1 (u64): writer pid << 32 | payload length.
-//! Producers reserve space with a CAS on the producer cursor, write word1, publish "reserved",
-//! copy the payload and publish "committed" (release). The consumer reads committed records in
-//! order, skips records of dead writers (reserved by a pid that no longer exists, or never
-//! tagged for a while), and advances the consumer cursor only when its caller acknowledges.
+//! Producers publish themselves in the writers table (ring/writers.rs), reserve space with a
+//! CAS on the producer cursor, write word1, publish "reserved" (and leave the table), copy the
+//! payload and publish "committed" (release). The consumer reads committed records in order,
+//! skips records of dead or stalled writers (reserved by a pid that no longer exists, or for
+//! too long, or never tagged for a while), and advances the consumer cursor only when its
+//! caller acknowledges, never past the space of a skipped writer that may still be alive
+//! (ring/hold.rs).
 //!
 //! Every access to the data area goes through `AtomicU64` (the payload is copied as 8-byte
 //! words with relaxed stores and loads), so a reader scanning a region that a producer is
@@ -30,11 +33,17 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use crate::filespace::{self, Fallback};
+
+mod hold;
+mod writers;
+
+use hold::Hold;
+use writers::WRITER_SLOTS;
 
 /// Number of per-kind counter slots in the header (`event::Kind::index()` < COUNTER_KINDS).
 pub const COUNTER_KINDS: usize = 8;
@@ -142,9 +151,16 @@ struct Header {
     invalid: [AtomicU64; INVALID_REASONS], // 512..640: requests refused as invalid, by reason
     duplicates: [AtomicU64; COUNTER_KINDS], // 640..704: duplicates seen, by kind
     duplicate_evictions: AtomicU64,        // 704: live duplicate-set entries pushed out
-    _r4: [AtomicU64; 39],                  // 712..1024
+    _r4: [AtomicU64; 7],                   // 712..768
+    holds: [AtomicU64; HOLD_SLOTS],        // 768..904: readers' holds (hold.rs), 0: none
+    _r5: [AtomicU64; 15],                  // 904..1024
     cursors: [CursorSlot; CURSOR_SLOTS],   // 1024..2048
+    writers: [AtomicU64; WRITER_SLOTS],    // 2048..4096: writers in flight (writers.rs), 0: free
 }
+
+/// One hold word per cursor slot, then one for a reader without a cursor ([`Reader::new`]).
+const HOLD_SLOTS: usize = CURSOR_SLOTS + 1;
+const ANON_HOLD: usize = CURSOR_SLOTS;
 
 /// Number of named consumer cursors in the header (one per shipper sink).
 pub const CURSOR_SLOTS: usize = 16;
@@ -170,10 +186,11 @@ const OFF_PRODUCER: usize = std::mem::offset_of!(Header, producer_pos);
 const OFF_CONSUMER: usize = std::mem::offset_of!(Header, consumer_pos);
 
 const _: () = {
-    assert!(std::mem::size_of::<Header>() == 2048);
+    assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
     assert!(std::mem::size_of::<CursorSlot>() == 64);
+    assert!(std::mem::offset_of!(Header, holds) == 768);
     assert!(std::mem::offset_of!(Header, cursors) == 1024);
-    assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
+    assert!(std::mem::offset_of!(Header, writers) == 2048);
     assert!(OFF_MAGIC == 0);
     assert!(OFF_VERSION == 8);
     assert!(OFF_HEADER_SIZE == 12);
@@ -733,7 +750,8 @@ pub struct RingStats {
     pub dropped_too_large: [u64; COUNTER_KINDS],
     /// Events not stored on purpose (e.g. unknown campaign with `tracker_unknown_campaign count`).
     pub rejected: [u64; COUNTER_KINDS],
-    /// Records the consumer skipped because their writer died before committing.
+    /// Records the consumer skipped because their writer died, or stalled past `stale_after`,
+    /// before committing (one that commits later is in `written` too).
     pub abandoned: u64,
     /// Requests refused as invalid, by `limits::Reason::index()`; never stored.
     pub invalid: [u64; INVALID_REASONS],
@@ -851,20 +869,41 @@ impl Ring {
             return Err(WriteError::TooLarge);
         };
         let mut p = h.producer_pos.load(Acquire);
+        // The word of the writers table that says we are in flight (claimed at the first
+        // attempt that fits): see writers.rs for why it is published before the CAS.
+        let mut mine: Option<&AtomicU64> = None;
         let res = loop {
             // A producer cursor that no producer could have made (an overwritten header):
             // refuse, like a full ring, rather than write at an unaligned or overflowing
             // place (one test of a register on the hot path).
-            if p & BAD_POS_BITS != 0 {
-                h.dropped_full[k].fetch_add(1, Relaxed);
-                return Err(WriteError::Full);
-            }
-            // Acquire: the consumer's reads of the space it released happen before our writes.
-            let c = h.consumer_pos.load(Acquire);
-            let Some(res) = plan(p, c, size, need) else {
+            let fits = if p & BAD_POS_BITS != 0 {
+                None
+            } else {
+                // Acquire: the consumer's reads of the space it released happen before our
+                // writes.
+                plan(p, h.consumer_pos.load(Acquire), size, need)
+            };
+            let Some(res) = fits else {
+                if let Some(w) = mine {
+                    writers::clear(w);
+                }
                 h.dropped_full[k].fetch_add(1, Relaxed);
                 return Err(WriteError::Full);
             };
+            let e = writers::entry(pid, p);
+            match mine {
+                Some(w) => writers::update(w, e),
+                None => match writers::claim(&h.writers, pid, e) {
+                    Some(w) => mine = Some(w),
+                    // More writers in flight than words: refused, counted as full.
+                    None => {
+                        h.dropped_full[k].fetch_add(1, Relaxed);
+                        return Err(WriteError::Full);
+                    }
+                },
+            }
+            // Release (the entry above is visible to whoever sees this reservation), and every
+            // change of the producer cursor is a CAS, which keeps the release sequence going.
             match h
                 .producer_pos
                 .compare_exchange_weak(p, res.end, AcqRel, Acquire)
@@ -873,24 +912,18 @@ impl Ring {
                 Err(actual) => p = actual,
             }
         };
+        let mine = mine.expect("claimed before the CAS");
         // [p, res.end) is ours alone until we tag it.
         if at == Some(StallPoint::AfterCas) {
             stall();
-            return self.finish_write(h, k, p, res, payload, pid, None::<fn()>);
+            return self.finish_write(h, k, p, res, payload, pid, mine, None::<fn()>);
         }
-        self.finish_write(
-            h,
-            k,
-            p,
-            res,
-            payload,
-            pid,
-            if at == Some(StallPoint::AfterReserved) {
-                Some(stall)
-            } else {
-                None
-            },
-        )
+        let stall_after_reserved = if at == Some(StallPoint::AfterReserved) {
+            Some(stall)
+        } else {
+            None
+        };
+        self.finish_write(h, k, p, res, payload, pid, mine, stall_after_reserved)
     }
 
     #[inline(always)]
@@ -903,6 +936,7 @@ impl Ring {
         res: Reservation,
         payload: &[u8],
         pid: u32,
+        mine: &AtomicU64,
         stall_after_reserved: Option<impl FnOnce()>,
     ) -> Result<u64, WriteError> {
         let size = self.size;
@@ -919,6 +953,8 @@ impl Ring {
             .store(pid_word | payload.len() as u64, Relaxed);
         // Release: word1 is visible to whoever sees "reserved".
         self.word(off).store(tag(q, STATE_RESERVED), Release);
+        // From here word1 names us: out of the writers table (Release: after the tag).
+        writers::clear(mine);
         if let Some(stall) = stall_after_reserved {
             stall();
         }
@@ -985,10 +1021,16 @@ impl Ring {
     /// Only moves forward; producers may then reuse the space.
     ///
     /// Clamped to the producer cursor (a position past it would let producers overwrite
-    /// unread records).
+    /// unread records) and to the readers' holds (a record skipped while its writer may still
+    /// write it: see hold.rs). A commit cut short by a hold is not remembered: commit again once
+    /// the reader has released it ([`Cursor::commit`] remembers, in the sink's slot).
     pub fn commit(&self, pos: u64) {
         let h = self.header();
+        // SeqCst fence: pairs with the one in Hold::set (a hold released at the same time is
+        // seen here, or that reader sees our cursor and commits itself).
+        fence(SeqCst);
         let pos = pos.min(h.producer_pos.load(Acquire));
+        let pos = hold::smallest(&h.holds).map_or(pos, |held| pos.min(held));
         // Release: our reads of the records before `pos` happen before a producer's writes
         // over them (producers load the consumer cursor with Acquire).
         h.consumer_pos.fetch_max(pos, Release);
@@ -1010,6 +1052,8 @@ impl Ring {
                         format!("all {CURSOR_SLOTS} sink cursor slots of the ring are taken")
                     })?;
                 let s = &slots[i];
+                // A fresh sink holds nothing (a hold left by a released sink is void).
+                self.header().holds[i].store(0, Release);
                 s.pos.store(self.consumer_pos(), Release);
                 let mut bytes = [0u8; CURSOR_NAME_MAX];
                 let n = name.len().min(CURSOR_NAME_MAX);
@@ -1036,6 +1080,7 @@ impl Ring {
             if id != 0 && !ids.contains(&id) {
                 freed.push(self.cursor_name(i));
                 s.id.store(0, Release);
+                self.header().holds[i].store(0, Release);
             }
         }
         self.commit_to_slowest_cursor();
@@ -1063,8 +1108,17 @@ impl Ring {
         String::from_utf8_lossy(&bytes[..end]).into_owned()
     }
 
-    /// Moves the consumer cursor to the smallest claimed cursor (nothing if none is claimed).
+    /// Moves the consumer cursor to the smallest claimed cursor (nothing if none is claimed),
+    /// or to the smallest hold if that is smaller.
+    ///
+    /// Several sinks commit from their own threads: each moves its slot forward, then this
+    /// loads every slot and moves the consumer cursor to the minimum with `fetch_max`. A
+    /// minimum computed from slot values that have since grown is still a lower bound of the
+    /// slowest sink, so the consumer cursor never passes a sink, whichever commit lands last.
+    /// The SeqCst fence keeps two sinks that commit at once from both missing the other's new
+    /// slot value (which would leave the consumer cursor behind until the next commit).
     fn commit_to_slowest_cursor(&self) {
+        fence(SeqCst);
         let min = self
             .header()
             .cursors
@@ -1111,6 +1165,10 @@ impl<'r> Cursor<'r> {
 
     /// Acknowledges everything before `pos` for this sink (only moves forward, clamped to the
     /// producer cursor), then moves the ring's consumer cursor to the slowest sink's position.
+    ///
+    /// The slot may go past a record this sink's reader skipped while its writer may still
+    /// write it: the reader's hold (in the header, resumed by the next reader of this sink)
+    /// keeps the consumer cursor before it until the writer finishes or exits.
     pub fn commit(&self, pos: u64) {
         let pos = pos.min(self.ring.producer_pos());
         self.ring.header().cursors[self.slot]
@@ -1119,9 +1177,9 @@ impl<'r> Cursor<'r> {
         self.ring.commit_to_slowest_cursor();
     }
 
-    /// A reader starting at this cursor's position.
+    /// A reader starting at this cursor's position, with this sink's hold.
     pub fn reader(&self) -> Reader<'r> {
-        Reader::at(self.ring, self.position())
+        Reader::with_hold(self.ring, self.position(), self.slot)
     }
 }
 
@@ -1144,7 +1202,9 @@ pub enum Read {
     Record(Record),
     /// Nothing committed yet at this position (caught up, or a writer still writing).
     Empty,
-    /// Records of dead writers skipped from `from` to `to` (counted in `abandoned`).
+    /// Records of dead or stalled writers skipped from `from` to `to` (counted in `abandoned`).
+    /// For delivery only: while such a writer may be alive, the space stays held
+    /// ([`Reader::held`]), and commits do not hand it back to producers.
     Skipped {
         from: u64,
         to: u64,
@@ -1202,6 +1262,8 @@ pub struct Reader<'r> {
     count_skips: bool,
     /// The damage last reported as [`Read::Corrupt`], until the cursors are sane again.
     reported: Option<Cursors>,
+    /// Where the space this reader skipped may still be written by a live writer.
+    hold: Hold,
 }
 
 impl<'r> Reader<'r> {
@@ -1212,7 +1274,15 @@ impl<'r> Reader<'r> {
 
     /// Starts at `pos`, a record boundary at or after the consumer cursor (a sink's
     /// [`Cursor::position`]).
+    ///
+    /// Its hold (see [`Reader::held`]) is the one for readers without a cursor: use one such
+    /// reader per ring at a time.
     pub fn at(ring: &'r Ring, pos: u64) -> Reader<'r> {
+        Reader::with_hold(ring, pos, ANON_HOLD)
+    }
+
+    fn with_hold(ring: &'r Ring, pos: u64, slot: usize) -> Reader<'r> {
+        let hold = Hold::resume(ring, slot, pos);
         Reader {
             ring,
             pos,
@@ -1220,7 +1290,16 @@ impl<'r> Reader<'r> {
             stuck: None,
             count_skips: true,
             reported: None,
+            hold,
         }
+    }
+
+    /// The first position this reader skipped whose writer may still write it (None: none).
+    /// The consumer cursor does not pass it (commits stop there) until the writer commits or
+    /// its process is gone; the reader checks after every skip, when it finds nothing to read,
+    /// and every 1024 records.
+    pub fn held(&self) -> Option<u64> {
+        self.hold.position()
     }
 
     /// Whether skipped records are counted in the header's `abandoned` (default yes). When
@@ -1244,6 +1323,15 @@ impl<'r> Reader<'r> {
 
     #[allow(clippy::should_implement_trait)] // never ends: Empty is not the end
     pub fn next(&mut self) -> Read {
+        let read = self.read();
+        if !matches!(read, Read::Skipped { .. }) {
+            self.hold
+                .after_read(self.ring, self.pos, read == Read::Empty);
+        }
+        read
+    }
+
+    fn read(&mut self) -> Read {
         let ring = self.ring;
         let h = ring.header();
         let size = ring.size;
@@ -1285,6 +1373,12 @@ impl<'r> Reader<'r> {
             let off = pos % size;
             // Acquire: pairs with the writer's Release tag stores (word1, payload visible).
             let w0 = ring.word(off).load(Acquire);
+            // `next <= pp` and `end <= pp` below never refuse a real record: `pos < pp`, so the
+            // CAS that reserved `pos` is at or before the `pp` loaded, and that one CAS moved the
+            // producer cursor over the writer's padding and the whole record after it. (Were
+            // they two CASes, the reader could pass padding into a lap no one had reserved.)
+            // The checks refuse leftovers and torn headers that would take the reader past the
+            // producer cursor. Test: ring_threads_padding_and_its_record_are_reserved_by_one_cas.
             if w0 == tag(pos, STATE_PADDING) {
                 let next = lap_end(pos, size);
                 if off != 0 && next <= pp {
@@ -1345,6 +1439,7 @@ impl<'r> Reader<'r> {
         }
         self.pos = to;
         self.stuck = None;
+        self.hold.skipped(self.ring, from, to);
         Read::Skipped { from, to }
     }
 
@@ -1361,13 +1456,10 @@ impl<'r> Reader<'r> {
         // One lap at most: past `pos + size` the words are the same ones again, and no live
         // reservation reaches beyond it (producers stay within `consumer_pos + size`).
         let limit = pp.min(pos.saturating_add(ring.size));
-        let mut q = pos + REC_HDR;
-        while q < limit {
-            let w = ring.word(q % ring.size).load(Acquire);
-            if w >> 2 == q && w & 3 != 0 {
-                return self.skip(pos, q);
-            }
-            q += REC_HDR;
+        // Cut at the first writer in flight after `pos`: its record is not part of the dead
+        // range (it gets its own wait, and skip if it stalls too).
+        if let Some(q) = hold::first_tag(ring, pos, limit) {
+            return self.skip(pos, hold::writer_between(ring, pos, q).unwrap_or(q));
         }
         let Some(stuck) = self.stuck.as_mut() else {
             return Read::Empty;
@@ -1381,7 +1473,7 @@ impl<'r> Reader<'r> {
                 self.stuck = None;
                 return Read::Resynced { from: pos, to: pp };
             }
-            return self.skip(pos, pp);
+            return self.skip(pos, hold::writer_between(ring, pos, pp).unwrap_or(pp));
         }
         // Producers moved but nothing after `pos` is tagged yet: wait once more.
         stuck.producer = pp;

@@ -102,3 +102,96 @@ fn slots_run_out_cleanly_and_long_names_are_cut() {
     let e = ring.cursor("one-too-many").err().unwrap();
     assert!(e.contains("slots"), "{e}");
 }
+
+/// Several sinks read and commit from their own threads (as the shipper's writer threads do)
+/// while a producer writes: `Cursor::commit` moves the sink's slot, then the consumer cursor to
+/// the smallest slot with `fetch_max`. A minimum computed from slot values that have grown since
+/// is still at most the slowest sink, so the consumer cursor never passes a sink, whichever
+/// commit lands last; and once every sink has committed its last position, the consumer cursor
+/// is there.
+#[test]
+fn sinks_committing_from_several_threads_never_pass_the_slowest() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const SINKS: usize = 4;
+    const N: u32 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (rf, _) = RingFile::open_or_create(&dir.path().join("c.ring"), MIN_DATA_SIZE).unwrap();
+    let ring = rf.ring();
+    let cursors: Vec<_> = (0..SINKS)
+        .map(|i| ring.cursor(&format!("sink{i}")).unwrap())
+        .collect();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sinks: Vec<_> = cursors
+            .iter()
+            .enumerate()
+            .map(|(i, cur)| {
+                let done = &done;
+                s.spawn(move || {
+                    let mut reader = cur.reader();
+                    let mut n = 0u32;
+                    loop {
+                        let finished = done.load(Ordering::Acquire);
+                        match reader.next() {
+                            Read::Record(r) => {
+                                n += 1;
+                                // Sinks commit at different paces.
+                                if n % (1 + 7 * i as u32) == 0 {
+                                    cur.commit(r.end);
+                                }
+                            }
+                            Read::Empty => {
+                                cur.commit(reader.position());
+                                if finished {
+                                    return n;
+                                }
+                                std::thread::yield_now();
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let watcher = s.spawn(|| {
+            // The slots as they are in the file (`Cursor::position` is never below the consumer
+            // cursor, so it cannot tell): `pos` is the second word of each 64-byte slot at 1024.
+            let file = std::fs::File::open(dir.path().join("c.ring")).unwrap();
+            let slot_pos = |i: u64| {
+                let mut b = [0u8; 8];
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, 1024 + 64 * i + 8)
+                    .unwrap();
+                u64::from_ne_bytes(b)
+            };
+            let mut checks = 0u64;
+            while !done.load(Ordering::Acquire) {
+                // The consumer cursor first: slots only grow, so a later load of each is at
+                // least what it was when the consumer cursor was computed.
+                let c = ring.consumer_pos();
+                let slowest = (0..SINKS as u64).map(slot_pos).min().unwrap();
+                assert!(
+                    c <= slowest,
+                    "consumer cursor {c} past the slowest sink {slowest}"
+                );
+                checks += 1;
+            }
+            checks
+        });
+        let mut written = 0;
+        while written < N {
+            match ring.write(0, &[7u8; 40], PID) {
+                Ok(_) => written += 1,
+                Err(WriteError::Full) => std::thread::yield_now(),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        done.store(true, Ordering::Release);
+        for h in sinks {
+            assert_eq!(h.join().unwrap(), N);
+        }
+        assert!(watcher.join().unwrap() > 0);
+    });
+    let pp = ring.producer_pos();
+    assert!(cursors.iter().all(|c| c.position() == pp));
+    assert_eq!(ring.consumer_pos(), pp);
+}

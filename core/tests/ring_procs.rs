@@ -219,6 +219,8 @@ fn ring_procs_writer_killed_after_reserve() {
     let s = ring.stats();
     assert_eq!(s.abandoned, 1);
     assert_eq!(sum(&s.written), (PRE + 2 * N) as u64);
+    // The writer is dead: nothing holds its space.
+    assert_eq!(reader.held(), None);
 }
 
 /// A producer process is SIGKILLed right after its CAS, before writing anything at its
@@ -272,6 +274,99 @@ fn ring_procs_writer_killed_after_cas() {
         assert!(c.seqs[id] == (0..N).collect::<Vec<_>>(), "producer {id}");
     }
     assert_eq!(ring.stats().abandoned, 1);
+    assert_eq!(reader.held(), None);
+}
+
+/// A live writer process stalled after "reserved" (it sleeps there: as a SIGSTOPped or
+/// descheduled worker would) is skipped after stale_after, but its space stays held: the other
+/// writers fill the ring up to it and wait (`Full`), nothing of theirs is overwritten. Once the
+/// stalled process is killed, the hold is released and the rest of their records arrive.
+#[test]
+fn ring_procs_stalled_writer_holds_its_space_until_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.ring");
+    let (rf, _) = RingFile::open_or_create(&path, 64 * 1024).unwrap();
+    let ring = rf.ring();
+    const PRE: u32 = 5;
+    const N: u32 = 3_000;
+    let mut staller = spawn("stall_reserved", &path, 3, PRE);
+    wait_for_stalled(&mut staller);
+    let stalled_at = ring.producer_pos() - (16 + 112);
+    let writers: Vec<Proc> = (1..3).map(|id| spawn("writer", &path, id, N)).collect();
+    let mut reader = Reader::new(ring).with_stale_after(Duration::from_millis(50));
+    let mut seqs = vec![Vec::new(); 4];
+    let mut skips = Vec::new();
+    // One read, committing as the shipper does; false on Empty.
+    let read =
+        |reader: &mut Reader, seqs: &mut Vec<Vec<u32>>, skips: &mut Vec<(u64, u64)>| match reader
+            .next()
+        {
+            Read::Record(r) => {
+                let (id, seq) = check(&r.payload);
+                seqs[id as usize].push(seq);
+                ring.commit(r.end);
+                true
+            }
+            Read::Skipped { from, to } => {
+                skips.push((from, to));
+                ring.commit(to);
+                true
+            }
+            Read::Empty => {
+                ring.commit(reader.position());
+                false
+            }
+            other => panic!("{other:?}"),
+        };
+    // Until the writers have filled the ring up to the held record (they keep retrying).
+    let t0 = Instant::now();
+    while skips.is_empty() || ring.producer_pos() + 512 < stalled_at + ring.data_size() {
+        if !read(&mut reader, &mut seqs, &mut skips) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            ring.consumer_pos() <= stalled_at,
+            "the consumer cursor passed a live writer's record"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the ring never filled up to the held record"
+        );
+    }
+    assert_eq!(skips, [(stalled_at, stalled_at + 16 + 112)]);
+    assert_eq!(reader.held(), Some(stalled_at));
+    assert!(
+        sum(&ring.stats().dropped_full) > 0,
+        "the writers never found the ring full"
+    );
+    staller.kill().unwrap();
+    staller.wait().unwrap();
+    let t0 = Instant::now();
+    while seqs[1].len() + seqs[2].len() < 2 * N as usize {
+        if !read(&mut reader, &mut seqs, &mut skips) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{} + {} records",
+            seqs[1].len(),
+            seqs[2].len()
+        );
+    }
+    for w in writers {
+        wait_ok(w);
+    }
+    assert_eq!(seqs[3], (0..PRE).collect::<Vec<_>>());
+    for id in 1..3 {
+        assert!(
+            seqs[id] == (0..N).collect::<Vec<_>>(),
+            "producer {id}: {} records",
+            seqs[id].len()
+        );
+    }
+    assert_eq!(skips.len(), 1);
+    assert_eq!(reader.held(), None);
+    assert_eq!(ring.consumer_pos(), ring.producer_pos());
 }
 
 /// Writers come and go (nginx restarts), the consumer restarts too: cursors and unread

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ring_common::{check, len_for, payload, sum};
-use tracker_core::ring::{Opened, Read, Reader, RingFile, StallPoint, WriteError};
+use tracker_core::ring::{Opened, Read, Reader, RingFile, StallPoint, WriteError, MIN_DATA_SIZE};
 
 #[test]
 fn ring_threads_exactly_once_in_order() {
@@ -325,4 +325,126 @@ fn ring_threads_short_stall_is_not_skipped() {
         });
     }
     assert_eq!(ring.stats().abandoned, 0);
+}
+
+/// Two writers stall right after their CAS, one after the other; the first never comes back
+/// within stale_after, the second does. The forward scan stops at the second writer (it is in
+/// the table of writers in flight): only the first record is skipped, the second is read.
+#[test]
+fn ring_threads_untagged_range_is_cut_at_the_next_writer_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rf, _) = RingFile::open_or_create(&dir.path().join("t.ring"), 1 << 20).unwrap();
+    let ring = rf.ring();
+    let me = std::process::id();
+    thread::scope(|s| {
+        // Owned by this closure: dropped if it panics, which releases the stallers.
+        let (release_a, release_a_rx) = crossbeam_channel::bounded::<()>(0);
+        let (release_b, release_b_rx) = crossbeam_channel::bounded::<()>(0);
+        let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(2);
+        let stalled_b = stalled_tx.clone();
+        let a = s.spawn(move || {
+            ring.write_stalled(0, &payload(8, 0, 100), me, StallPoint::AfterCas, || {
+                stalled_tx.send(()).unwrap();
+                let _ = release_a_rx.recv();
+            })
+        });
+        stalled_rx.recv().unwrap();
+        let b = s.spawn(move || {
+            ring.write_stalled(0, &payload(9, 0, 100), me, StallPoint::AfterCas, || {
+                stalled_b.send(()).unwrap();
+                let _ = release_b_rx.recv();
+            })
+        });
+        stalled_rx.recv().unwrap();
+        for i in 0..3 {
+            ring.write(0, &payload(1, i, 50), me).unwrap();
+        }
+        let mut reader = Reader::new(ring).with_stale_after(Duration::from_millis(50));
+        let t0 = Instant::now();
+        let skipped = loop {
+            match reader.next() {
+                Read::Empty => thread::sleep(Duration::from_millis(2)),
+                Read::Skipped { from, to } => break (from, to),
+                other => panic!("{other:?}"),
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "not skipped");
+        };
+        assert_eq!(skipped, (0, 16 + 112), "only the first writer's record");
+        // The second writer comes back (within stale_after of the reader reaching it).
+        release_b.send(()).unwrap();
+        assert_eq!(b.join().unwrap(), Ok(128));
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match reader.next() {
+                Read::Record(r) => got.push(check(&r.payload)),
+                Read::Empty => thread::sleep(Duration::from_millis(1)),
+                other => panic!("{other:?}"),
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "{got:?}");
+        }
+        assert_eq!(got, [(9, 0), (1, 0), (1, 1), (1, 2)]);
+        assert_eq!(ring.stats().abandoned, 1);
+        assert_eq!(reader.held(), Some(0), "the first writer is alive");
+        release_a.send(()).unwrap();
+        a.join().unwrap().unwrap();
+        assert_eq!(reader.next(), Read::Empty);
+        assert_eq!(reader.held(), None);
+    });
+}
+
+/// The reader passes padding only up to the producer cursor (`lap end <= producer_pos`) and
+/// reads a record only if it ends there (`end <= producer_pos`). Both always hold for real
+/// records because one CAS moves the producer cursor over the padding and the record after it:
+/// as soon as the padding's tag is visible, the record's whole space is reserved. Here a
+/// writer stalls between its padding and its record: the reader passes the padding and waits
+/// at the lap boundary, and the producer cursor is already past the record.
+#[test]
+fn ring_threads_padding_and_its_record_are_reserved_by_one_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rf, _) = RingFile::open_or_create(&dir.path().join("t.ring"), MIN_DATA_SIZE).unwrap();
+    let ring = rf.ring();
+    let size = ring.data_size();
+    let me = std::process::id();
+    let mut reader = Reader::new(ring).with_stale_after(Duration::from_secs(30));
+    // Up to 48 bytes before the end of the first lap (the last record 32 to 80 bytes long).
+    while ring.producer_pos() + 64 + 32 <= size - 48 {
+        ring.write(0, &payload(1, 0, 48), me).unwrap();
+    }
+    let len = (size - 48 - ring.producer_pos() - 16) as usize;
+    ring.write(0, &payload(1, 1, len), me).unwrap();
+    assert_eq!(ring.producer_pos(), size - 48);
+    while let Read::Record(r) = reader.next() {
+        ring.commit(r.end);
+    }
+    thread::scope(|s| {
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let (stalled_tx, stalled_rx) = crossbeam_channel::bounded::<()>(1);
+        // 64 bytes do not fit in the 48 left: padding [size - 48, size), record [size, size + 64).
+        let staller = s.spawn(move || {
+            ring.write_stalled(0, &payload(9, 0, 48), me, StallPoint::AfterReserved, || {
+                stalled_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        });
+        stalled_rx.recv().unwrap();
+        assert_eq!(
+            ring.producer_pos(),
+            size + 64,
+            "padding and record in one reservation"
+        );
+        assert_eq!(reader.next(), Read::Empty);
+        assert_eq!(
+            reader.position(),
+            size,
+            "padding passed, waiting at the lap boundary"
+        );
+        release_tx.send(()).unwrap();
+        assert_eq!(staller.join().unwrap(), Ok(size));
+        match reader.next() {
+            Read::Record(r) => {
+                assert_eq!((r.pos, r.end, check(&r.payload)), (size, size + 64, (9, 0)))
+            }
+            other => panic!("{other:?}"),
+        }
+    });
 }

@@ -164,6 +164,30 @@ fn corrupt_message(producer: u64, consumer: u64, size: u64) -> String {
     )
 }
 
+/// Logs when the reader's hold (space a possibly live writer may still write, which nginx may
+/// not reuse: docs/ring.md, "Holds") starts, moves on or is released; once per change, never per
+/// event. `last` is what was logged before.
+fn note_hold(last: &mut Option<u64>, now: Option<u64>) {
+    if *last == now {
+        return;
+    }
+    match (*last, now) {
+        (None, Some(at)) => warn!(
+            "ring space from position {at} on is held: a record there was skipped, but its writer may \
+             be alive (stopped or stalled), so nginx may not reuse the space until it finishes or exits \
+             (the ring may fill up meanwhile: drops are counted as full)"
+        ),
+        (Some(from), None) => info!(
+            "ring space held from position {from} is released: its writers finished or exited"
+        ),
+        (Some(from), Some(to)) => info!(
+            "ring space held from position {from} is released up to {to}, still held from there"
+        ),
+        (None, None) => {}
+    }
+    *last = now;
+}
+
 #[allow(clippy::too_many_arguments)]
 fn read_loop(
     cursor: &Cursor<'_>,
@@ -184,6 +208,8 @@ fn read_loop(
             .counting_skips(opts.count_skips)
     };
     let mut reader = new_reader();
+    // The reader's hold as last logged (a hold resumed from the header is logged too).
+    let mut held = None;
     let once_target = opts.once.then(|| ring.producer_pos());
     let (mut gen, mut seq) = (0u64, 0u64);
     let mut chunk = Chunk::default();
@@ -271,6 +297,7 @@ fn read_loop(
                         to - from
                     );
                 }
+                note_hold(&mut held, reader.held());
                 chunk.end = Some(to);
                 chunk.skipped += 1;
                 chunk.skipped_bytes += to - from;
@@ -291,6 +318,7 @@ fn read_loop(
             }
             Read::Empty => {
                 send_chunk!();
+                note_hold(&mut held, reader.held());
                 if signals.stop.load(Ordering::Relaxed) {
                     finish!(Exit::Stopped);
                 }

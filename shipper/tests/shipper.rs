@@ -6,6 +6,8 @@ mod common;
 use std::collections::HashSet;
 use std::fs;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -515,41 +517,75 @@ fn under_systemd_log_lines_carry_their_syslog_priority() {
 }
 
 #[test]
-fn records_of_stalled_writers_are_skipped_and_committed_past() {
-    // A record reserved by a writer that never finishes it: the shipper skips it after
-    // --stale-after-ms and ships what follows.
+fn records_of_stalled_writers_are_skipped_and_their_space_held_until_they_finish() {
+    // A record reserved by a writer that does not finish it: the shipper skips it after
+    // --stale-after-ms and ships what follows. The writer is alive (this process), so nginx may
+    // not reuse its space: the sink's cursor goes past it, the consumer cursor does not, until
+    // the writer has committed (the next run releases the hold, ships nothing twice).
     let f = Fixture::new(1 << 20);
     let before = write_events(f.ring(), 3, &["impression"], 1);
     let stuck = event("impression", T0, 99);
+    let stuck_need = 16 + 16 * stuck.payload.len().div_ceil(16) as u64;
     let path = f.ring_path.clone();
-    let reserved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let r2 = reserved.clone();
-    // Blocks forever after reserving its space (the thread ends with the test process).
-    std::thread::spawn(move || {
+    let reserved = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(AtomicBool::new(false));
+    let (r2, go2) = (reserved.clone(), go.clone());
+    let writer = std::thread::spawn(move || {
         let rf = tracker_core::ring::RingFile::open_existing(&path).unwrap();
-        let _ = rf.ring().write_stalled(
-            0,
-            &stuck.payload,
-            std::process::id(),
-            StallPoint::AfterCas,
-            || {
-                r2.store(true, std::sync::atomic::Ordering::SeqCst);
-                loop {
-                    std::thread::park();
-                }
-            },
-        );
+        rf.ring()
+            .write_stalled(
+                0,
+                &stuck.payload,
+                std::process::id(),
+                StallPoint::AfterCas,
+                || {
+                    r2.store(true, SeqCst);
+                    while !go2.load(SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                },
+            )
+            .unwrap()
     });
-    assert!(wait_until(Duration::from_secs(5), || reserved
-        .load(std::sync::atomic::Ordering::SeqCst)));
+    assert!(wait_until(Duration::from_secs(5), || reserved.load(SeqCst)));
+    let stalled_at = f.ring().producer_pos() - stuck_need;
     let after = write_events(f.ring(), 3, &["impression"], 1);
     let out = f.once(&["--stale-after-ms", "200"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("skipped"), "{err}");
+    assert!(
+        err.contains("skipped") && err.contains("may not reuse"),
+        "{err}"
+    );
     let all: Vec<Written> = before.into_iter().chain(after).collect();
     check_exactly_once(&f.out, &all);
-    assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+    let pp = f.ring().producer_pos();
+    assert_eq!(
+        f.ring().cursors().iter().map(|c| c.1).collect::<Vec<_>>(),
+        [pp],
+        "the sink has it all"
+    );
+    assert_eq!(
+        f.ring().consumer_pos(),
+        stalled_at,
+        "space held for the live writer"
+    );
     assert_eq!(f.ring().stats().abandoned, 1);
+
+    go.store(true, SeqCst);
+    assert_eq!(writer.join().unwrap(), stalled_at);
+    let out = f.once(&["--stale-after-ms", "200"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_exactly_once(&f.out, &all);
+    assert_eq!(
+        f.ring().consumer_pos(),
+        pp,
+        "released once the writer committed"
+    );
+    assert_eq!(f.ring().stats().abandoned, 1, "not skipped again");
 }
 
 #[test]

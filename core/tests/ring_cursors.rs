@@ -136,7 +136,7 @@ fn sinks_committing_from_several_threads_never_pass_the_slowest() {
                             Read::Record(r) => {
                                 n += 1;
                                 // Sinks commit at different paces.
-                                if n % (1 + 7 * i as u32) == 0 {
+                                if n.is_multiple_of(1 + 7 * i as u32) {
                                     cur.commit(r.end);
                                 }
                             }

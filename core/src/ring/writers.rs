@@ -72,7 +72,7 @@ pub(super) fn ahead_of(e: u64, x: u64) -> u64 {
 #[inline]
 pub(super) fn may_own(e: u64, x: u64, size: u64) -> bool {
     let behind = ahead_of(e, x).wrapping_neg() & (POS_MASK << 4);
-    behind == 0 || (x % size == 0 && behind < size / 4)
+    behind == 0 || (x.is_multiple_of(size) && behind < size / 4)
 }
 
 /// Where a writer of `pid` starts probing (a cache-line boundary of the table).

@@ -357,11 +357,11 @@ fn ring_procs_stalled_writer_holds_its_space_until_it_dies() {
         wait_ok(w);
     }
     assert_eq!(seqs[3], (0..PRE).collect::<Vec<_>>());
-    for id in 1..3 {
+    for (id, got) in seqs.iter().enumerate().take(3).skip(1) {
         assert!(
-            seqs[id] == (0..N).collect::<Vec<_>>(),
+            *got == (0..N).collect::<Vec<_>>(),
             "producer {id}: {} records",
-            seqs[id].len()
+            got.len()
         );
     }
     assert_eq!(skips.len(), 1);

@@ -28,4 +28,5 @@ pub mod privacy;
 pub mod record;
 pub mod ring;
 pub mod sign;
+pub mod store;
 pub mod useragent;

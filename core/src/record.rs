@@ -19,7 +19,7 @@
 //! ```
 
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::Acquire;
+use std::sync::atomic::Ordering::SeqCst;
 
 use crate::campaign::{Campaign, Caps, Pricing, Status};
 
@@ -255,7 +255,7 @@ pub fn find<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Option<&'
     let mask = index.len().checked_sub(1)?;
     let mut i = hash(id) as usize & mask;
     for _ in 0..index.len() {
-        let v = index[i].load(Acquire);
+        let v = index[i].load(SeqCst);
         if v == EMPTY {
             return None;
         }
@@ -281,7 +281,7 @@ pub fn slot_for<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Optio
     let mask = index.len().checked_sub(1).ok_or(IndexFull)?;
     let mut i = hash(id) as usize & mask;
     for _ in 0..index.len() {
-        let v = index[i].load(Acquire);
+        let v = index[i].load(SeqCst);
         if v == EMPTY || v == DELETED {
             return Ok((i, None));
         }

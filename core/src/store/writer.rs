@@ -3,13 +3,12 @@
 use core::mem;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Chunks, StoreError, Zone};
+use super::pins::{next_epoch, oldest_pin};
+use super::{index_word, Chunks, StoreError, Zone};
 use crate::banker::Account;
 use crate::campaign::Campaign;
-use crate::record::{self, RecordView, DELETED};
+use crate::record::{self, RecordView, DELETED, EMPTY};
 
-/// How long an unlinked chunk stays allocated before a writer frees it.
-const GRACE_SECS: u64 = 10;
 const MIN_SLOTS: usize = 64;
 
 /// Where a writer calls its hook (tests: a writer stopped or killed at every step).
@@ -18,8 +17,6 @@ const MIN_SLOTS: usize = 64;
 pub enum Step {
     /// Everything is allocated; nothing is published.
     Allocated,
-    /// A new index is being published.
-    IndexPublishing,
     /// A new index is published.
     IndexPublished,
     /// One slot is stored.
@@ -28,12 +25,13 @@ pub enum Step {
     Retired,
 }
 
-/// A retired chunk, waiting to be freed.
+/// A retired chunk, waiting for the readers that may hold it.
 #[repr(C)]
 struct RetiredNode {
     next: u64,
     chunk: u64,
-    since: u64,
+    /// The epoch its unlink bumped the store to: readers pinned at or before it may hold it.
+    epoch: u64,
 }
 
 /// The zone as a writer sees it. A change happens in two phases: first every chunk it needs
@@ -43,7 +41,8 @@ struct RetiredNode {
 pub struct Writer<'z, 'h, A: Chunks> {
     zone: Zone<'z>,
     chunks: A,
-    now_secs: u64,
+    /// Whether a reader's process is alive ([`super::pid_alive`]; tests fake it).
+    alive: &'h dyn Fn(u32) -> bool,
     /// Chunks allocated by this change (freed by `undo`).
     fresh: Vec<usize>,
     /// Retire nodes allocated by this change and not used yet.
@@ -54,11 +53,11 @@ pub struct Writer<'z, 'h, A: Chunks> {
 impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
     /// The writer of `zone`, allocating from `chunks`. The caller holds the writers' lock for
     /// the writer's whole life.
-    pub fn new(zone: Zone<'z>, chunks: A, now_secs: u64) -> Self {
+    pub fn new(zone: Zone<'z>, chunks: A, alive: &'h dyn Fn(u32) -> bool) -> Self {
         Writer {
             zone,
             chunks,
-            now_secs,
+            alive,
             fresh: Vec::new(),
             spare: Vec::new(),
             hook: None,
@@ -125,13 +124,15 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
         record::find(self.index(), id, |x| z.record_at(x).map(|r| r.id()))
     }
 
-    /// Unlinks `chunk` for good, with a node from `spare`: freed after the grace period.
+    /// `chunk` was just unlinked (no new reader can find it): freed once the readers that may
+    /// hold it are gone, with a node from `spare`.
     fn retire(&mut self, chunk: usize) {
         let Some(node) = self.spare.pop() else {
             // Not prepared (a bug): keeping the chunk allocated is safe, freeing it is not.
             return;
         };
         let h = self.zone.header();
+        let epoch = next_epoch(self.zone.pins());
         let next = h.retired().load(Ordering::Relaxed);
         // SAFETY: node is a chunk of this change of the size of RetiredNode, 8-aligned.
         unsafe {
@@ -141,23 +142,28 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
                 .write(RetiredNode {
                     next,
                     chunk: chunk as u64,
-                    since: self.now_secs,
+                    epoch,
                 })
         };
         h.retired().store(node as u64, Ordering::Relaxed);
         self.step(Step::Retired);
     }
 
-    /// Frees the retired chunks whose grace period is over.
+    /// Frees the retired chunks that no live reader may hold.
     fn reclaim(&mut self) {
         let h = self.zone.header();
+        if h.retired().load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let oldest = oldest_pin(self.zone.pins(), self.alive);
         let mut prev: Option<*mut RetiredNode> = None;
         let mut cur = h.retired().load(Ordering::Relaxed);
         while cur != 0 {
             let r = self.zone.ptr(cur as usize).cast::<RetiredNode>();
             // SAFETY: the list holds only nodes we allocated, linked by writers.
-            let (next, chunk, since) = unsafe { ((*r).next, (*r).chunk, (*r).since) };
-            if self.now_secs.saturating_sub(since) >= GRACE_SECS {
+            let (next, chunk, epoch) = unsafe { ((*r).next, (*r).chunk, (*r).epoch) };
+            // Pins are `epoch + 1` of their time: a pin above `epoch` came after the unlink.
+            if oldest > epoch {
                 self.chunks.free(chunk as usize);
                 self.chunks.free(cur as usize);
                 match prev {
@@ -201,10 +207,14 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
         }
         let added = plan.iter().filter(|(_, a)| a.is_none()).count();
         let existing = plan.len() - added;
+        // At most half of the slots are used (records and tombstones): else a new index,
+        // sized for the live campaigns, without the tombstones.
         let len = self.index().len();
-        let need = ((self.zone.count() as usize + added) * 2).max(MIN_SLOTS);
-        let new_index = if len < need {
-            let n = need.next_power_of_two();
+        let used = self.zone.header().used().load(Ordering::Relaxed) as usize;
+        let new_index = if (used + added) * 2 > len || len == 0 {
+            let n = ((self.zone.count() as usize + added) * 2)
+                .max(MIN_SLOTS)
+                .next_power_of_two();
             Some((self.alloc(n * 4)?, n))
         } else {
             None
@@ -236,14 +246,20 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
             }) else {
                 continue; // cannot happen: the index is at most half full
             };
-            self.index()[slot].store((p >> 3) as u32, Ordering::Release);
-            self.step(Step::SlotStored);
-            match old {
-                Some(old) => self.retire((old as usize) << 3),
-                None => {
-                    self.zone.header().count().fetch_add(1, Ordering::Relaxed);
-                    created += 1;
+            let h = self.zone.header();
+            if old.is_none() {
+                // Counted first: a writer killed after the store leaves the count high (a
+                // larger index next time), never low (an index more than half full).
+                h.count().fetch_add(1, Ordering::Relaxed);
+                if self.index()[slot].load(Ordering::Relaxed) == EMPTY {
+                    h.used().fetch_add(1, Ordering::Relaxed);
                 }
+                created += 1;
+            }
+            self.index()[slot].store((p >> 3) as u32, Ordering::SeqCst);
+            self.step(Step::SlotStored);
+            if let Some(old) = old {
+                self.retire((old as usize) << 3);
             }
         }
         Ok(created)
@@ -255,25 +271,24 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
         let new: &[AtomicU32] =
             unsafe { core::slice::from_raw_parts(self.zone.ptr(p).cast::<AtomicU32>(), n) };
         let z = self.zone;
+        let mut copied = 0;
         for slot in self.index() {
             let v = slot.load(Ordering::Relaxed);
             if let Some(id) = z.record_at(v).map(|r| r.id()) {
                 if let Ok((i, _)) = record::slot_for(new, id, |x| z.record_at(x).map(|r| r.id())) {
                     new[i].store(v, Ordering::Relaxed);
+                    copied += 1;
                 }
             }
         }
         let h = self.zone.header();
-        let old = h.index_off().load(Ordering::Relaxed);
-        h.seq().fetch_add(1, Ordering::AcqRel);
-        self.step(Step::IndexPublishing);
-        h.index_off().store(p as u64, Ordering::Release);
-        self.step(Step::IndexPublishing);
-        h.index_len().store(n as u64, Ordering::Release);
-        h.seq().fetch_add(1, Ordering::Release);
+        let old = self.index();
+        h.used().store(copied, Ordering::Relaxed);
+        // The new index's slots are published by this store (SeqCst is also Release).
+        h.index_word().store(index_word(p, n), Ordering::SeqCst);
         self.step(Step::IndexPublished);
-        if old != 0 {
-            self.retire(old as usize);
+        if !old.is_empty() {
+            self.retire(self.zone.offset_of(old.as_ptr().cast()));
         }
     }
 
@@ -283,7 +298,7 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
         self.step(Step::Allocated);
         for &(slot, v) in &found {
             let account = self.record(v).map(|r| r.account());
-            self.index()[slot].store(DELETED, Ordering::Release);
+            self.index()[slot].store(DELETED, Ordering::SeqCst);
             self.step(Step::SlotStored);
             self.zone.header().count().fetch_sub(1, Ordering::Relaxed);
             self.retire((v as usize) << 3);

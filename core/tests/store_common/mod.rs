@@ -131,11 +131,7 @@ impl TestZone {
 
     /// A writer (the caller holds the lock).
     pub fn writer(&self) -> Writer<'_, '_, TestChunks<'_>> {
-        Writer::new(
-            self.zone(),
-            TestChunks(self),
-            self.clock.load(Ordering::Relaxed),
-        )
+        Writer::new(self.zone(), TestChunks(self), &alive)
     }
 
     /// Runs `f` with a writer, under the lock.

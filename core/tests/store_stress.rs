@@ -92,7 +92,7 @@ fn readers_and_writers_race() {
         w.join().unwrap();
     }
     stop.store(true, Ordering::Relaxed);
-    let mut charged = vec![0u64; STABLE];
+    let mut charged = [0u64; STABLE];
     for r in readers {
         for (c, n) in charged.iter_mut().zip(r.join().unwrap()) {
             *c += n;

@@ -23,6 +23,10 @@ pub enum Step {
     SlotStored,
     /// A chunk is retired.
     Retired,
+    /// A retired chunk is taken off the list, not freed yet.
+    Unlisted,
+    /// A retired chunk is freed (its node not yet).
+    Freed,
 }
 
 /// A retired chunk, waiting for the readers that may hold it.
@@ -164,13 +168,17 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
             let (next, chunk, epoch) = unsafe { ((*r).next, (*r).chunk, (*r).epoch) };
             // Pins are `epoch + 1` of their time: a pin above `epoch` came after the unlink.
             if oldest > epoch {
-                self.chunks.free(chunk as usize);
-                self.chunks.free(cur as usize);
+                // Off the list first: a writer killed from here on leaks the chunk, it never
+                // leaves a freed chunk on the list for the next writer to free again.
                 match prev {
                     // SAFETY: prev is a live node of the list.
                     Some(p) => unsafe { (*p).next = next },
                     None => h.retired().store(next, Ordering::Relaxed),
                 }
+                self.step(Step::Unlisted);
+                self.chunks.free(chunk as usize);
+                self.step(Step::Freed);
+                self.chunks.free(cur as usize);
             } else {
                 prev = Some(r);
             }

@@ -171,7 +171,9 @@ impl Store {
 
     /// This process's reader slot (claimed at its first lookup).
     fn reader(&self, zone: &Zone<'static>) -> Reader {
-        let pid = std::process::id();
+        // SAFETY: ngx_pid is set once per process before requests are handled (no getpid()
+        // system call per request).
+        let pid = unsafe { ngx::ffi::ngx_pid } as u32;
         let cached = self.reader.load(Ordering::Relaxed);
         if cached >> 32 == u64::from(pid) {
             let slot = cached & 0xffff_ffff;

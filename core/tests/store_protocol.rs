@@ -238,3 +238,25 @@ fn a_reader_that_died_pinned_holds_nothing_back() {
         "x's account is freed: its last reader is dead"
     );
 }
+
+#[test]
+fn a_dead_process_is_told_from_a_live_one() {
+    use tracker_core::store::pid_alive;
+    assert!(pid_alive(std::process::id()));
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    let pid = child.id();
+    assert!(pid_alive(pid));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!pid_alive(pid), "a killed and reaped child is dead");
+    assert!(!pid_alive(0) && !pid_alive(u32::MAX));
+}
+
+#[test]
+fn the_header_is_two_pages() {
+    // Slab allocations above half a page take whole pages: 8 KiB, no page more.
+    assert_eq!(tracker_core::store::Zone::header_size(), 8192);
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use store_common::{campaign, landing_of, TestZone};
 use tracker_core::event::Kind;
+use tracker_core::store::Reader;
 
 const STABLE: usize = 16;
 const READERS: usize = 3;
@@ -28,7 +29,12 @@ fn readers_and_writers_race() {
         let (tz, stop, stable, lookups) =
             (tz.clone(), stop.clone(), stable.clone(), lookups.clone());
         readers.push(std::thread::spawn(move || {
-            let reader = tz.reader(10 + r as u32);
+            // Reader 0 has no slot of its own (more processes than slots): the shared count.
+            let reader = if r == 0 {
+                Reader::SHARED
+            } else {
+                tz.reader(10 + r as u32)
+            };
             let zone = tz.zone();
             let mut charged = vec![0u64; STABLE];
             let mut n = 0usize;

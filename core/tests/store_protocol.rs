@@ -260,3 +260,93 @@ fn the_header_is_two_pages() {
     // Slab allocations above half a page take whole pages: 8 KiB, no page more.
     assert_eq!(tracker_core::store::Zone::header_size(), 8192);
 }
+
+/// A forked reader process: claims a slot, looks "x" up, sends the account's offset down
+/// `fd`, and waits with its pin held until it is killed. (After fork only what does not
+/// allocate or lock: the lookup allocates nothing, see store_hot_path.)
+fn fork_reader_holding_x(tz: &TestZone, fd: i32) -> libc::pid_t {
+    // SAFETY: the child only calls the store (no allocation, no lock) and async-signal-safe
+    // libc functions, then waits to be killed.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let zone = tz.zone();
+        // SAFETY: getpid, write, pause and _exit are async-signal-safe.
+        unsafe {
+            let me = libc::getpid() as u32;
+            let found = zone
+                .claim_reader(me, &tracker_core::store::pid_alive)
+                .and_then(|r| zone.lookup(r, b"x", |_| ()));
+            let Some((_, account)) = found else {
+                libc::_exit(1)
+            };
+            // `account` (and its pin) lives until the process is killed.
+            let off = tz.offset_of(&*account) as u64;
+            libc::write(fd, (&off as *const u64).cast(), 8);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    pid
+}
+
+/// A forked child, killed when the test ends (even by a failed assertion).
+struct Child(libc::pid_t);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SAFETY: our own child; killing an already reaped pid of ours fails harmlessly
+        // (ESRCH) unless reused, and the test reaps it only just before it ends.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), libc::WNOHANG);
+        }
+    }
+}
+
+#[test]
+fn a_stopped_reader_process_keeps_its_account_and_a_killed_one_lets_go() {
+    let tz = TestZone::new(1 << 20);
+    tz.write(|w| w.upsert(&[campaign("x", 1), campaign("y", 1)]))
+        .unwrap();
+    let mut fds = [0i32; 2];
+    // SAFETY: a new pipe.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let child = Child(fork_reader_holding_x(&tz, fds[1]));
+    let mut off = 0u64;
+    // SAFETY: reads 8 bytes into `off` from our pipe.
+    let n = unsafe { libc::read(fds[0], (&mut off as *mut u64).cast(), 8) };
+    assert_eq!(n, 8, "the child found x");
+    let off = off as usize;
+    // The worker is stopped (SIGSTOP) between its lookup and its charge; x is deleted and
+    // the zone changes again and again.
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(child.0, libc::SIGSTOP) };
+    tz.write(|w| w.remove(&[b"x"])).unwrap();
+    for round in 0..5 {
+        tz.advance_clock(3600);
+        let list: Vec<_> = ids(&format!("p{round}-"), 8)
+            .iter()
+            .map(|id| campaign(id, 1))
+            .collect();
+        tz.write(|w| w.upsert(&list)).unwrap();
+    }
+    assert!(
+        !tz.was_freed(off),
+        "x's account was freed while a stopped worker held it"
+    );
+    // Killed: the next change frees it (its pid is gone).
+    // SAFETY: our child; reaped so that its pid is gone.
+    unsafe {
+        libc::kill(child.0, libc::SIGKILL);
+        libc::waitpid(child.0, std::ptr::null_mut(), 0);
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    tz.write(|w| w.upsert(&[campaign("z", 1)])).unwrap();
+    assert!(
+        tz.was_freed(off),
+        "x's account is freed once its reader's process is dead"
+    );
+}

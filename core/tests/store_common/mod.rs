@@ -1,4 +1,5 @@
-//! A campaign store over plain process memory, for the store's tests: a region of atomics, a
+//! A campaign store over plain process memory, for the store's tests: a shared anonymous
+//! mapping (forked children see it, as nginx's workers see a zone), a
 //! first-fit allocator that hands freed chunks out again at once (so that a chunk freed too
 //! early is reused and overwritten), the writers' lock that nginx's slab mutex is (with the
 //! force-unlock nginx does when the holder died), and fake reader pids that a test can kill.
@@ -27,18 +28,28 @@ struct Heap {
 }
 
 pub struct TestZone {
-    region: Box<[AtomicU64]>,
+    /// A MAP_SHARED anonymous mapping of `size` bytes (page-aligned, zeroed).
+    region: *mut u8,
+    size: usize,
     heap: Mutex<Heap>,
     lock: AtomicBool,
     /// The fake clock the writers are given (seconds).
     clock: AtomicU64,
 }
 
-/// Reader pids a test has killed (pids are distinct across the tests of a binary).
+/// Fake reader pids (threads playing worker processes) are `FAKE_PID + n`: above any real
+/// pid (pid_max is at most 2^22).
+const FAKE_PID: u32 = 1 << 30;
+
+/// Fake readers a test has killed (numbers are distinct across the tests of a binary).
 static DEAD: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
-/// Whether reader `pid` is alive (not killed by [`kill`]).
+/// Whether reader `pid` is alive: a fake one until [`kill`]ed; a real process (a forked
+/// child) as the module tells, with `kill(pid, 0)`.
 pub fn alive(pid: u32) -> bool {
+    if pid < FAKE_PID {
+        return tracker_core::store::pid_alive(pid);
+    }
     !DEAD
         .lock()
         .unwrap()
@@ -46,12 +57,12 @@ pub fn alive(pid: u32) -> bool {
         .is_some_and(|d| d.contains(&pid))
 }
 
-/// Kills reader `pid` (its process is gone: the writers' `kill(pid, 0)` fails).
-pub fn kill(pid: u32) {
+/// Kills fake reader `n` (its process is gone: the writers' `kill(pid, 0)` would fail).
+pub fn kill(n: u32) {
     DEAD.lock()
         .unwrap()
         .get_or_insert_with(HashSet::new)
-        .insert(pid);
+        .insert(FAKE_PID + n);
 }
 
 /// The allocator as one writer uses it.
@@ -85,15 +96,41 @@ impl Chunks for TestChunks<'_> {
     }
 }
 
+// SAFETY: the region is only accessed through atomics or the store's protocol; the rest of
+// TestZone is Sync.
+unsafe impl Send for TestZone {}
+// SAFETY: as for Send.
+unsafe impl Sync for TestZone {}
+
+impl Drop for TestZone {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, no longer used (every Zone borrowed self).
+        unsafe { libc::munmap(self.region.cast(), self.size) };
+    }
+}
+
 impl TestZone {
     pub fn new(bytes: usize) -> Arc<TestZone> {
-        let words = bytes / 8;
-        let region: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        let size = bytes.next_multiple_of(4096);
+        // SAFETY: a new anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "mmap");
+        let region = p.cast::<u8>();
         let start = (HEADER_OFF + Zone::header_size()).next_multiple_of(64);
         let mut heap = Heap::default();
-        heap.free.insert(start, words * 8 - start);
+        heap.free.insert(start, size - start);
         Arc::new(TestZone {
             region,
+            size,
             heap: Mutex::new(heap),
             lock: AtomicBool::new(false),
             clock: AtomicU64::new(1_000_000),
@@ -101,12 +138,12 @@ impl TestZone {
     }
 
     fn base(&self) -> *mut u8 {
-        self.region.as_ptr().cast_mut().cast()
+        self.region
     }
 
     pub fn zone(&self) -> Zone<'_> {
         // SAFETY: the region lives as long as self and is only shared through Zone.
-        unsafe { Zone::new(self.base(), self.region.len() * 8, HEADER_OFF) }
+        unsafe { Zone::new(self.base(), self.size, HEADER_OFF) }
     }
 
     /// Takes the writers' lock (spins like nginx's shmtx).
@@ -183,10 +220,10 @@ impl TestZone {
         (p as *const T as usize) - self.base() as usize
     }
 
-    /// Registers reader `pid`.
-    pub fn reader(&self, pid: u32) -> Reader {
+    /// Registers fake reader `n`.
+    pub fn reader(&self, n: u32) -> Reader {
         self.zone()
-            .claim_reader(pid, &alive)
+            .claim_reader(FAKE_PID + n, &alive)
             .expect("a reader slot")
     }
 }

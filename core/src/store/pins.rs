@@ -151,14 +151,6 @@ impl<'z> Zone<'z> {
         None
     }
 
-    /// Gives the slot back (a process that exits).
-    pub fn release_reader(&self, reader: Reader, pid: u32) {
-        if let Some(s) = self.pins().slots.get(reader.0 as usize) {
-            s.pinned.store(0, SeqCst);
-            let _ = s.owner.compare_exchange(u64::from(pid), 0, SeqCst, SeqCst);
-        }
-    }
-
     /// Pins: until the pin is dropped, nothing this reader finds is freed. Nested pins of one
     /// reader are fine. Two atomic operations (a load and a store) when not nested.
     pub fn pin(&self, reader: Reader) -> Pin<'z> {

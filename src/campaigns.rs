@@ -22,8 +22,8 @@ use std::io::Write;
 
 use ngx::core::{SlabPool, Status};
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc_locked, ngx_slab_free_locked,
-    ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc_locked,
+    ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
 use ngx::ngx_log_error;
 use tracker_core::banker::Counters;
@@ -110,22 +110,44 @@ fn alive(pid: u32) -> bool {
 
 impl Store {
     /// Reads and checks the file and declares the zone.
-    pub fn configure(cf: *mut ngx_conf_t, path: &str, name: &[u8], size: usize) -> Result<Store, String> {
+    pub fn configure(
+        cf: *mut ngx_conf_t,
+        path: &str,
+        name: &[u8],
+        size: usize,
+    ) -> Result<Store, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let list = campaign::parse_file(&text).map_err(|e| format!("line {}: {}", e.line, e.message))?;
-        let mut zone_name = ngx_str_t { len: name.len(), data: name.as_ptr() as *mut u8 };
+        let list =
+            campaign::parse_file(&text).map_err(|e| format!("line {}: {}", e.line, e.message))?;
+        let mut zone_name = ngx_str_t {
+            len: name.len(),
+            data: name.as_ptr() as *mut u8,
+        };
         // SAFETY: cf is the configuration being parsed; the name points into its arguments.
         let zone = unsafe {
-            ngx_shared_memory_add(cf, &mut zone_name, size, core::ptr::addr_of_mut!(crate::ngx_http_tracker_module).cast())
+            ngx_shared_memory_add(
+                cf,
+                &mut zone_name,
+                size,
+                core::ptr::addr_of_mut!(crate::ngx_http_tracker_module).cast(),
+            )
         };
         if zone.is_null() {
             return Err("cannot add the shared zone".into());
         }
         // SAFETY: zone is a valid shm zone entry of this cycle.
         if unsafe { !(*zone).data.is_null() } {
-            return Err(format!("zone \"{}\" is already used", String::from_utf8_lossy(name)));
+            return Err(format!(
+                "zone \"{}\" is already used",
+                String::from_utf8_lossy(name)
+            ));
         }
-        Ok(Store { zone, list: std::sync::Mutex::new(list), path: path.to_owned(), reader: AtomicU64::new(0) })
+        Ok(Store {
+            zone,
+            list: std::sync::Mutex::new(list),
+            path: path.to_owned(),
+            reader: AtomicU64::new(0),
+        })
     }
 
     /// Points the zone at this store, once the store has its final address (in MainConf).
@@ -166,7 +188,15 @@ impl Store {
         let lock = pool.lock();
         // SAFETY: as in zone().
         let base = unsafe { (*self.zone).shm.addr };
-        Ok(Writer::new(zone, Slab { pool: base.cast(), base, _lock: lock }, &alive))
+        Ok(Writer::new(
+            zone,
+            Slab {
+                pool: base.cast(),
+                base,
+                _lock: lock,
+            },
+            &alive,
+        ))
     }
 
     /// This process's reader slot (claimed at its first lookup).
@@ -177,11 +207,16 @@ impl Store {
         let cached = self.reader.load(Ordering::Relaxed);
         if cached >> 32 == u64::from(pid) {
             let slot = cached & 0xffff_ffff;
-            return if slot == SHARED_SLOT { Reader::SHARED } else { Reader::at(slot as u32) };
+            return if slot == SHARED_SLOT {
+                Reader::SHARED
+            } else {
+                Reader::at(slot as u32)
+            };
         }
         let r = zone.claim_reader(pid, &alive);
         let slot = r.map_or(SHARED_SLOT, |r| u64::from(r.index()));
-        self.reader.store(u64::from(pid) << 32 | slot, Ordering::Relaxed);
+        self.reader
+            .store(u64::from(pid) << 32 | slot, Ordering::Relaxed);
         r.unwrap_or(Reader::SHARED)
     }
 
@@ -221,10 +256,35 @@ impl Store {
             if let Some(f) = r.fallback_url() {
                 fallback.extend_from_slice(f);
             }
-            (r.status(), r.in_schedule(now), publisher.is_none_or(|p| r.allows(p)), r.pricing(), r.caps(), r.utc_offset_minutes(), r.fallback_url().is_some())
+            (
+                r.status(),
+                r.in_schedule(now),
+                publisher.is_none_or(|p| r.allows(p)),
+                r.pricing(),
+                r.caps(),
+                r.utc_offset_minutes(),
+                r.fallback_url().is_some(),
+            )
         })?;
-        let (status, in_schedule, publisher_allowed, pricing, caps, utc_offset_minutes, has_fallback) = hit;
-        Some(Hit { status, in_schedule, publisher_allowed, pricing, caps, utc_offset_minutes, has_fallback, account })
+        let (
+            status,
+            in_schedule,
+            publisher_allowed,
+            pricing,
+            caps,
+            utc_offset_minutes,
+            has_fallback,
+        ) = hit;
+        Some(Hit {
+            status,
+            in_schedule,
+            publisher_allowed,
+            pricing,
+            caps,
+            utc_offset_minutes,
+            has_fallback,
+            account,
+        })
     }
 
     /// Upserts campaigns (all or none: on a full zone nothing changes; a repeated id: the
@@ -246,8 +306,17 @@ impl Store {
         Some((r.to_campaign(), self.counters_of(&r, a)))
     }
 
-    fn counters_of(&self, r: &RecordView<'_>, a: Option<&tracker_core::banker::Account>) -> Counters {
-        a.map_or_else(Counters::default, |a| a.counters(tracker_core::banker::day_of(self.now(), r.utc_offset_minutes())))
+    fn counters_of(
+        &self,
+        r: &RecordView<'_>,
+        a: Option<&tracker_core::banker::Account>,
+    ) -> Counters {
+        a.map_or_else(Counters::default, |a| {
+            a.counters(tracker_core::banker::day_of(
+                self.now(),
+                r.utc_offset_minutes(),
+            ))
+        })
     }
 
     /// Campaigns in index order from slot `from`, at most `limit`; and the slot to continue at.
@@ -257,14 +326,27 @@ impl Store {
 
     /// Like [`Store::page`] without decoding whole campaigns: id, status and counters (the
     /// stats location, `src/stats.rs`, which may read many of them).
-    pub fn page_counters(&self, from: usize, limit: usize) -> (Vec<(String, CampaignStatus, Counters)>, Option<usize>) {
-        self.page_with(from, limit, |r, k| (String::from_utf8_lossy(r.id()).into_owned(), r.status(), k))
+    pub fn page_counters(
+        &self,
+        from: usize,
+        limit: usize,
+    ) -> (Vec<(String, CampaignStatus, Counters)>, Option<usize>) {
+        self.page_with(from, limit, |r, k| {
+            (String::from_utf8_lossy(r.id()).into_owned(), r.status(), k)
+        })
     }
 
     /// `f(record, counters)` for the campaigns in index order from slot `from`, at most
     /// `limit`, under the zone's mutex (records are not freed meanwhile); and the next slot.
-    fn page_with<T>(&self, from: usize, limit: usize, f: impl Fn(&RecordView<'_>, Counters) -> T) -> (Vec<T>, Option<usize>) {
-        let Ok(w) = self.writer() else { return (Vec::new(), None) };
+    fn page_with<T>(
+        &self,
+        from: usize,
+        limit: usize,
+        f: impl Fn(&RecordView<'_>, Counters) -> T,
+    ) -> (Vec<T>, Option<usize>) {
+        let Ok(w) = self.writer() else {
+            return (Vec::new(), None);
+        };
         w.page(from, limit, |r, a| f(r, self.counters_of(r, a)))
     }
 
@@ -294,13 +376,17 @@ impl Store {
     /// Writes every campaign to the campaigns file, atomically (a temporary file in the same
     /// directory, fsync, rename), under the zone's mutex so that two writers never interleave.
     pub fn write_through(&self) -> std::io::Result<()> {
-        let w = self.writer().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let w = self
+            .writer()
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let (mut campaigns, _) = w.page(0, usize::MAX, |r, _| r.to_campaign().to_json());
         campaigns.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         let path = std::path::Path::new(&self.path);
         let tmp = path.with_file_name(format!(
             ".{}.tmp.{}",
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             std::process::id()
         ));
         let mut f = std::fs::File::create(&tmp)?;
@@ -313,7 +399,10 @@ impl Store {
             serde_json::to_writer(&mut text, c).map_err(std::io::Error::other)?;
         }
         text.extend_from_slice(b"\n]\n");
-        let r = f.write_all(&text).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+        let r = f
+            .write_all(&text)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -336,7 +425,11 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             // Zeroed: an empty store. Slab chunks of this size are page-aligned.
             let h = ngx::ffi::ngx_slab_calloc(pool, Zone::header_size());
             if h.is_null() {
-                ngx_log_error!(NGX_LOG_EMERG, log, "tracker_campaigns: zone too small for its header");
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    "tracker_campaigns: zone too small for its header"
+                );
                 return Status::NGX_ERROR.into();
             }
             (*pool).data = h.cast();

@@ -116,7 +116,7 @@ impl core::ops::Deref for PinnedAccount<'_> {
 
 /// The index word of `slots` slots at `off`.
 fn index_word(off: usize, slots: usize) -> u64 {
-    debug_assert!(slots.is_power_of_two() && off % 8 == 0);
+    debug_assert!(slots.is_power_of_two() && off.is_multiple_of(8));
     ((off as u64 >> 3) << 32) | u64::from(slots.trailing_zeros())
 }
 
@@ -129,8 +129,8 @@ impl<'z> Zone<'z> {
     /// `header_off` inside the region.
     pub unsafe fn new(base: *mut u8, size: usize, header_off: usize) -> Zone<'z> {
         debug_assert!(
-            base as usize % 8 == 0
-                && header_off % 8 == 0
+            (base as usize).is_multiple_of(8)
+                && header_off.is_multiple_of(8)
                 && header_off + Self::header_size() <= size
         );
         // SAFETY: the caller's promise; Header is only atomics (and padding), valid for any bits.

@@ -78,7 +78,11 @@ impl Answer {
     fn json(status: usize, v: &Value) -> Answer {
         let mut body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
         body.push(b'\n');
-        Answer { status, headers: Vec::new(), body }
+        Answer {
+            status,
+            headers: Vec::new(),
+            body,
+        }
     }
 
     fn error(status: usize, msg: impl fmt::Display) -> Answer {
@@ -86,7 +90,11 @@ impl Answer {
     }
 
     fn empty(status: usize) -> Answer {
-        Answer { status, headers: Vec::new(), body: Vec::new() }
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     fn header(mut self, key: &'static [u8], value: impl Into<Vec<u8>>) -> Answer {
@@ -131,13 +139,19 @@ fn ask<'r>(r: &'r ngx_http_request_t, test_clock: bool) -> Ask<'r> {
     } else {
         Method::Other
     };
-    Ask { route: route(r.uri.as_bytes(), name), method, test_clock }
+    Ask {
+        route: route(r.uri.as_bytes(), name),
+        method,
+        test_clock,
+    }
 }
 
 /// Routes on the URI after the location's name: `` and `/` are the list, `/ID` (or `ID`
 /// after a name ending in `/`) one campaign, with at most one trailing `/`.
 fn route<'a>(uri: &'a [u8], name: &[u8]) -> Route<'a> {
-    let Some(rest) = uri.strip_prefix(name) else { return Route::Nothing };
+    let Some(rest) = uri.strip_prefix(name) else {
+        return Route::Nothing;
+    };
     if rest.is_empty() || rest == b"/" {
         return Route::List;
     }
@@ -180,7 +194,10 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 fn bearer(value: &[u8]) -> Option<&[u8]> {
     let value = value.trim_ascii();
     let (scheme, rest) = value.split_at(value.iter().position(|&c| c == b' ')?);
-    scheme.eq_ignore_ascii_case(b"bearer").then(|| rest.trim_ascii()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether the client is on a loopback address: 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104.
@@ -223,18 +240,28 @@ unsafe fn refused(r: &ngx_http_request_t, lcf: &LocConf) -> Option<Answer> {
             match given {
                 Some(g) if constant_time_eq(g, token) => None,
                 Some(_) => Some(
-                    Answer::error(401, "the bearer token is not the one of tracker_admin_token")
-                        .header(b"WWW-Authenticate", &b"Bearer realm=\"tracker_admin\", error=\"invalid_token\""[..]),
+                    Answer::error(
+                        401,
+                        "the bearer token is not the one of tracker_admin_token",
+                    )
+                    .header(
+                        b"WWW-Authenticate",
+                        &b"Bearer realm=\"tracker_admin\", error=\"invalid_token\""[..],
+                    ),
                 ),
                 None => Some(
-                    Answer::error(401, "this API needs \"Authorization: Bearer TOKEN\" (tracker_admin_token)")
-                        .header(b"WWW-Authenticate", &b"Bearer realm=\"tracker_admin\""[..]),
+                    Answer::error(
+                        401,
+                        "this API needs \"Authorization: Bearer TOKEN\" (tracker_admin_token)",
+                    )
+                    .header(b"WWW-Authenticate", &b"Bearer realm=\"tracker_admin\""[..]),
                 ),
             }
         }
         _ => {
             // SAFETY: the connection of a live request is live.
-            let local = unsafe { r.connection.as_ref() }.is_some_and(|c| unsafe { from_loopback(c) });
+            let local =
+                unsafe { r.connection.as_ref() }.is_some_and(|c| unsafe { from_loopback(c) });
             (!local).then(|| {
                 Answer::error(403, "without tracker_admin_token the API only answers clients on loopback addresses")
             })
@@ -249,14 +276,22 @@ unsafe fn refused(r: &ngx_http_request_t, lcf: &LocConf) -> Option<Answer> {
 unsafe fn not_json(r: &ngx_http_request_t) -> Option<Answer> {
     // SAFETY: headers_in of a live request.
     let ct = unsafe { header_value(r.headers_in.content_type) }?;
-    let media = ct.split(|&c| c == b';').next().unwrap_or(b"").trim_ascii().to_ascii_lowercase();
+    let media = ct
+        .split(|&c| c == b';')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii()
+        .to_ascii_lowercase();
     if media == b"application/json" || media.ends_with(b"+json") {
         return None;
     }
-    Some(Answer::error(415, format!(
-        "Content-Type \"{}\" is not JSON: send application/json",
-        String::from_utf8_lossy(ct)
-    )))
+    Some(Answer::error(
+        415,
+        format!(
+            "Content-Type \"{}\" is not JSON: send application/json",
+            String::from_utf8_lossy(ct)
+        ),
+    ))
 }
 
 /// The content handler of a `tracker_admin` location.
@@ -265,9 +300,15 @@ unsafe fn not_json(r: &ngx_http_request_t) -> Option<Answer> {
 /// Called by nginx with a live request.
 pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls the content handler with a live request.
-    let Some(r) = (unsafe { r.as_mut() }) else { return NGX_ERROR as ngx_int_t };
-    let Some(lcf) = Module::location_conf(r) else { return NGX_ERROR as ngx_int_t };
-    let Some(test_clock) = lcf.admin else { return NGX_DECLINED as ngx_int_t };
+    let Some(r) = (unsafe { r.as_mut() }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let Some(lcf) = Module::location_conf(r) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let Some(test_clock) = lcf.admin else {
+        return NGX_DECLINED as ngx_int_t;
+    };
 
     // SAFETY: r is live for the whole call.
     let look = unsafe { first_look(r, lcf, test_clock) };
@@ -298,13 +339,19 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` is a live request.
-unsafe fn first_look(r: &ngx_http_request_t, lcf: &LocConf, test_clock: bool) -> Result<bool, Answer> {
+unsafe fn first_look(
+    r: &ngx_http_request_t,
+    lcf: &LocConf,
+    test_clock: bool,
+) -> Result<bool, Answer> {
     // SAFETY: see the function's contract.
     unsafe {
         if let Some(no) = refused(r, lcf) {
             return Err(no);
         }
-        let Some(limit) = ask(r, test_clock).body_limit() else { return Ok(false) };
+        let Some(limit) = ask(r, test_clock).body_limit() else {
+            return Ok(false);
+        };
         if let Some(no) = not_json(r) {
             return Err(no);
         }
@@ -319,7 +366,9 @@ unsafe fn first_look(r: &ngx_http_request_t, lcf: &LocConf, test_clock: bool) ->
 /// Called by nginx once the request body is read: answers and finalizes the request.
 unsafe extern "C" fn body_handler(r: *mut ngx_http_request_t) {
     // SAFETY: nginx passes the request whose body was read; it is live.
-    let Some(req) = (unsafe { r.as_mut() }) else { return };
+    let Some(req) = (unsafe { r.as_mut() }) else {
+        return;
+    };
     let rc = match Module::location_conf(req) {
         Some(lcf) => {
             let test_clock = lcf.admin.unwrap_or(false);
@@ -340,7 +389,10 @@ unsafe extern "C" fn body_handler(r: *mut ngx_http_request_t) {
 }
 
 fn too_large(limit: u64) -> Answer {
-    Answer::error(413, format!("the body is larger than the API takes here ({limit} bytes)"))
+    Answer::error(
+        413,
+        format!("the body is larger than the API takes here ({limit} bytes)"),
+    )
 }
 
 /// The request body: nginx's buffers in memory, or its temporary file.
@@ -349,7 +401,9 @@ fn too_large(limit: u64) -> Answer {
 /// `r` is a live request whose body has been read.
 unsafe fn read_body(r: &ngx_http_request_t, limit: u64) -> Result<Vec<u8>, Answer> {
     // SAFETY: request_body is null or nginx's body structure for this request.
-    let Some(rb) = (unsafe { r.request_body.as_ref() }) else { return Ok(Vec::new()) };
+    let Some(rb) = (unsafe { r.request_body.as_ref() }) else {
+        return Ok(Vec::new());
+    };
     let mut out: Vec<u8> = Vec::new();
     let mut cl = rb.bufs;
     // SAFETY: the chain links and their buffers belong to the request body, alive with the
@@ -368,11 +422,16 @@ unsafe fn read_body(r: &ngx_http_request_t, limit: u64) -> Result<Vec<u8>, Answe
                 // request ends.
                 let fd = unsafe { (*b.file).fd };
                 if let Err(e) = read_at(fd, &mut out[start..], b.file_pos) {
-                    return Err(Answer::error(500, format!("cannot read the request body's temporary file: {e}")));
+                    return Err(Answer::error(
+                        500,
+                        format!("cannot read the request body's temporary file: {e}"),
+                    ));
                 }
             } else if !b.pos.is_null() && b.last > b.pos {
                 // SAFETY: [pos, last) are the buffer's bytes.
-                let bytes = unsafe { core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize) };
+                let bytes = unsafe {
+                    core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
+                };
                 if (out.len() + bytes.len()) as u64 > limit {
                     return Err(too_large(limit));
                 }
@@ -390,9 +449,21 @@ fn read_at(fd: i32, buf: &mut [u8], offset: i64) -> std::io::Result<()> {
     while done < buf.len() {
         let rest = &mut buf[done..];
         // SAFETY: `rest` is writable memory of `rest.len()` bytes.
-        let n = unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), offset + done as i64) };
+        let n = unsafe {
+            libc::pread(
+                fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                offset + done as i64,
+            )
+        };
         match n {
-            0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than the body")),
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than the body",
+                ))
+            }
             n if n > 0 => done += n as usize,
             _ => {
                 let e = std::io::Error::last_os_error();
@@ -410,7 +481,8 @@ fn read_at(fd: i32, buf: &mut [u8], offset: i64) -> std::io::Result<()> {
 /// # Safety
 /// `r` is a live request in its content handler or body handler.
 unsafe fn send(r: &mut ngx_http_request_t, a: Answer) -> ngx_int_t {
-    let headers: Vec<(&'static [u8], &[u8])> = a.headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    let headers: Vec<(&'static [u8], &[u8])> =
+        a.headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     // SAFETY: see the function's contract.
     unsafe { response::with_body(r, a.status, b"application/json", &headers, &a.body) }
 }
@@ -450,17 +522,22 @@ unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: &[u8]) -> Answe
 fn with_counters(c: &Campaign, counters: &Counters) -> Value {
     let mut v = c.to_json();
     if let Value::Object(m) = &mut v {
-        m.insert("counters".into(), serde_json::to_value(counters).unwrap_or(Value::Null));
+        m.insert(
+            "counters".into(),
+            serde_json::to_value(counters).unwrap_or(Value::Null),
+        );
     }
     v
 }
 
 /// `name=value` pairs of a query string (not decoded: the API's values are digits).
 fn query(args: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    args.split(|&c| c == b'&').filter(|p| !p.is_empty()).map(|p| match p.iter().position(|&c| c == b'=') {
-        Some(i) => (&p[..i], &p[i + 1..]),
-        None => (p, &[][..]),
-    })
+    args.split(|&c| c == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.iter().position(|&c| c == b'=') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (p, &[][..]),
+        })
 }
 
 fn whole_number(v: &[u8]) -> Option<usize> {
@@ -476,23 +553,39 @@ fn list(store: &Store, args: &[u8]) -> Answer {
         match k {
             b"limit" => match whole_number(v) {
                 Some(n) if n > 0 => limit = n.min(MAX_LIMIT),
-                _ => return Answer::error(400, format!("limit: must be a whole number from 1 to {MAX_LIMIT}")),
+                _ => {
+                    return Answer::error(
+                        400,
+                        format!("limit: must be a whole number from 1 to {MAX_LIMIT}"),
+                    )
+                }
             },
-            b"cursor" => match whole_number(v) {
-                Some(n) => from = n,
-                None => return Answer::error(400, "cursor: not a cursor of this API (pass the \"next\" of the previous page)"),
-            },
+            b"cursor" => {
+                match whole_number(v) {
+                    Some(n) => from = n,
+                    None => return Answer::error(
+                        400,
+                        "cursor: not a cursor of this API (pass the \"next\" of the previous page)",
+                    ),
+                }
+            }
             _ => {}
         }
     }
     let (page, next) = store.page(from, limit);
     let (count, _, _) = store.summary();
     let campaigns: Vec<Value> = page.iter().map(|(c, k)| with_counters(c, k)).collect();
-    Answer::json(200, &json!({ "campaigns": campaigns, "next": next.map(|n| n.to_string()), "count": count }))
+    Answer::json(
+        200,
+        &json!({ "campaigns": campaigns, "next": next.map(|n| n.to_string()), "count": count }),
+    )
 }
 
 fn get_one(store: &Store, id: &[u8]) -> Answer {
-    let found = std::str::from_utf8(id).ok().filter(|_| valid_campaign_id(id)).and_then(|id| store.get(id));
+    let found = std::str::from_utf8(id)
+        .ok()
+        .filter(|_| valid_campaign_id(id))
+        .and_then(|id| store.get(id));
     match found {
         Some((c, k)) => Answer::json(200, &with_counters(&c, &k)),
         None => no_campaign(id),
@@ -500,7 +593,10 @@ fn get_one(store: &Store, id: &[u8]) -> Answer {
 }
 
 fn no_campaign(id: &[u8]) -> Answer {
-    Answer::error(404, format!("no campaign \"{}\"", String::from_utf8_lossy(id)))
+    Answer::error(
+        404,
+        format!("no campaign \"{}\"", String::from_utf8_lossy(id)),
+    )
 }
 
 fn full(store: &Store) -> Answer {
@@ -521,7 +617,13 @@ fn store_error(store: &Store, e: StoreError) -> Answer {
 fn persist(store: &Store, log: *mut ngx_log_t, what: &str) -> Result<(), Answer> {
     match store.write_through() {
         Ok(()) => {
-            ngx_log_error!(NGX_LOG_INFO, log, "tracker_admin: {}; written to \"{}\"", what, store.path());
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "tracker_admin: {}; written to \"{}\"",
+                what,
+                store.path()
+            );
             Ok(())
         }
         Err(e) => {
@@ -538,22 +640,36 @@ fn persist(store: &Store, log: *mut ngx_log_t, what: &str) -> Result<(), Answer>
 /// The body as JSON, or a 400 that says why not.
 fn parse_json(body: &[u8]) -> Result<Value, Answer> {
     if body.trim_ascii().is_empty() {
-        return Err(Answer::error(400, "the body is empty: send a JSON campaign object"));
+        return Err(Answer::error(
+            400,
+            "the body is empty: send a JSON campaign object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| Answer::error(400, format!("invalid JSON: {e}")))
 }
 
 fn put_one(store: &Store, id: &[u8], body: &[u8], log: *mut ngx_log_t) -> Answer {
-    let Some(id) = std::str::from_utf8(id).ok().filter(|_| valid_campaign_id(id)) else {
-        return Answer::error(400, format!(
-            "invalid id \"{}\": must be 1-64 characters of [A-Za-z0-9_.:-]",
-            String::from_utf8_lossy(id)
-        ));
+    let Some(id) = std::str::from_utf8(id)
+        .ok()
+        .filter(|_| valid_campaign_id(id))
+    else {
+        return Answer::error(
+            400,
+            format!(
+                "invalid id \"{}\": must be 1-64 characters of [A-Za-z0-9_.:-]",
+                String::from_utf8_lossy(id)
+            ),
+        );
     };
     let what = format!("campaign \"{id}\"");
     let mut obj = match parse_json(body) {
         Ok(Value::Object(m)) => m,
-        Ok(_) => return Answer::error(400, format!("{what}: the body must be a JSON object (one campaign)")),
+        Ok(_) => {
+            return Answer::error(
+                400,
+                format!("{what}: the body must be a JSON object (one campaign)"),
+            )
+        }
         Err(a) => return a,
     };
     match obj.get("id") {
@@ -589,7 +705,10 @@ fn put_one(store: &Store, id: &[u8], body: &[u8], log: *mut ngx_log_t) -> Answer
 }
 
 fn delete_one(store: &Store, id: &[u8], log: *mut ngx_log_t) -> Answer {
-    let Some(id_text) = std::str::from_utf8(id).ok().filter(|_| valid_campaign_id(id)) else {
+    let Some(id_text) = std::str::from_utf8(id)
+        .ok()
+        .filter(|_| valid_campaign_id(id))
+    else {
         return no_campaign(id);
     };
     match store.delete(id_text) {
@@ -626,10 +745,15 @@ impl<'de> Visitor<'de> for BulkVisitor<'_> {
         let mut n = 0;
         while let Some(v) = seq.next_element::<Value>()? {
             n += 1;
-            let Value::Object(obj) = v else { return Err(fail(format!("object {n}: not a JSON object"))) };
+            let Value::Object(obj) = v else {
+                return Err(fail(format!("object {n}: not a JSON object")));
+            };
             let c = campaign::parse_object(&obj, &format!("object {n}")).map_err(&mut fail)?;
             if let Some(first) = seen.insert(c.id.clone(), n) {
-                return Err(fail(format!("campaign \"{}\": duplicate id (objects {first} and {n})", c.id)));
+                return Err(fail(format!(
+                    "campaign \"{}\": duplicate id (objects {first} and {n})",
+                    c.id
+                )));
             }
             list.push(c);
         }
@@ -640,12 +764,19 @@ impl<'de> Visitor<'de> for BulkVisitor<'_> {
 fn bulk(store: &Store, body: &[u8], log: *mut ngx_log_t) -> Answer {
     match body.trim_ascii_start().first() {
         Some(b'[') => {}
-        None => return Answer::error(400, "the body is empty: send a JSON array of campaign objects"),
+        None => {
+            return Answer::error(
+                400,
+                "the body is empty: send a JSON array of campaign objects",
+            )
+        }
         Some(_) => return Answer::error(400, "the body must be a JSON array of campaign objects"),
     }
     let mut error = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = de.deserialize_seq(BulkVisitor { error: &mut error }).and_then(|list| de.end().map(|()| list));
+    let parsed = de
+        .deserialize_seq(BulkVisitor { error: &mut error })
+        .and_then(|list| de.end().map(|()| list));
     let list = match (parsed, error) {
         (_, Some(msg)) => return Answer::error(400, msg),
         (Err(e), None) => return Answer::error(400, format!("invalid JSON: {e}")),
@@ -659,7 +790,11 @@ fn bulk(store: &Store, body: &[u8], log: *mut ngx_log_t) -> Answer {
         Err(e) => return store_error(store, e),
     };
     let updated = list.len() - created;
-    if let Err(a) = persist(store, log, &format!("bulk upsert: {created} campaigns created, {updated} updated")) {
+    if let Err(a) = persist(
+        store,
+        log,
+        &format!("bulk upsert: {created} campaigns created, {updated} updated"),
+    ) {
         return a;
     }
     Answer::json(200, &json!({ "created": created, "updated": updated }))
@@ -667,26 +802,46 @@ fn bulk(store: &Store, body: &[u8], log: *mut ngx_log_t) -> Answer {
 
 fn clock(store: &Store) -> Answer {
     let now = store.now();
-    Answer::json(200, &json!({
-        "offset_seconds": store.clock_offset(),
-        "now": campaign::rfc3339(now),
-        "now_unix": now,
-    }))
+    Answer::json(
+        200,
+        &json!({
+            "offset_seconds": store.clock_offset(),
+            "now": campaign::rfc3339(now),
+            "now_unix": now,
+        }),
+    )
 }
 
 fn set_clock(store: &Store, body: &[u8], log: *mut ngx_log_t) -> Answer {
     let obj: Map<String, Value> = match parse_json(body) {
         Ok(Value::Object(m)) => m,
-        Ok(_) => return Answer::error(400, "the body must be a JSON object {\"offset_seconds\": N}"),
+        Ok(_) => {
+            return Answer::error(
+                400,
+                "the body must be a JSON object {\"offset_seconds\": N}",
+            )
+        }
         Err(a) => return a,
     };
     if let Some(k) = obj.keys().find(|k| k.as_str() != "offset_seconds") {
-        return Answer::error(400, format!("unknown field {k:?}: the body is {{\"offset_seconds\": N}}"));
+        return Answer::error(
+            400,
+            format!("unknown field {k:?}: the body is {{\"offset_seconds\": N}}"),
+        );
     }
-    let Some(off) = obj.get("offset_seconds").and_then(Value::as_i64).filter(|o| o.abs() <= MAX_CLOCK_OFFSET) else {
+    let Some(off) = obj
+        .get("offset_seconds")
+        .and_then(Value::as_i64)
+        .filter(|o| o.abs() <= MAX_CLOCK_OFFSET)
+    else {
         return Answer::error(400, format!("offset_seconds: must be a whole number of seconds from -{MAX_CLOCK_OFFSET} to {MAX_CLOCK_OFFSET}"));
     };
     store.set_clock_offset(off);
-    ngx_log_error!(NGX_LOG_INFO, log, "tracker_admin: test clock offset set to {} seconds", off);
+    ngx_log_error!(
+        NGX_LOG_INFO,
+        log,
+        "tracker_admin: test clock offset set to {} seconds",
+        off
+    );
     clock(store)
 }

@@ -225,37 +225,192 @@ const fn command(
 }
 
 pub static mut COMMANDS: [ngx_command_t; 32] = [
-    command(ngx_string!("tracker_ring"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_ring, NGX_HTTP_MAIN_CONF_OFFSET),
-    command(ngx_string!("tracker_campaigns"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_campaigns, NGX_HTTP_MAIN_CONF_OFFSET),
-    command(ngx_string!("tracker"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12, set_tracker, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_campaign_id"), ANY_LEVEL | NGX_CONF_TAKE1, set_campaign_id, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_dimension"), ANY_LEVEL | ngx::ffi::NGX_CONF_TAKE23, set_dimension, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_ip"), ANY_LEVEL | NGX_CONF_TAKE1, set_ip, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_respect_dnt"), ANY_LEVEL | NGX_CONF_TAKE1, set_respect_dnt, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_userid"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_userid_name"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_name, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_userid_domain"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_domain, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_userid_path"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_path, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_userid_expires"), ANY_LEVEL | NGX_CONF_TAKE1, set_userid_expires, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_click_id"), ANY_LEVEL | NGX_CONF_TAKE1, set_click_id, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_value"), ANY_LEVEL | NGX_CONF_TAKE1, set_value, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_video_event"), ANY_LEVEL | NGX_CONF_TAKE1, set_video_event, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_watch_time"), ANY_LEVEL | NGX_CONF_TAKE1, set_watch_time, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_fallback_url"), ANY_LEVEL | NGX_CONF_TAKE1, set_fallback_url, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_unknown_campaign"), ANY_LEVEL | NGX_CONF_TAKE1, set_unknown_campaign, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_ring_full"), ANY_LEVEL | NGX_CONF_TAKE1, set_ring_full, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_admin"), NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS | NGX_CONF_TAKE1, set_admin, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_admin_token"), ANY_LEVEL | NGX_CONF_TAKE1, set_admin_token, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_stats"), NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_secret, NGX_HTTP_MAIN_CONF_OFFSET),
-    command(ngx_string!("tracker_signed"), ANY_LEVEL | NGX_CONF_TAKE1, set_signed, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_signed_dimensions"), ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE, set_signed_dimensions, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_bots"), ANY_LEVEL | NGX_CONF_TAKE1, set_bots, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_limits"), ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE, set_limits, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_invalid"), ANY_LEVEL | NGX_CONF_TAKE1, set_invalid, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_duplicates_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12, set_duplicates_zone, NGX_HTTP_MAIN_CONF_OFFSET),
-    command(ngx_string!("tracker_duplicates"), ANY_LEVEL | NGX_CONF_TAKE12, set_duplicates, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("tracker_duplicates_key"), ANY_LEVEL | NGX_CONF_TAKE1, set_duplicates_key, NGX_HTTP_LOC_CONF_OFFSET),
+    command(
+        ngx_string!("tracker_ring"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
+        set_ring,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_campaigns"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
+        set_campaigns,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
+        set_tracker,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_campaign_id"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_campaign_id,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_dimension"),
+        ANY_LEVEL | ngx::ffi::NGX_CONF_TAKE23,
+        set_dimension,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_ip"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_ip,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_respect_dnt"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_respect_dnt,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_userid"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_userid,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_userid_name"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_userid_name,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_userid_domain"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_userid_domain,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_userid_path"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_userid_path,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_userid_expires"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_userid_expires,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_click_id"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_click_id,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_value"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_value,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_video_event"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_video_event,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_watch_time"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_watch_time,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_fallback_url"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_fallback_url,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_unknown_campaign"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_unknown_campaign,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_ring_full"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_ring_full,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_admin"),
+        NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS | NGX_CONF_TAKE1,
+        set_admin,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_admin_token"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_admin_token,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_stats"),
+        NGX_HTTP_LOC_CONF | ngx::ffi::NGX_CONF_NOARGS,
+        set_stats,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_secret"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_secret,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_signed"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_signed,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_signed_dimensions"),
+        ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE,
+        set_signed_dimensions,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_bots"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_bots,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_limits"),
+        ANY_LEVEL | ngx::ffi::NGX_CONF_1MORE,
+        set_limits,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_invalid"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_invalid,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_duplicates_zone"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        set_duplicates_zone,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_duplicates"),
+        ANY_LEVEL | NGX_CONF_TAKE12,
+        set_duplicates,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_duplicates_key"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_duplicates_key,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -289,7 +444,11 @@ fn parse_size(s: &ngx_str_t) -> Option<u64> {
     (n > 0).then_some(n as u64)
 }
 
-unsafe extern "C" fn set_ring(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_ring(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
     let mcf = unsafe { &mut *conf.cast::<MainConf>() };
     let a = unsafe { args(cf) };
@@ -298,17 +457,32 @@ unsafe extern "C" fn set_ring(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, con
     }
     let path = PathBuf::from(text(&a[1]));
     if !path.is_absolute() {
-        return fail(cf, &format!("\"tracker_ring\" path \"{}\" must be absolute", path.display()));
+        return fail(
+            cf,
+            &format!(
+                "\"tracker_ring\" path \"{}\" must be absolute",
+                path.display()
+            ),
+        );
     }
     let Some(size) = parse_size(&a[2]) else {
-        return fail(cf, &format!("invalid ring size \"{}\" in \"tracker_ring\" directive", text(&a[2])));
+        return fail(
+            cf,
+            &format!(
+                "invalid ring size \"{}\" in \"tracker_ring\" directive",
+                text(&a[2])
+            ),
+        );
     };
     if size < tracker_core::ring::MIN_DATA_SIZE {
-        return fail(cf, &format!(
-            "ring size \"{}\" in \"tracker_ring\" directive is too small, the minimum is {}k",
-            text(&a[2]),
-            tracker_core::ring::MIN_DATA_SIZE / 1024
-        ));
+        return fail(
+            cf,
+            &format!(
+                "ring size \"{}\" in \"tracker_ring\" directive is too small, the minimum is {}k",
+                text(&a[2]),
+                tracker_core::ring::MIN_DATA_SIZE / 1024
+            ),
+        );
     }
     match RingFile::open_or_create(&path, size) {
         Ok((ring, opened)) => {
@@ -322,11 +496,18 @@ unsafe extern "C" fn set_ring(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, con
             mcf.ring = Some(ring);
             NGX_CONF_OK
         }
-        Err(e) => fail(cf, &format!("\"tracker_ring\" \"{}\": {}", path.display(), e)),
+        Err(e) => fail(
+            cf,
+            &format!("\"tracker_ring\" \"{}\": {}", path.display(), e),
+        ),
     }
 }
 
-unsafe extern "C" fn set_campaigns(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_campaigns(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
     let mcf = unsafe { &mut *conf.cast::<MainConf>() };
     let a = unsafe { args(cf) };
@@ -342,9 +523,18 @@ unsafe extern "C" fn set_campaigns(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
         return fail(cf, &format!("invalid zone \"{}\" in \"tracker_campaigns\" directive, it must be \"zone=NAME:SIZE\"", text(&a[2])));
     };
     let (name, size) = (&spec[..colon], &spec[colon + 1..]);
-    let size_str = ngx_str_t { len: size.len(), data: size.as_ptr() as *mut u8 };
+    let size_str = ngx_str_t {
+        len: size.len(),
+        data: size.as_ptr() as *mut u8,
+    };
     let Some(size) = parse_size(&size_str).filter(|&s| s >= 8 * 4096) else {
-        return fail(cf, &format!("invalid zone size \"{}\" in \"tracker_campaigns\" directive, the minimum is 32k", String::from_utf8_lossy(size)));
+        return fail(
+            cf,
+            &format!(
+                "invalid zone size \"{}\" in \"tracker_campaigns\" directive, the minimum is 32k",
+                String::from_utf8_lossy(size)
+            ),
+        );
     };
     if name.is_empty() {
         return fail(cf, "empty zone name in \"tracker_campaigns\" directive");
@@ -358,7 +548,11 @@ unsafe extern "C" fn set_campaigns(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
     }
 }
 
-unsafe extern "C" fn set_tracker(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_tracker(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -368,7 +562,9 @@ unsafe extern "C" fn set_tracker(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, 
     let event_type = bytes(&a[1]).to_vec();
     if event_type.is_empty()
         || event_type.len() > 64
-        || !event_type.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+        || !event_type
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
     {
         return fail(cf, &format!("invalid event type \"{}\" in \"tracker\" directive, it must be 1-64 characters of [A-Za-z0-9_-]", text(&a[1])));
     }
@@ -390,11 +586,17 @@ unsafe extern "C" fn set_tracker(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, 
             }
         };
     }
-    lcf.tracker = Some(Tracker { kind, event_type, response });
+    lcf.tracker = Some(Tracker {
+        kind,
+        event_type,
+        response,
+    });
 
     // SAFETY: the http core module's location configuration exists in every location context.
     let clcf = unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) };
-    let Some(clcf) = clcf else { return NGX_CONF_ERROR };
+    let Some(clcf) = clcf else {
+        return NGX_CONF_ERROR;
+    };
     clcf.handler = Some(handler::handler);
 
     // SAFETY: `cf` is valid; main conf exists for every http context.
@@ -415,7 +617,9 @@ fn set_handler(
 ) -> *mut c_char {
     // SAFETY: the http core module's location configuration exists in every location context.
     let clcf = unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) };
-    let Some(clcf) = clcf else { return NGX_CONF_ERROR };
+    let Some(clcf) = clcf else {
+        return NGX_CONF_ERROR;
+    };
     if clcf.handler.is_some() {
         return fail(cf, "the location already has a content handler (\"tracker\", \"tracker_admin\" and \"tracker_stats\" cannot share one)");
     }
@@ -431,7 +635,11 @@ fn set_handler(
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_admin(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_admin(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -449,7 +657,11 @@ unsafe extern "C" fn set_admin(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, co
     set_handler(cf, crate::admin::handler)
 }
 
-unsafe extern "C" fn set_admin_token(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_admin_token(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -468,7 +680,11 @@ unsafe extern "C" fn set_admin_token(cf: *mut ngx_conf_t, _cmd: *mut ngx_command
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_stats(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_stats(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     if lcf.stats {
@@ -482,10 +698,14 @@ unsafe extern "C" fn set_stats(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, co
 ///
 /// # Safety
 /// `cf` is the configuration being parsed; `value` lives as long as the configuration.
-pub unsafe fn compile(cf: *mut ngx_conf_t, value: *mut ngx_str_t) -> Option<*mut ngx_http_complex_value_t> {
+pub unsafe fn compile(
+    cf: *mut ngx_conf_t,
+    value: *mut ngx_str_t,
+) -> Option<*mut ngx_http_complex_value_t> {
     // SAFETY: allocating a zeroed complex value from the configuration pool.
-    let cv = unsafe { ngx::ffi::ngx_pcalloc((*cf).pool, mem::size_of::<ngx_http_complex_value_t>()) }
-        .cast::<ngx_http_complex_value_t>();
+    let cv =
+        unsafe { ngx::ffi::ngx_pcalloc((*cf).pool, mem::size_of::<ngx_http_complex_value_t>()) }
+            .cast::<ngx_http_complex_value_t>();
     if cv.is_null() {
         return None;
     }
@@ -523,7 +743,11 @@ unsafe fn set_cv(
 
 macro_rules! cv_setter {
     ($fn:ident, $field:ident, $name:literal) => {
-        unsafe extern "C" fn $fn(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+        unsafe extern "C" fn $fn(
+            cf: *mut ngx_conf_t,
+            _cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
             // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
             let lcf = unsafe { &mut *conf.cast::<LocConf>() };
             // SAFETY: called from a directive handler.
@@ -539,17 +763,30 @@ cv_setter!(set_video_event, video_event, "tracker_video_event");
 cv_setter!(set_watch_time, watch_time, "tracker_watch_time");
 cv_setter!(set_duplicates_key, duplicates_key, "tracker_duplicates_key");
 
-unsafe extern "C" fn set_dimension(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_dimension(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf (NGX_HTTP_LOC_CONF_OFFSET).
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
     let name = bytes(&a[1]).to_vec();
-    if name.is_empty() || name.len() > 64 || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    {
         return fail(cf, &format!("invalid dimension name \"{}\" in \"tracker_dimension\" directive, it must be 1-64 characters of [A-Za-z0-9_]", text(&a[1])));
     }
     let dims = lcf.dimensions.get_or_insert_with(Vec::new);
     if dims.iter().any(|d| d.name == name) {
-        return fail(cf, &format!("duplicate dimension \"{}\" in \"tracker_dimension\" directive", text(&a[1])));
+        return fail(
+            cf,
+            &format!(
+                "duplicate dimension \"{}\" in \"tracker_dimension\" directive",
+                text(&a[1])
+            ),
+        );
     }
     if dims.len() >= MAX_DIMENSIONS {
         return fail(cf, &format!("too many dimensions in \"tracker_dimension\" directive, the maximum is {MAX_DIMENSIONS}"));
@@ -566,7 +803,11 @@ unsafe extern "C" fn set_dimension(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
     // SAFETY: called from a directive handler.
     match unsafe { compile(cf, value) } {
         Some(cv) => {
-            dims.push(Dimension { name, value: cv, personal });
+            dims.push(Dimension {
+                name,
+                value: cv,
+                personal,
+            });
             NGX_CONF_OK
         }
         None => NGX_CONF_ERROR,
@@ -576,7 +817,12 @@ unsafe extern "C" fn set_dimension(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
 /// The value of a directive that takes one of a few words: `choices` maps each word to its
 /// value; anything else fails with the message nginx's own modules give
 /// (`it must be "a", "b" or "c"`).
-fn choose<T: Copy>(cf: *mut ngx_conf_t, value: &ngx_str_t, directive: &str, choices: &[(&str, T)]) -> Result<T, *mut c_char> {
+fn choose<T: Copy>(
+    cf: *mut ngx_conf_t,
+    value: &ngx_str_t,
+    directive: &str,
+    choices: &[(&str, T)],
+) -> Result<T, *mut c_char> {
     if let Some(&(_, v)) = choices.iter().find(|(w, _)| w.as_bytes() == bytes(value)) {
         return Ok(v);
     }
@@ -586,7 +832,13 @@ fn choose<T: Copy>(cf: *mut ngx_conf_t, value: &ngx_str_t, directive: &str, choi
         Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
         None => String::new(),
     };
-    Err(fail(cf, &format!("invalid value \"{}\" in \"{directive}\" directive, it must be {list}", text(value))))
+    Err(fail(
+        cf,
+        &format!(
+            "invalid value \"{}\" in \"{directive}\" directive, it must be {list}",
+            text(value)
+        ),
+    ))
 }
 
 /// A location directive that takes one word (`tracker_bots flag`): refuses a second one at the
@@ -612,22 +864,74 @@ macro_rules! word_setter {
     };
 }
 
-word_setter!(set_userid, userid, "tracker_userid", [("on", true), ("off", false)]);
-word_setter!(set_respect_dnt, respect_dnt, "tracker_respect_dnt", [("on", true), ("off", false)]);
-word_setter!(set_unknown_campaign, unknown_campaign, "tracker_unknown_campaign", [("store", Unknown::Store), ("count", Unknown::Count)]);
-word_setter!(set_ring_full, ring_full, "tracker_ring_full", [("serve", RingFull::Serve), ("503", RingFull::Unavailable)]);
-word_setter!(set_signed, signed, "tracker_signed", [("on", Signed::On), ("off", Signed::Off), ("flag", Signed::Flag)]);
-word_setter!(set_bots, bots, "tracker_bots", [("flag", Bots::Flag), ("count", Bots::Count), ("off", Bots::Off)]);
-word_setter!(set_invalid, invalid, "tracker_invalid", [("reject", Invalid::Reject), ("flag", Invalid::Flag)]);
+word_setter!(
+    set_userid,
+    userid,
+    "tracker_userid",
+    [("on", true), ("off", false)]
+);
+word_setter!(
+    set_respect_dnt,
+    respect_dnt,
+    "tracker_respect_dnt",
+    [("on", true), ("off", false)]
+);
+word_setter!(
+    set_unknown_campaign,
+    unknown_campaign,
+    "tracker_unknown_campaign",
+    [("store", Unknown::Store), ("count", Unknown::Count)]
+);
+word_setter!(
+    set_ring_full,
+    ring_full,
+    "tracker_ring_full",
+    [("serve", RingFull::Serve), ("503", RingFull::Unavailable)]
+);
+word_setter!(
+    set_signed,
+    signed,
+    "tracker_signed",
+    [
+        ("on", Signed::On),
+        ("off", Signed::Off),
+        ("flag", Signed::Flag)
+    ]
+);
+word_setter!(
+    set_bots,
+    bots,
+    "tracker_bots",
+    [
+        ("flag", Bots::Flag),
+        ("count", Bots::Count),
+        ("off", Bots::Off)
+    ]
+);
+word_setter!(
+    set_invalid,
+    invalid,
+    "tracker_invalid",
+    [("reject", Invalid::Reject), ("flag", Invalid::Flag)]
+);
 
-unsafe extern "C" fn set_ip(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_ip(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
     if lcf.ip.is_some() {
         return fail(cf, "\"tracker_ip\" directive is duplicate");
     }
-    let choices = [("full", IpMode::Full), ("anonymize", IpMode::Anonymize), ("hash", IpMode::Hash), ("off", IpMode::Off)];
+    let choices = [
+        ("full", IpMode::Full),
+        ("anonymize", IpMode::Anonymize),
+        ("hash", IpMode::Hash),
+        ("off", IpMode::Off),
+    ];
     let mode = match choose(cf, &a[1], "tracker_ip", &choices) {
         Ok(m) => m,
         Err(e) => return e,
@@ -643,10 +947,16 @@ unsafe extern "C" fn set_ip(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf:
 
 /// Cookie attribute text: printable ASCII without spaces, `;` or `,`.
 fn cookie_safe(v: &[u8]) -> bool {
-    !v.is_empty() && v.iter().all(|&c| c.is_ascii_graphic() && c != b';' && c != b',')
+    !v.is_empty()
+        && v.iter()
+            .all(|&c| c.is_ascii_graphic() && c != b';' && c != b',')
 }
 
-unsafe extern "C" fn set_userid_name(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_userid_name(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -654,14 +964,23 @@ unsafe extern "C" fn set_userid_name(cf: *mut ngx_conf_t, _cmd: *mut ngx_command
         return fail(cf, "\"tracker_userid_name\" directive is duplicate");
     }
     let v = bytes(&a[1]);
-    if v.is_empty() || v.len() > 64 || !v.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-') {
+    if v.is_empty()
+        || v.len() > 64
+        || !v
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+    {
         return fail(cf, &format!("invalid cookie name \"{}\" in \"tracker_userid_name\" directive, it must be 1-64 characters of [A-Za-z0-9_-]", text(&a[1])));
     }
     lcf.userid_name = Some(v.to_vec());
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_userid_domain(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_userid_domain(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -673,14 +992,28 @@ unsafe extern "C" fn set_userid_domain(cf: *mut ngx_conf_t, _cmd: *mut ngx_comma
         lcf.userid_domain = Some(Vec::new());
         return NGX_CONF_OK;
     }
-    if !cookie_safe(v) || !v.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-') {
-        return fail(cf, &format!("invalid domain \"{}\" in \"tracker_userid_domain\" directive", text(&a[1])));
+    if !cookie_safe(v)
+        || !v
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
+    {
+        return fail(
+            cf,
+            &format!(
+                "invalid domain \"{}\" in \"tracker_userid_domain\" directive",
+                text(&a[1])
+            ),
+        );
     }
     lcf.userid_domain = Some(v.to_vec());
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_userid_path(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_userid_path(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -695,7 +1028,11 @@ unsafe extern "C" fn set_userid_path(cf: *mut ngx_conf_t, _cmd: *mut ngx_command
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_userid_expires(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_userid_expires(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -716,7 +1053,11 @@ unsafe extern "C" fn set_userid_expires(cf: *mut ngx_conf_t, _cmd: *mut ngx_comm
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_fallback_url(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_fallback_url(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -730,13 +1071,23 @@ unsafe extern "C" fn set_fallback_url(cf: *mut ngx_conf_t, _cmd: *mut ngx_comman
     }
     let s = String::from_utf8_lossy(url);
     if let Err(e) = tracker_core::landing::Template::parse(&s) {
-        return fail(cf, &format!("invalid URL \"{s}\" in \"tracker_fallback_url\" directive: {}", e.0));
+        return fail(
+            cf,
+            &format!(
+                "invalid URL \"{s}\" in \"tracker_fallback_url\" directive: {}",
+                e.0
+            ),
+        );
     }
     lcf.fallback_url = Some(url.to_vec());
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_secret(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_secret(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
     let mcf = unsafe { &mut *conf.cast::<MainConf>() };
     let a = unsafe { args(cf) };
@@ -753,7 +1104,11 @@ unsafe extern "C" fn set_secret(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
     }
 }
 
-unsafe extern "C" fn set_limits(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_limits(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -772,18 +1127,31 @@ unsafe extern "C" fn set_limits(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, c
 /// A `window=TIME` parameter: seconds, 1s to 7d.
 fn window_param(s: &ngx_str_t, directive: &str) -> Result<u32, String> {
     let Some(t) = s.as_bytes().strip_prefix(b"window=") else {
-        return Err(format!("invalid parameter \"{}\" in \"{directive}\" directive, it must be \"window=TIME\"", text(s)));
+        return Err(format!(
+            "invalid parameter \"{}\" in \"{directive}\" directive, it must be \"window=TIME\"",
+            text(s)
+        ));
     };
-    let mut copy = ngx_str_t { len: t.len(), data: t.as_ptr().cast_mut() };
+    let mut copy = ngx_str_t {
+        len: t.len(),
+        data: t.as_ptr().cast_mut(),
+    };
     // SAFETY: ngx_parse_time only reads `len` bytes of the string.
     let secs = unsafe { ngx::ffi::ngx_parse_time(&mut copy, 1) };
     if secs <= 0 || !tracker_core::dedup::valid_window(secs as u64) {
-        return Err(format!("invalid window \"{}\" in \"{directive}\" directive, it must be a time from 1s to 7d", String::from_utf8_lossy(t)));
+        return Err(format!(
+            "invalid window \"{}\" in \"{directive}\" directive, it must be a time from 1s to 7d",
+            String::from_utf8_lossy(t)
+        ));
     }
     Ok(secs as u32)
 }
 
-unsafe extern "C" fn set_duplicates_zone(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_duplicates_zone(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's main conf (NGX_HTTP_MAIN_CONF_OFFSET).
     let mcf = unsafe { &mut *conf.cast::<MainConf>() };
     let a = unsafe { args(cf) };
@@ -791,7 +1159,13 @@ unsafe extern "C" fn set_duplicates_zone(cf: *mut ngx_conf_t, _cmd: *mut ngx_com
         return fail(cf, "\"tracker_duplicates_zone\" directive is duplicate");
     }
     let Some(size) = parse_size(&a[1]) else {
-        return fail(cf, &format!("invalid size \"{}\" in \"tracker_duplicates_zone\" directive", text(&a[1])));
+        return fail(
+            cf,
+            &format!(
+                "invalid size \"{}\" in \"tracker_duplicates_zone\" directive",
+                text(&a[1])
+            ),
+        );
     };
     let window = match a.get(2).map(|w| window_param(w, "tracker_duplicates_zone")) {
         None => 3600,
@@ -807,14 +1181,27 @@ unsafe extern "C" fn set_duplicates_zone(cf: *mut ngx_conf_t, _cmd: *mut ngx_com
     }
 }
 
-unsafe extern "C" fn set_duplicates(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_duplicates(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
     if lcf.duplicates.is_some() {
         return fail(cf, "\"tracker_duplicates\" directive is duplicate");
     }
-    let mode = match choose(cf, &a[1], "tracker_duplicates", &[("flag", Duplicates::Flag), ("count", Duplicates::Count), ("off", Duplicates::Off)]) {
+    let mode = match choose(
+        cf,
+        &a[1],
+        "tracker_duplicates",
+        &[
+            ("flag", Duplicates::Flag),
+            ("count", Duplicates::Count),
+            ("off", Duplicates::Off),
+        ],
+    ) {
         Ok(m) => m,
         Err(e) => return e,
     };
@@ -830,7 +1217,8 @@ unsafe extern "C" fn set_duplicates(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_
         if let Some(mcf) = Module::main_conf_mut(cf_ref) {
             if mcf.needs_duplicates.is_none() {
                 // SAFETY: conf_file and its name are set while a file is parsed.
-                let (file, line) = unsafe { ((*(*cf).conf_file).file.name, (*(*cf).conf_file).line) };
+                let (file, line) =
+                    unsafe { ((*(*cf).conf_file).file.name, (*(*cf).conf_file).line) };
                 mcf.needs_duplicates = Some(format!("{}:{}", text(&file), line));
             }
         }
@@ -838,7 +1226,11 @@ unsafe extern "C" fn set_duplicates(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_signed_dimensions(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_signed_dimensions(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf.
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     let a = unsafe { args(cf) };
@@ -848,11 +1240,26 @@ unsafe extern "C" fn set_signed_dimensions(cf: *mut ngx_conf_t, _cmd: *mut ngx_c
     let mut names: Vec<Vec<u8>> = Vec::new();
     for arg in &a[1..] {
         let name = bytes(arg).to_vec();
-        if name.is_empty() || name.len() > 64 || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
-            return fail(cf, &format!("invalid dimension name \"{}\" in \"tracker_signed_dimensions\" directive", text(arg)));
+        if name.is_empty()
+            || name.len() > 64
+            || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        {
+            return fail(
+                cf,
+                &format!(
+                    "invalid dimension name \"{}\" in \"tracker_signed_dimensions\" directive",
+                    text(arg)
+                ),
+            );
         }
         if names.contains(&name) {
-            return fail(cf, &format!("duplicate dimension \"{}\" in \"tracker_signed_dimensions\" directive", text(arg)));
+            return fail(
+                cf,
+                &format!(
+                    "duplicate dimension \"{}\" in \"tracker_signed_dimensions\" directive",
+                    text(arg)
+                ),
+            );
         }
         names.push(name);
     }
@@ -862,7 +1269,11 @@ unsafe extern "C" fn set_signed_dimensions(cf: *mut ngx_conf_t, _cmd: *mut ngx_c
 
 /// Merges `tracker_signed` and `tracker_signed_dimensions`; a tracker location that checks
 /// signatures needs `tracker_secret` and its signed dimensions among its dimensions.
-fn merge_signed(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> Result<(), *mut c_char> {
+fn merge_signed(
+    cf: *mut ngx_conf_t,
+    prev: &LocConf,
+    conf: &mut LocConf,
+) -> Result<(), *mut c_char> {
     conf.signed = conf.signed.or(prev.signed).or(Some(Signed::Off));
     if conf.signed_dimensions.is_none() {
         conf.signed_dimensions = Some(prev.signed_dimensions.clone().unwrap_or_default());
@@ -902,12 +1313,18 @@ unsafe fn default_cv(cf: *mut ngx_conf_t, text: &'static [u8]) -> *mut ngx_http_
     // SAFETY: `s` has room for `text.len()` bytes.
     unsafe { ptr::copy_nonoverlapping(text.as_ptr(), s, text.len()) };
     // SAFETY: the pool outlives the configuration; compile reads `len` bytes.
-    let value = unsafe { ngx::ffi::ngx_palloc((*cf).pool, mem::size_of::<ngx_str_t>()) }.cast::<ngx_str_t>();
+    let value = unsafe { ngx::ffi::ngx_palloc((*cf).pool, mem::size_of::<ngx_str_t>()) }
+        .cast::<ngx_str_t>();
     if value.is_null() {
         return ptr::null_mut();
     }
     // SAFETY: value points to pool memory for one ngx_str_t.
-    unsafe { value.write(ngx_str_t { len: text.len(), data: s }) };
+    unsafe {
+        value.write(ngx_str_t {
+            len: text.len(),
+            data: s,
+        })
+    };
     // SAFETY: called during configuration merge with a valid cf.
     unsafe { compile(cf, value) }.unwrap_or(ptr::null_mut())
 }
@@ -932,7 +1349,11 @@ macro_rules! merge_cv {
 ///
 /// # Safety
 /// Called by nginx with this module's location confs.
-pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut LocConf) -> *mut c_char {
+pub unsafe fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut LocConf,
+    conf: *mut LocConf,
+) -> *mut c_char {
     // SAFETY: nginx passes two distinct, valid location confs of this module.
     let (prev, conf) = unsafe { (&mut *prev, &mut *conf) };
     if conf.admin_token.is_none() {
@@ -947,17 +1368,40 @@ pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut
         conf.dimensions = Some(
             prev.dimensions
                 .as_ref()
-                .map(|d| d.iter().map(|d| Dimension { name: d.name.clone(), value: d.value, personal: d.personal }).collect())
+                .map(|d| {
+                    d.iter()
+                        .map(|d| Dimension {
+                            name: d.name.clone(),
+                            value: d.value,
+                            personal: d.personal,
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         );
     }
     conf.ip = conf.ip.or(prev.ip).or(Some(IpMode::Anonymize));
     conf.respect_dnt = conf.respect_dnt.or(prev.respect_dnt).or(Some(true));
     conf.userid = conf.userid.or(prev.userid).or(Some(false));
-    conf.userid_name = conf.userid_name.take().or_else(|| prev.userid_name.clone()).or_else(|| Some(b"tid".to_vec()));
-    conf.userid_domain = conf.userid_domain.take().or_else(|| prev.userid_domain.clone()).or_else(|| Some(Vec::new()));
-    conf.userid_path = conf.userid_path.take().or_else(|| prev.userid_path.clone()).or_else(|| Some(b"/".to_vec()));
-    conf.userid_expires = conf.userid_expires.or(prev.userid_expires).or(Some(Some(365 * 86_400)));
+    conf.userid_name = conf
+        .userid_name
+        .take()
+        .or_else(|| prev.userid_name.clone())
+        .or_else(|| Some(b"tid".to_vec()));
+    conf.userid_domain = conf
+        .userid_domain
+        .take()
+        .or_else(|| prev.userid_domain.clone())
+        .or_else(|| Some(Vec::new()));
+    conf.userid_path = conf
+        .userid_path
+        .take()
+        .or_else(|| prev.userid_path.clone())
+        .or_else(|| Some(b"/".to_vec()));
+    conf.userid_expires = conf
+        .userid_expires
+        .or(prev.userid_expires)
+        .or(Some(Some(365 * 86_400)));
     if conf.userid == Some(true) {
         conf.userid_cookie = Some(tracker_core::privacy::CookieSpec {
             name: conf.userid_name.clone().unwrap_or_default(),
@@ -974,12 +1418,21 @@ pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut
     if conf.fallback_url.is_none() {
         conf.fallback_url = Some(prev.fallback_url.clone().unwrap_or_default());
     }
-    conf.unknown_campaign = conf.unknown_campaign.or(prev.unknown_campaign).or(Some(Unknown::Store));
+    conf.unknown_campaign = conf
+        .unknown_campaign
+        .or(prev.unknown_campaign)
+        .or(Some(Unknown::Store));
     conf.ring_full = conf.ring_full.or(prev.ring_full).or(Some(RingFull::Serve));
     conf.bots = conf.bots.or(prev.bots).or(Some(Bots::Flag));
-    conf.limits = conf.limits.or(prev.limits).or(Some(tracker_core::limits::Limits::default()));
+    conf.limits = conf
+        .limits
+        .or(prev.limits)
+        .or(Some(tracker_core::limits::Limits::default()));
     conf.invalid = conf.invalid.or(prev.invalid).or(Some(Invalid::Reject));
-    conf.duplicates = conf.duplicates.or(prev.duplicates).or(Some((Duplicates::Off, None)));
+    conf.duplicates = conf
+        .duplicates
+        .or(prev.duplicates)
+        .or(Some((Duplicates::Off, None)));
     if conf.duplicates_key.is_null() {
         conf.duplicates_key = prev.duplicates_key;
     }
@@ -995,10 +1448,13 @@ pub unsafe fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut LocConf, conf: *mut
 /// Called by nginx in postconfiguration with a valid cf.
 pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
     // SAFETY: cf is valid during postconfiguration.
-    let Some(mcf) = Module::main_conf_mut(unsafe { &*cf }) else { return Err(()) };
+    let Some(mcf) = Module::main_conf_mut(unsafe { &*cf }) else {
+        return Err(());
+    };
     if let (None, Some(at)) = (&mcf.ring, &mcf.first_use) {
         ngx_conf_log_error!(
-            NGX_LOG_EMERG, cf,
+            NGX_LOG_EMERG,
+            cf,
             "\"tracker\" is used at {at} but no \"tracker_ring\" is configured in the http block"
         );
         return Err(());
@@ -1026,9 +1482,15 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
 /// and the owner differs.
 pub fn give_ring_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
     use ngx::core::{CoreModuleMainConf, NgxCoreModule};
-    let Some(mcf) = crate::Module::main_conf(cycle) else { return Status::NGX_OK };
-    let Some(ring) = mcf.ring.as_ref() else { return Status::NGX_OK };
-    let Some(ccf) = NgxCoreModule::main_conf(cycle) else { return Status::NGX_OK };
+    let Some(mcf) = crate::Module::main_conf(cycle) else {
+        return Status::NGX_OK;
+    };
+    let Some(ring) = mcf.ring.as_ref() else {
+        return Status::NGX_OK;
+    };
+    let Some(ccf) = NgxCoreModule::main_conf(cycle) else {
+        return Status::NGX_OK;
+    };
     // `user` unset is NGX_CONF_UNSET_UINT cast to ngx_uid_t (all ones), as nginx compares it.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || ccf.user == ngx::ffi::ngx_uid_t::MAX {

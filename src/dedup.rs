@@ -21,8 +21,8 @@ use core::sync::atomic::AtomicU64;
 
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc, ngx_slab_pool_t, ngx_str_t,
-    NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc, ngx_slab_pool_t,
+    ngx_str_t, NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
 use ngx::ngx_log_error;
 use tracker_core::dedup::{self, Seen, BUCKET};
@@ -60,21 +60,37 @@ impl DedupZone {
             ));
         }
         if size < MIN_SIZE {
-            return Err(format!("the duplicates zone must be at least {}k, not {} bytes", MIN_SIZE / 1024, size));
+            return Err(format!(
+                "the duplicates zone must be at least {}k, not {} bytes",
+                MIN_SIZE / 1024,
+                size
+            ));
         }
-        let mut name = ngx_str_t { len: ZONE_NAME.len(), data: ZONE_NAME.as_ptr().cast_mut() };
+        let mut name = ngx_str_t {
+            len: ZONE_NAME.len(),
+            data: ZONE_NAME.as_ptr().cast_mut(),
+        };
         // SAFETY: cf is the configuration being parsed; nginx copies nothing but keeps the name
         // pointer, which is a 'static string.
         let zone = unsafe {
-            ngx_shared_memory_add(cf, &mut name, size, ptr::addr_of_mut!(crate::ngx_http_tracker_module).cast())
+            ngx_shared_memory_add(
+                cf,
+                &mut name,
+                size,
+                ptr::addr_of_mut!(crate::ngx_http_tracker_module).cast(),
+            )
         };
         if zone.is_null() {
-            return Err(format!("cannot add the shared zone \"{ZONE_NAME}\" ({size} bytes)"));
+            return Err(format!(
+                "cannot add the shared zone \"{ZONE_NAME}\" ({size} bytes)"
+            ));
         }
         // SAFETY: zone is a valid shm zone entry of this cycle, alive as long as the cycle.
         unsafe {
             if !(*zone).data.is_null() {
-                return Err(format!("the shared zone \"{ZONE_NAME}\" is already declared"));
+                return Err(format!(
+                    "the shared zone \"{ZONE_NAME}\" is already declared"
+                ));
             }
             (*zone).init = Some(init_zone);
             // Marks the zone as ours until init points `data` at the header (any non-null value:
@@ -155,10 +171,21 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             zone.data = old.cast();
             // SAFETY: as above.
             let n = unsafe { (*old).nslots };
-            ngx_log_error!(NGX_LOG_NOTICE, log, "tracker: zone \"{}\" kept ({} entries)", name, n);
+            ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "tracker: zone \"{}\" kept ({} entries)",
+                name,
+                n
+            );
             return Status::NGX_OK.into();
         }
-        ngx_log_error!(NGX_LOG_EMERG, log, "tracker: zone \"{}\" holds something else", name);
+        ngx_log_error!(
+            NGX_LOG_EMERG,
+            log,
+            "tracker: zone \"{}\" holds something else",
+            name
+        );
         return Status::NGX_ERROR.into();
     }
 
@@ -182,11 +209,18 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         );
         return Status::NGX_ERROR.into();
     }
-    let key = [tracker_core::id::os_random_u64(), tracker_core::id::os_random_u64()];
+    let key = [
+        tracker_core::id::os_random_u64(),
+        tracker_core::id::os_random_u64(),
+    ];
     // SAFETY: h is a fresh, zeroed, page-aligned chunk of `bytes` bytes (>= the Header and the
     // slots); the workers are not forked yet. The slots stay zero: an empty set.
     unsafe {
-        h.write(Header { magic: MAGIC, nslots: nslots as u64, key });
+        h.write(Header {
+            magic: MAGIC,
+            nslots: nslots as u64,
+            key,
+        });
         (*pool).data = h.cast();
     }
     zone.data = h.cast();

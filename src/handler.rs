@@ -5,25 +5,29 @@ use core::ops::Range;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_discard_request_body,
-    ngx_http_core_main_conf_t, ngx_http_get_flushed_variable, ngx_http_request_t,
-    ngx_http_script_copy_var_code,
-    ngx_http_variable_t, ngx_int_t, ngx_pcalloc, ngx_pnalloc, ngx_str_t, ngx_uint_t,
-    NGX_DECLINED, NGX_ERROR, NGX_HTTP_VAR_PREFIX,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_POST,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_OK,
+    ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_core_main_conf_t,
+    ngx_http_discard_request_body, ngx_http_get_flushed_variable, ngx_http_request_t,
+    ngx_http_script_copy_var_code, ngx_http_variable_t, ngx_int_t, ngx_pcalloc, ngx_pnalloc,
+    ngx_str_t, ngx_uint_t, NGX_DECLINED, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_POST, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_HTTP_VAR_PREFIX, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
-use tracker_core::event::{self, flags, EventRef, Kind};
-use tracker_core::input::{client_ip, ArgIndex, parse_number, percent_decode, valid_campaign_id, IP_TEXT_MAX};
-use tracker_core::ring::WriteError;
 use tracker_core::banker::{self, Charge};
 use tracker_core::campaign::Status as CampaignStatus;
-use tracker_core::sign;
+use tracker_core::event::{self, flags, EventRef, Kind};
+use tracker_core::input::{
+    client_ip, parse_number, percent_decode, valid_campaign_id, ArgIndex, IP_TEXT_MAX,
+};
 use tracker_core::limits::{self, Limits, Reason};
+use tracker_core::ring::WriteError;
+use tracker_core::sign;
 use tracker_core::{bots, id, landing, privacy};
 
-use crate::config::{Bots, Duplicates, Invalid, LocConf, MainConf, Response, RingFull, Signed, Tracker, Unknown, MAX_DIMENSIONS};
+use crate::config::{
+    Bots, Duplicates, Invalid, LocConf, MainConf, Response, RingFull, Signed, Tracker, Unknown,
+    MAX_DIMENSIONS,
+};
 use crate::variables::{self, Ctx};
 use crate::worker::{self, Worker};
 use crate::{response, Module};
@@ -65,7 +69,9 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: ngx_pid is set once per process before requests are handled.
     let pid = unsafe { ngx::ffi::ngx_pid } as u32;
     // SAFETY: r is live for the whole call.
-    worker::with(pid, |w| unsafe { track(r, lcf, mcf, tracker, &limits, w, pid) })
+    worker::with(pid, |w| unsafe {
+        track(r, lcf, mcf, tracker, &limits, w, pid)
+    })
 }
 
 /// The index of the variable a complex value consists of, when it is exactly one variable
@@ -97,7 +103,11 @@ fn single_variable(cv: &ngx_http_complex_value_t) -> Option<ngx_uint_t> {
 fn arg_prefix_handler(cmcf: &ngx_http_core_main_conf_t) -> usize {
     // SAFETY: the core main conf's prefix_variables array holds ngx_http_variable_t elements.
     let prefixes = unsafe { cmcf.prefix_variables.as_slice::<ngx_http_variable_t>() };
-    prefixes.iter().find(|p| p.name.as_bytes() == b"arg_").and_then(|p| p.get_handler).map_or(0, |f| f as usize)
+    prefixes
+        .iter()
+        .find(|p| p.name.as_bytes() == b"arg_")
+        .and_then(|p| p.get_handler)
+        .map_or(0, |f| f as usize)
 }
 
 /// For the variable at `index`, the argument name when it is nginx's own `$arg_NAME` (the
@@ -105,15 +115,25 @@ fn arg_prefix_handler(cmcf: &ngx_http_core_main_conf_t) -> usize {
 ///
 /// # Safety
 /// `index` is a variable index of the configuration `cmcf` belongs to.
-unsafe fn arg_variable(cmcf: &ngx_http_core_main_conf_t, arg_handler: usize, index: ngx_uint_t) -> Option<&[u8]> {
+unsafe fn arg_variable(
+    cmcf: &ngx_http_core_main_conf_t,
+    arg_handler: usize,
+    index: ngx_uint_t,
+) -> Option<&[u8]> {
     // SAFETY: the core main conf's variables array holds ngx_http_variable_t elements.
     let v = unsafe { cmcf.variables.as_slice::<ngx_http_variable_t>() }.get(index)?;
-    if v.flags & NGX_HTTP_VAR_PREFIX as ngx_uint_t == 0 || arg_handler == 0 || v.get_handler.map(|f| f as usize) != Some(arg_handler) {
+    if v.flags & NGX_HTTP_VAR_PREFIX as ngx_uint_t == 0
+        || arg_handler == 0
+        || v.get_handler.map(|f| f as usize) != Some(arg_handler)
+    {
         return None;
     }
     // Resolved through the "arg_" prefix (not, say, defined by a map): its value is
     // ngx_http_arg(r, name after "arg_").
-    v.name.as_bytes().strip_prefix(b"arg_").filter(|name| !name.is_empty())
+    v.name
+        .as_bytes()
+        .strip_prefix(b"arg_")
+        .filter(|name| !name.is_empty())
 }
 
 /// The request's query string, split at its `&`s on the first `$arg_*` value.
@@ -134,12 +154,18 @@ impl<'r> Args<'r> {
             // SAFETY: the query string lies in the request's buffers for its whole life.
             unsafe { core::slice::from_raw_parts(r.args.data, r.args.len) }
         };
-        Args { raw, index: None, arg_handler: None }
+        Args {
+            raw,
+            index: None,
+            arg_handler: None,
+        }
     }
 
     fn get(&mut self, name: &[u8]) -> Option<&'r [u8]> {
         let raw = self.raw;
-        self.index.get_or_insert_with(|| ArgIndex::new(raw)).get(name)
+        self.index
+            .get_or_insert_with(|| ArgIndex::new(raw))
+            .get(name)
     }
 }
 
@@ -154,11 +180,15 @@ unsafe fn conf_value<'r>(
     cv: *mut ngx_http_complex_value_t,
 ) -> &'r [u8] {
     // SAFETY: a non-null cv points to a complex value compiled with the configuration.
-    let Some(cv_ref) = (unsafe { cv.as_ref() }) else { return &[] };
+    let Some(cv_ref) = (unsafe { cv.as_ref() }) else {
+        return &[];
+    };
     if let Some(index) = single_variable(cv_ref) {
         let cmcf = NgxHttpCoreModule::main_conf(r);
         let arg = cmcf.and_then(|cmcf| {
-            let handler = *args.arg_handler.get_or_insert_with(|| arg_prefix_handler(cmcf));
+            let handler = *args
+                .arg_handler
+                .get_or_insert_with(|| arg_prefix_handler(cmcf));
             // SAFETY: index comes from this request's configuration.
             unsafe { arg_variable(cmcf, handler, index) }
         });
@@ -178,7 +208,10 @@ unsafe fn conf_value<'r>(
             _ => &[],
         };
     }
-    let mut s = ngx_str_t { len: 0, data: ptr::null_mut() };
+    let mut s = ngx_str_t {
+        len: 0,
+        data: ptr::null_mut(),
+    };
     // SAFETY: r and cv are valid; the result lives in the request pool or request buffers.
     if unsafe { ngx_http_complex_value(r, cv, &mut s) } != NGX_OK as ngx_int_t || s.len == 0 {
         return &[];
@@ -215,17 +248,29 @@ fn push_decoded(
 ///
 /// # Safety
 /// `r` is live and in its content handler.
-unsafe fn refuse(r: &mut ngx_http_request_t, mcf: &MainConf, tracker: &Tracker, reason: Reason) -> ngx_int_t {
+unsafe fn refuse(
+    r: &mut ngx_http_request_t,
+    mcf: &MainConf,
+    tracker: &Tracker,
+    reason: Reason,
+) -> ngx_int_t {
     // SAFETY: the connection of a live request and its log are live.
     let log = unsafe { (*r.connection).log };
-    ngx::ngx_log_error!(ngx::ffi::NGX_LOG_INFO, log, "tracker: invalid request refused: {}", reason.name());
+    ngx::ngx_log_error!(
+        ngx::ffi::NGX_LOG_INFO,
+        log,
+        "tracker: invalid request refused: {}",
+        reason.name()
+    );
     if let Some(ring) = &mcf.ring {
         ring.ring().count_invalid(reason.index());
     }
     // SAFETY: r is live and in its content handler.
     unsafe {
         match (reason, tracker.response) {
-            (Reason::BodyTooLarge, _) => response::error(r, ngx::ffi::NGX_HTTP_REQUEST_ENTITY_TOO_LARGE as ngx_int_t),
+            (Reason::BodyTooLarge, _) => {
+                response::error(r, ngx::ffi::NGX_HTTP_REQUEST_ENTITY_TOO_LARGE as ngx_int_t)
+            }
             (_, Response::Gif) => response::gif(r),
             _ => response::error(r, ngx::ffi::NGX_HTTP_BAD_REQUEST as ngx_int_t),
         }
@@ -233,7 +278,12 @@ unsafe fn refuse(r: &mut ngx_http_request_t, mcf: &MainConf, tracker: &Tracker, 
 }
 
 /// A request header's bytes, cut to `max` (flagging the cut).
-fn header<'r>(_r: &'r ngx_http_request_t, h: *mut ngx::ffi::ngx_table_elt_t, max: usize, event_flags: &mut u32) -> Option<&'r [u8]> {
+fn header<'r>(
+    _r: &'r ngx_http_request_t,
+    h: *mut ngx::ffi::ngx_table_elt_t,
+    max: usize,
+    event_flags: &mut u32,
+) -> Option<&'r [u8]> {
     // SAFETY: header pointers in headers_in are null or point to list elements that live as
     // long as the request `_r`, which the returned lifetime is tied to.
     let h = unsafe { h.as_ref() }?;
@@ -245,7 +295,10 @@ fn header<'r>(_r: &'r ngx_http_request_t, h: *mut ngx::ffi::ngx_table_elt_t, max
 }
 
 /// The first `Some` that `f` gives for a request header (name, value), in request order.
-fn find_header<'r, T>(r: &'r ngx_http_request_t, mut f: impl FnMut(&'r [u8], &'r [u8]) -> Option<T>) -> Option<T> {
+fn find_header<'r, T>(
+    r: &'r ngx_http_request_t,
+    mut f: impl FnMut(&'r [u8], &'r [u8]) -> Option<T>,
+) -> Option<T> {
     let mut part: *const ngx::ffi::ngx_list_part_t = &r.headers_in.headers.part;
     // SAFETY: the request's header list is a valid ngx_list_t of ngx_table_elt_t: each part
     // holds `nelts` elements at `elts` and links to the next part or null; they live as long
@@ -276,11 +329,20 @@ fn is_prefetch(r: &ngx_http_request_t) -> bool {
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 fn request_cookie<'r>(r: &'r ngx_http_request_t, name: &[u8]) -> Option<&'r [u8]> {
-    find_header(r, |k, v| if k.eq_ignore_ascii_case(b"cookie") { privacy::cookie_value(v, name) } else { None })
+    find_header(r, |k, v| {
+        if k.eq_ignore_ascii_case(b"cookie") {
+            privacy::cookie_value(v, name)
+        } else {
+            None
+        }
+    })
 }
 
 fn now_us() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
@@ -292,12 +354,18 @@ fn now_us() -> u64 {
 /// `r` is live.
 unsafe fn pool_str(r: &mut ngx_http_request_t, b: &[u8]) -> ngx_str_t {
     if b.is_empty() {
-        return ngx_str_t { len: 0, data: ptr::null_mut() };
+        return ngx_str_t {
+            len: 0,
+            data: ptr::null_mut(),
+        };
     }
     // SAFETY: allocating b.len() bytes from the request pool.
     let data = unsafe { ngx_pnalloc(r.pool, b.len()) }.cast::<u8>();
     if data.is_null() {
-        return ngx_str_t { len: 0, data: ptr::null_mut() };
+        return ngx_str_t {
+            len: 0,
+            data: ptr::null_mut(),
+        };
     }
     // SAFETY: data has b.len() bytes.
     unsafe { ptr::copy_nonoverlapping(b.as_ptr(), data, b.len()) };
@@ -348,7 +416,14 @@ unsafe fn track(
     // The campaign.
     // SAFETY (all `conf_value` calls): r is live, the values were compiled for this location.
     let raw = unsafe { conf_value(r, &mut args, lcf.campaign_id) };
-    let cid = valid!(push_decoded(&mut w.text, raw, limits.value, reject, Reason::InvalidCampaign, &mut event_flags));
+    let cid = valid!(push_decoded(
+        &mut w.text,
+        raw,
+        limits.value,
+        reject,
+        Reason::InvalidCampaign,
+        &mut event_flags
+    ));
     if !valid_campaign_id(&w.text[cid.clone()]) {
         if reject {
             valid!(Err(Reason::InvalidCampaign));
@@ -356,7 +431,11 @@ unsafe fn track(
         event_flags |= flags::INVALID_CAMPAIGN;
     }
     // An invalid id is not stored: it is whatever a client sent.
-    let cid = if event_flags & flags::INVALID_CAMPAIGN != 0 { cid.start..cid.start } else { cid };
+    let cid = if event_flags & flags::INVALID_CAMPAIGN != 0 {
+        cid.start..cid.start
+    } else {
+        cid
+    };
 
     // The click id: a click's own id, or the one the request carries.
     let now = now_us();
@@ -366,14 +445,28 @@ unsafe fn track(
         None
     } else {
         let raw = unsafe { conf_value(r, &mut args, lcf.click_id) };
-        Some(valid!(push_decoded(&mut w.text, raw, limits::MAX_CLICK_ID, reject, Reason::InvalidClickId, &mut event_flags)))
+        Some(valid!(push_decoded(
+            &mut w.text,
+            raw,
+            limits::MAX_CLICK_ID,
+            reject,
+            Reason::InvalidClickId,
+            &mut event_flags
+        )))
     };
 
     // Numbers and the video event.
     let mut value = None;
     if matches!(kind, Kind::Conversion | Kind::Custom) {
         let raw = unsafe { conf_value(r, &mut args, lcf.value) };
-        let at = valid!(push_decoded(&mut w.text, raw, MAX_NUMBER, reject, Reason::InvalidValue, &mut event_flags));
+        let at = valid!(push_decoded(
+            &mut w.text,
+            raw,
+            MAX_NUMBER,
+            reject,
+            Reason::InvalidValue,
+            &mut event_flags
+        ));
         if !at.is_empty() {
             value = parse_number(&w.text[at]);
             if value.is_none() {
@@ -387,7 +480,14 @@ unsafe fn track(
     let (mut video_event, mut watch_time) = (None, None);
     if kind == Kind::Video {
         let raw = unsafe { conf_value(r, &mut args, lcf.video_event) };
-        let at = valid!(push_decoded(&mut w.text, raw, MAX_VIDEO_EVENT, reject, Reason::InvalidVideoEvent, &mut event_flags));
+        let at = valid!(push_decoded(
+            &mut w.text,
+            raw,
+            MAX_VIDEO_EVENT,
+            reject,
+            Reason::InvalidVideoEvent,
+            &mut event_flags
+        ));
         if VIDEO_EVENTS.contains(&&w.text[at.clone()]) {
             video_event = Some(at);
         } else {
@@ -397,7 +497,14 @@ unsafe fn track(
             event_flags |= flags::INVALID_VIDEO_EVENT;
         }
         let raw = unsafe { conf_value(r, &mut args, lcf.watch_time) };
-        let at = valid!(push_decoded(&mut w.text, raw, MAX_NUMBER, reject, Reason::InvalidValue, &mut event_flags));
+        let at = valid!(push_decoded(
+            &mut w.text,
+            raw,
+            MAX_NUMBER,
+            reject,
+            Reason::InvalidValue,
+            &mut event_flags
+        ));
         if !at.is_empty() {
             watch_time = parse_number(&w.text[at]);
             if watch_time.is_none() {
@@ -414,12 +521,21 @@ unsafe fn track(
     let mut dim_at: [Range<usize>; MAX_DIMENSIONS] = Default::default();
     for (d, at) in dim_conf.iter().zip(dim_at.iter_mut()) {
         let raw = unsafe { conf_value(r, &mut args, d.value) };
-        *at = valid!(push_decoded(&mut w.text, raw, limits.value, reject, Reason::ValueTooLong, &mut event_flags));
+        *at = valid!(push_decoded(
+            &mut w.text,
+            raw,
+            limits.value,
+            reject,
+            Reason::ValueTooLong,
+            &mut event_flags
+        ));
     }
 
     // The signature (`tracker_signed`), before the campaign is charged: `on` refuses a request
     // without a valid one (403; pixels the GIF) and stores nothing, `flag` flags the event.
-    if let (Some(mode @ (Signed::On | Signed::Flag)), Some(keys)) = (lcf.signed, mcf.secret.as_ref()) {
+    if let (Some(mode @ (Signed::On | Signed::Flag)), Some(keys)) =
+        (lcf.signed, mcf.secret.as_ref())
+    {
         let mut signed: [(&[u8], &[u8]); MAX_DIMENSIONS] = [(&[], &[]); MAX_DIMENSIONS];
         for (slot, &i) in signed.iter_mut().zip(lcf.signed_index.iter()) {
             if let (Some(d), Some(at)) = (dim_conf.get(i), dim_at.get(i)) {
@@ -428,13 +544,26 @@ unsafe fn track(
         }
         let signed = &signed[..lcf.signed_index.len().min(MAX_DIMENSIONS)];
         let (exp, kid, sig) = (args.get(b"exp"), args.get(b"kid"), args.get(b"sig"));
-        if let Err(why) = sign::verify(keys, &w.text[cid.clone()], signed, exp, kid, sig, now / 1_000_000) {
+        if let Err(why) = sign::verify(
+            keys,
+            &w.text[cid.clone()],
+            signed,
+            exp,
+            kid,
+            sig,
+            now / 1_000_000,
+        ) {
             if mode == Signed::Flag {
                 event_flags |= flags::UNSIGNED;
             } else {
                 // SAFETY: the connection of a live request and its log are live.
                 let log = unsafe { (*r.connection).log };
-                ngx::ngx_log_error!(ngx::ffi::NGX_LOG_INFO, log, "tracker: signature refused: {}", why.name());
+                ngx::ngx_log_error!(
+                    ngx::ffi::NGX_LOG_INFO,
+                    log,
+                    "tracker: signature refused: {}",
+                    why.name()
+                );
                 if let Some(ring) = &mcf.ring {
                     ring.ring().count_rejected(kind.index());
                 }
@@ -456,7 +585,8 @@ unsafe fn track(
     let mut ua_class = None;
     if kind != Kind::Conversion {
         // SAFETY: a non-null user_agent points to a header element of the live request.
-        let ua = unsafe { r.headers_in.user_agent.as_ref() }.map_or(&[][..], |h| h.value.as_bytes());
+        let ua =
+            unsafe { r.headers_in.user_agent.as_ref() }.map_or(&[][..], |h| h.value.as_bytes());
         ua_class = Some(*w.user_agents.classify(ua));
     }
     let bots_mode = lcf.bots.unwrap_or(Bots::Flag);
@@ -474,10 +604,13 @@ unsafe fn track(
     // campaign and a key: `tracker_duplicates_key`, else a conversion's click id, else the client
     // address and the dimensions. Flagged (or only counted) and never charged.
     let mut duplicate = None;
-    if let (Some((mode @ (Duplicates::Flag | Duplicates::Count), window)), Some(zone)) = (lcf.duplicates, &mcf.duplicates) {
+    if let (Some((mode @ (Duplicates::Flag | Duplicates::Count), window)), Some(zone)) =
+        (lcf.duplicates, &mcf.duplicates)
+    {
         if event_flags & flags::INVALID_CAMPAIGN == 0 {
             // SAFETY: r is live; the key was compiled for this location.
-            let own_key = (!lcf.duplicates_key.is_null()).then(|| unsafe { conf_value(r, &mut args, lcf.duplicates_key) });
+            let own_key = (!lcf.duplicates_key.is_null())
+                .then(|| unsafe { conf_value(r, &mut args, lcf.duplicates_key) });
             // SAFETY: the connection of a live request is live.
             let addr = unsafe { (*r.connection).addr_text.as_bytes() };
             let mut parts: [&[u8]; MAX_DIMENSIONS + 3] = [&[]; MAX_DIMENSIONS + 3];
@@ -494,7 +627,10 @@ unsafe fn track(
                 }
                 _ => {
                     parts[2] = addr;
-                    for (p, at) in parts[3..].iter_mut().zip(dim_at.iter().take(dim_conf.len())) {
+                    for (p, at) in parts[3..]
+                        .iter_mut()
+                        .zip(dim_at.iter().take(dim_conf.len()))
+                    {
                         *p = &w.text[at.clone()];
                     }
                     3 + dim_conf.len().min(MAX_DIMENSIONS)
@@ -502,7 +638,10 @@ unsafe fn track(
             };
             // Nothing to key on (an empty key, a conversion without a click id): not checked.
             if !parts[2].is_empty() {
-                let now_s = mcf.campaigns.as_ref().map_or(now / 1_000_000, |c| c.now().max(0) as u64);
+                let now_s = mcf
+                    .campaigns
+                    .as_ref()
+                    .map_or(now / 1_000_000, |c| c.now().max(0) as u64);
                 let seen = zone.hash(&parts[..n]).zip(zone.seen());
                 if let Some((hash, seen)) = seen {
                     match seen.check_and_insert(hash, now_s, window.unwrap_or(zone.window_s())) {
@@ -531,9 +670,21 @@ unsafe fn track(
     let mut hit = None;
     if event_flags & flags::INVALID_CAMPAIGN == 0 {
         if let Some(store) = &mcf.campaigns {
-            let publisher = dim_conf.iter().zip(dim_at.iter()).find(|(d, _)| d.name == b"publisher").map(|(_, at)| &w.text[at.clone()]);
+            let publisher = dim_conf
+                .iter()
+                .zip(dim_at.iter())
+                .find(|(d, _)| d.name == b"publisher")
+                .map(|(_, at)| &w.text[at.clone()]);
             let now_s = store.now();
-            hit = store.lookup_full(&w.text[cid.clone()], now_s, publisher, &mut w.landing, &mut w.fallback).map(|h| (h, now_s));
+            hit = store
+                .lookup_full(
+                    &w.text[cid.clone()],
+                    now_s,
+                    publisher,
+                    &mut w.landing,
+                    &mut w.fallback,
+                )
+                .map(|h| (h, now_s));
         }
     }
     let mut cost_micros = None;
@@ -565,7 +716,12 @@ unsafe fn track(
                 target = Target::Landing;
             } else {
                 let cost = banker::cost_of(&h.pricing, kind, value);
-                match h.account.charge(&h.caps, kind, cost, banker::day_of(*now_s, h.utc_offset_minutes)) {
+                match h.account.charge(
+                    &h.caps,
+                    kind,
+                    cost,
+                    banker::day_of(*now_s, h.utc_offset_minutes),
+                ) {
                     Charge::Charged(c) => {
                         cost_micros = (c > 0).then_some(c);
                         target = Target::Landing;
@@ -579,7 +735,11 @@ unsafe fn track(
             if let Some(v) = value.filter(|_| kind == Kind::Conversion && !uncharged) {
                 h.account.count_value(v);
             }
-            if !uncharged && video_event.as_ref().is_some_and(|at| &w.text[at.clone()] == b"complete") {
+            if !uncharged
+                && video_event
+                    .as_ref()
+                    .is_some_and(|at| &w.text[at.clone()] == b"complete")
+            {
                 h.account.count_video_complete();
             }
             h.status == CampaignStatus::Active
@@ -597,14 +757,23 @@ unsafe fn track(
     let mut ip_buf = [0u8; IP_TEXT_MAX];
     let ip = match lcf.ip.unwrap_or(tracker_core::input::IpMode::Anonymize) {
         _ if dnt => None,
-        tracker_core::input::IpMode::Hash => privacy::hash_ip(&privacy::DayKey::at(now), addr, &mut ip_buf),
+        tracker_core::input::IpMode::Hash => {
+            privacy::hash_ip(&privacy::DayKey::at(now), addr, &mut ip_buf)
+        }
         mode => client_ip(mode, addr, &mut ip_buf),
     };
-    let user_agent = if dnt { None } else { header(r, r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags) };
+    let user_agent = if dnt {
+        None
+    } else {
+        header(r, r.headers_in.user_agent, MAX_USER_AGENT, &mut event_flags)
+    };
     // The visitor id (`tracker_userid`): never read nor set for DNT/GPC requests.
     let mut uid_buf = [0u8; 32];
     let mut new_uid = false;
-    let uid_spec = lcf.userid_cookie.as_ref().filter(|_| lcf.userid == Some(true) && !dnt);
+    let uid_spec = lcf
+        .userid_cookie
+        .as_ref()
+        .filter(|_| lcf.userid == Some(true) && !dnt);
     if let Some(spec) = uid_spec {
         match request_cookie(r, &spec.name) {
             Some(v) if privacy::valid_visitor_id(v) => uid_buf.copy_from_slice(v),
@@ -693,7 +862,9 @@ unsafe fn track(
             if let Err(WriteError::Full) = ring.write(kind.index(), &w.event, pid) {
                 if lcf.ring_full == Some(RingFull::Unavailable) {
                     // SAFETY: r is live and in its content handler.
-                    return unsafe { response::error(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t) };
+                    return unsafe {
+                        response::error(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t)
+                    };
                 }
             }
         } else if !counted_duplicate {
@@ -724,7 +895,10 @@ unsafe fn track(
             (*c).event_id = event_hex;
             (*c).campaign = pool_str(r, campaign);
             (*c).click_id = if click.is_none() {
-                ngx_str_t { len: 32, data: (*c).event_id.as_mut_ptr() }
+                ngx_str_t {
+                    len: 32,
+                    data: (*c).event_id.as_mut_ptr(),
+                }
             } else {
                 pool_str(r, click_id)
             };

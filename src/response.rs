@@ -4,9 +4,9 @@
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_pcalloc, ngx_http_output_filter, ngx_http_request_t,
-    ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_pnalloc, ngx_str_t, ngx_table_elt_t,
-    NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
+    ngx_buf_t, ngx_chain_t, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
+    ngx_int_t, ngx_list_push, ngx_pcalloc, ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 
 /// The smallest transparent GIF: a 1x1 image whose only pixel is the transparent color.
@@ -22,14 +22,21 @@ pub static GIF: [u8; 43] = [
 ];
 
 fn ngx_str(s: &'static [u8]) -> ngx_str_t {
-    ngx_str_t { len: s.len(), data: s.as_ptr().cast_mut() }
+    ngx_str_t {
+        len: s.len(),
+        data: s.as_ptr().cast_mut(),
+    }
 }
 
 /// Adds an output header.
 ///
 /// # Safety
 /// `r` is a live request; `value` outlives the response (static or request pool memory).
-pub(crate) unsafe fn add_header(r: &mut ngx_http_request_t, key: &'static [u8], value: ngx_str_t) -> Option<*mut ngx_table_elt_t> {
+pub(crate) unsafe fn add_header(
+    r: &mut ngx_http_request_t,
+    key: &'static [u8],
+    value: ngx_str_t,
+) -> Option<*mut ngx_table_elt_t> {
     // SAFETY: headers_out.headers is an initialized list of ngx_table_elt_t.
     let h = unsafe { ngx_list_push(&mut r.headers_out.headers) }.cast::<ngx_table_elt_t>();
     if h.is_null() {
@@ -50,7 +57,12 @@ pub(crate) unsafe fn add_header(r: &mut ngx_http_request_t, key: &'static [u8], 
 unsafe fn no_cache(r: &mut ngx_http_request_t) -> bool {
     // SAFETY: static values outlive every request.
     unsafe {
-        add_header(r, b"Cache-Control", ngx_str(b"no-store, no-cache, must-revalidate, max-age=0")).is_some()
+        add_header(
+            r,
+            b"Cache-Control",
+            ngx_str(b"no-store, no-cache, must-revalidate, max-age=0"),
+        )
+        .is_some()
             && add_header(r, b"Pragma", ngx_str(b"no-cache")).is_some()
             && add_header(r, b"Expires", ngx_str(b"Thu, 01 Jan 1970 00:00:00 GMT")).is_some()
     }
@@ -101,7 +113,10 @@ pub unsafe fn gif(r: &mut ngx_http_request_t) -> ngx_int_t {
         (*b).set_last_buf(if ptr::eq(r, r.main) { 1 } else { 0 });
         (*b).set_last_in_chain(1);
     }
-    let mut out = ngx_chain_t { buf: b, next: ptr::null_mut() };
+    let mut out = ngx_chain_t {
+        buf: b,
+        next: ptr::null_mut(),
+    };
     // SAFETY: the chain link may live on the stack: filters copy links they keep.
     unsafe { ngx_http_output_filter(r, &mut out) }
 }
@@ -123,7 +138,14 @@ pub unsafe fn redirect(r: &mut ngx_http_request_t, url: &[u8]) -> ngx_int_t {
         if !no_cache(r) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
-        let Some(h) = add_header(r, b"Location", ngx_str_t { len: url.len(), data }) else {
+        let Some(h) = add_header(
+            r,
+            b"Location",
+            ngx_str_t {
+                len: url.len(),
+                data,
+            },
+        ) else {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         };
         r.headers_out.location = h;
@@ -177,7 +199,15 @@ pub unsafe fn with_body(
             let data = ngx_pnalloc(r.pool, value.len().max(1)).cast::<u8>();
             !data.is_null() && {
                 ptr::copy_nonoverlapping(value.as_ptr(), data, value.len());
-                add_header(r, key, ngx_str_t { len: value.len(), data }).is_some()
+                add_header(
+                    r,
+                    key,
+                    ngx_str_t {
+                        len: value.len(),
+                        data,
+                    },
+                )
+                .is_some()
             }
         };
         if !added {
@@ -214,7 +244,10 @@ pub unsafe fn with_body(
         (*b).set_last_buf(if ptr::eq(r, r.main) { 1 } else { 0 });
         (*b).set_last_in_chain(1);
     }
-    let mut out = ngx_chain_t { buf: b, next: ptr::null_mut() };
+    let mut out = ngx_chain_t {
+        buf: b,
+        next: ptr::null_mut(),
+    };
     // SAFETY: the chain link may live on the stack: filters copy links they keep.
     unsafe { ngx_http_output_filter(r, &mut out) }
 }

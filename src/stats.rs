@@ -8,14 +8,17 @@
 
 use core::fmt::Write as _;
 
-use ngx::ffi::{ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_OK};
+use ngx::ffi::{
+    ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t, NGX_ERROR, NGX_HTTP_GET,
+    NGX_HTTP_HEAD, NGX_OK,
+};
 use ngx::http::HttpModuleMainConf;
 use serde_json::{json, Map, Value};
 use tracker_core::banker::Counters;
 use tracker_core::campaign::Status as CampaignStatus;
 use tracker_core::event::Kind;
-use tracker_core::limits::Reason;
 use tracker_core::input::{percent_decode, ArgIndex};
+use tracker_core::limits::Reason;
 use tracker_core::ring::{RingStats, COUNTER_KINDS};
 
 use crate::campaigns::Store;
@@ -65,22 +68,34 @@ fn parse_query(raw: &[u8]) -> Result<Query, String> {
         Some("prometheus") => Format::Prometheus,
         Some("html") => Format::Html,
         Some(other) => {
-            return Err(format!("unknown format \"{}\": it must be json, prometheus or html", clip(other)))
+            return Err(format!(
+                "unknown format \"{}\": it must be json, prometheus or html",
+                clip(other)
+            ))
         }
     };
     let number = |name: &str, v: Option<String>| -> Result<Option<usize>, String> {
         match v {
             None => Ok(None),
-            Some(s) if !s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit()) => {
-                s.parse().map(Some).map_err(|_| format!("invalid {name} \"{}\"", clip(&s)))
-            }
-            Some(s) => Err(format!("invalid {name} \"{}\": it must be a non-negative integer", clip(&s))),
+            Some(s) if !s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit()) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("invalid {name} \"{}\"", clip(&s))),
+            Some(s) => Err(format!(
+                "invalid {name} \"{}\": it must be a non-negative integer",
+                clip(&s)
+            )),
         }
     };
     let limit = number("limit", decoded(b"limit"))?;
     let cursor = number("cursor", decoded(b"cursor"))?.unwrap_or(0);
     let campaign = decoded(b"campaign").filter(|c| !c.is_empty());
-    Ok(Query { format, limit, cursor, campaign })
+    Ok(Query {
+        format,
+        limit,
+        cursor,
+        campaign,
+    })
 }
 
 /// At most 64 characters of a client's value, for an error message.
@@ -124,7 +139,9 @@ fn slot_name(i: usize) -> Option<&'static str> {
     Kind::ALL.iter().find(|k| k.index() == i).map(|k| k.name())
 }
 
-const SLOT_NAMES: [&str; COUNTER_KINDS] = ["slot0", "slot1", "slot2", "slot3", "slot4", "slot5", "slot6", "slot7"];
+const SLOT_NAMES: [&str; COUNTER_KINDS] = [
+    "slot0", "slot1", "slot2", "slot3", "slot4", "slot5", "slot6", "slot7",
+];
 
 /// `(type, value)` for the named slots, and the others when they are not zero.
 fn per_type(a: &[u64; COUNTER_KINDS]) -> impl Iterator<Item = (&'static str, u64)> + '_ {
@@ -136,7 +153,9 @@ fn per_type(a: &[u64; COUNTER_KINDS]) -> impl Iterator<Item = (&'static str, u64
 }
 
 fn ring_used(s: &RingStats) -> u64 {
-    s.producer_pos.saturating_sub(s.consumer_pos).min(s.data_size)
+    s.producer_pos
+        .saturating_sub(s.consumer_pos)
+        .min(s.data_size)
 }
 
 fn fill_ratio(s: &RingStats) -> f64 {
@@ -165,7 +184,11 @@ fn snapshot(store: &Store, ring: Option<RingStats>, q: &Query) -> Result<Snapsho
     let mut next = None;
     if let Some(id) = &q.campaign {
         match store.get(id) {
-            Some((c, counters)) => rows.push(Row { id: c.id, status: c.status, c: counters }),
+            Some((c, counters)) => rows.push(Row {
+                id: c.id,
+                status: c.status,
+                c: counters,
+            }),
             None => return Err(format!("no campaign \"{}\"", clip(id))),
         }
     } else if limit > 0 {
@@ -173,7 +196,10 @@ fn snapshot(store: &Store, ring: Option<RingStats>, q: &Query) -> Result<Snapsho
         loop {
             let want = (limit - rows.len()).min(PAGE);
             let (page, more) = store.page_counters(from, want);
-            rows.extend(page.into_iter().map(|(id, status, c)| Row { id, status, c }));
+            rows.extend(
+                page.into_iter()
+                    .map(|(id, status, c)| Row { id, status, c }),
+            );
             match more {
                 Some(at) if rows.len() < limit => from = at,
                 Some(at) => {
@@ -232,7 +258,12 @@ fn row_json(r: &Row) -> Value {
 
 /// Requests refused as invalid, by reason name (every reason, zeros included).
 fn invalid_json(r: &RingStats) -> Value {
-    Value::Object(Reason::ALL.iter().map(|re| (re.name().to_string(), json!(r.invalid[re.index()]))).collect())
+    Value::Object(
+        Reason::ALL
+            .iter()
+            .map(|re| (re.name().to_string(), json!(r.invalid[re.index()])))
+            .collect(),
+    )
 }
 
 fn render_json(s: &Snapshot) -> Vec<u8> {
@@ -311,7 +342,12 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl cor
 }
 
 /// Per-campaign metric families: name, type, help, value.
-type CampaignMetric = (&'static str, &'static str, &'static str, fn(&Counters) -> u64);
+type CampaignMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Counters) -> u64,
+);
 const CAMPAIGN_METRICS: [CampaignMetric; 11] = [
     ("tracker_campaign_impressions_total", "counter", "Impressions of the campaign (every impression event, charged or not).", |c| c.impressions),
     ("tracker_campaign_clicks_total", "counter", "Clicks of the campaign (every click event, charged or not).", |c| c.clicks),
@@ -328,50 +364,143 @@ const CAMPAIGN_METRICS: [CampaignMetric; 11] = [
 
 fn render_prometheus(s: &Snapshot) -> Vec<u8> {
     let mut out = String::with_capacity(4096 + s.rows.len() * 1100);
-    family(&mut out, "tracker_campaigns", "gauge", "Campaigns in the shared zone.");
+    family(
+        &mut out,
+        "tracker_campaigns",
+        "gauge",
+        "Campaigns in the shared zone.",
+    );
     sample(&mut out, "tracker_campaigns", &[], s.count);
-    family(&mut out, "tracker_zone_size_bytes", "gauge", "Size of the campaign zone.");
+    family(
+        &mut out,
+        "tracker_zone_size_bytes",
+        "gauge",
+        "Size of the campaign zone.",
+    );
     sample(&mut out, "tracker_zone_size_bytes", &[], s.zone_size);
-    family(&mut out, "tracker_zone_free_bytes", "gauge", "Free pages of the campaign zone, in bytes.");
+    family(
+        &mut out,
+        "tracker_zone_free_bytes",
+        "gauge",
+        "Free pages of the campaign zone, in bytes.",
+    );
     sample(&mut out, "tracker_zone_free_bytes", &[], s.zone_free);
-    family(&mut out, "tracker_zone_changes_total", "counter", "Changes made to the campaign zone (its generation).");
+    family(
+        &mut out,
+        "tracker_zone_changes_total",
+        "counter",
+        "Changes made to the campaign zone (its generation).",
+    );
     sample(&mut out, "tracker_zone_changes_total", &[], s.generation);
     if let Some(r) = &s.ring {
-        family(&mut out, "tracker_ring_size_bytes", "gauge", "Data size of the event ring.");
+        family(
+            &mut out,
+            "tracker_ring_size_bytes",
+            "gauge",
+            "Data size of the event ring.",
+        );
         sample(&mut out, "tracker_ring_size_bytes", &[], r.data_size);
-        family(&mut out, "tracker_ring_used_bytes", "gauge", "Bytes of the ring holding events not yet shipped.");
+        family(
+            &mut out,
+            "tracker_ring_used_bytes",
+            "gauge",
+            "Bytes of the ring holding events not yet shipped.",
+        );
         sample(&mut out, "tracker_ring_used_bytes", &[], ring_used(r));
-        family(&mut out, "tracker_ring_fill_ratio", "gauge", "Fraction of the ring holding events not yet shipped (0 to 1).");
+        family(
+            &mut out,
+            "tracker_ring_fill_ratio",
+            "gauge",
+            "Fraction of the ring holding events not yet shipped (0 to 1).",
+        );
         sample(&mut out, "tracker_ring_fill_ratio", &[], fill_ratio(r));
-        family(&mut out, "tracker_ring_events_written_total", "counter", "Events written into the ring, by event type.");
+        family(
+            &mut out,
+            "tracker_ring_events_written_total",
+            "counter",
+            "Events written into the ring, by event type.",
+        );
         for (t, v) in per_type(&r.written) {
-            sample(&mut out, "tracker_ring_events_written_total", &[("type", t)], v);
+            sample(
+                &mut out,
+                "tracker_ring_events_written_total",
+                &[("type", t)],
+                v,
+            );
         }
         family(&mut out, "tracker_ring_events_dropped_total", "counter", "Events not written into the ring, by reason (full: no room; too_large: larger than the ring takes) and event type.");
-        for (reason, a) in [("full", &r.dropped_full), ("too_large", &r.dropped_too_large)] {
+        for (reason, a) in [
+            ("full", &r.dropped_full),
+            ("too_large", &r.dropped_too_large),
+        ] {
             for (t, v) in per_type(a) {
-                sample(&mut out, "tracker_ring_events_dropped_total", &[("reason", reason), ("type", t)], v);
+                sample(
+                    &mut out,
+                    "tracker_ring_events_dropped_total",
+                    &[("reason", reason), ("type", t)],
+                    v,
+                );
             }
         }
         family(&mut out, "tracker_ring_events_rejected_total", "counter", "Events only counted, not stored, on purpose (tracker_unknown_campaign count), by event type.");
         for (t, v) in per_type(&r.rejected) {
-            sample(&mut out, "tracker_ring_events_rejected_total", &[("type", t)], v);
+            sample(
+                &mut out,
+                "tracker_ring_events_rejected_total",
+                &[("type", t)],
+                v,
+            );
         }
         family(&mut out, "tracker_ring_events_duplicate_total", "counter", "Duplicates seen within the window (tracker_duplicates), stored flagged or only counted, by event type.");
         for (t, v) in per_type(&r.duplicates) {
-            sample(&mut out, "tracker_ring_events_duplicate_total", &[("type", t)], v);
+            sample(
+                &mut out,
+                "tracker_ring_events_duplicate_total",
+                &[("type", t)],
+                v,
+            );
         }
         family(&mut out, "tracker_duplicate_evictions_total", "counter", "Entries of the duplicate set pushed out while still in their window: tracker_duplicates_zone is too small.");
-        sample(&mut out, "tracker_duplicate_evictions_total", &[], r.duplicate_evictions);
+        sample(
+            &mut out,
+            "tracker_duplicate_evictions_total",
+            &[],
+            r.duplicate_evictions,
+        );
         family(&mut out, "tracker_invalid_requests_total", "counter", "Requests refused as invalid (tracker_limits, tracker_invalid reject), never stored, by reason.");
         for re in Reason::ALL {
-            sample(&mut out, "tracker_invalid_requests_total", &[("reason", re.name())], r.invalid[re.index()]);
+            sample(
+                &mut out,
+                "tracker_invalid_requests_total",
+                &[("reason", re.name())],
+                r.invalid[re.index()],
+            );
         }
-        family(&mut out, "tracker_ring_records_abandoned_total", "counter", "Ring records the shipper skipped because their writer died before committing them.");
-        sample(&mut out, "tracker_ring_records_abandoned_total", &[], r.abandoned);
+        family(
+            &mut out,
+            "tracker_ring_records_abandoned_total",
+            "counter",
+            "Ring records the shipper skipped because their writer died before committing them.",
+        );
+        sample(
+            &mut out,
+            "tracker_ring_records_abandoned_total",
+            &[],
+            r.abandoned,
+        );
     }
-    family(&mut out, "tracker_stats_campaigns_exported", "gauge", "Campaigns whose metrics this answer holds (see ?limit= and ?cursor=).");
-    sample(&mut out, "tracker_stats_campaigns_exported", &[], s.rows.len());
+    family(
+        &mut out,
+        "tracker_stats_campaigns_exported",
+        "gauge",
+        "Campaigns whose metrics this answer holds (see ?limit= and ?cursor=).",
+    );
+    sample(
+        &mut out,
+        "tracker_stats_campaigns_exported",
+        &[],
+        s.rows.len(),
+    );
     if let Some(n) = s.next {
         let _ = writeln!(
             out,
@@ -381,9 +510,19 @@ fn render_prometheus(s: &Snapshot) -> Vec<u8> {
             s.limit
         );
     }
-    family(&mut out, "tracker_campaign_info", "gauge", "Always 1, for each campaign, with its status.");
+    family(
+        &mut out,
+        "tracker_campaign_info",
+        "gauge",
+        "Always 1, for each campaign, with its status.",
+    );
     for r in &s.rows {
-        sample(&mut out, "tracker_campaign_info", &[("campaign", &r.id), ("status", r.status.name())], 1);
+        sample(
+            &mut out,
+            "tracker_campaign_info",
+            &[("campaign", &r.id), ("status", r.status.name())],
+            1,
+        );
     }
     for (name, kind, help, get) in CAMPAIGN_METRICS {
         family(&mut out, name, kind, help);
@@ -449,14 +588,18 @@ unsafe fn send(
 /// Called by nginx with a live request.
 pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls the content handler with a live request.
-    let Some(r) = (unsafe { r.as_mut() }) else { return NGX_ERROR as ngx_int_t };
+    let Some(r) = (unsafe { r.as_mut() }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
     // SAFETY: r is live; a body is read and dropped, never parsed.
     let rc = unsafe { ngx_http_discard_request_body(r) };
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
     if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
-        let body = Body::Owned(error_json("method not allowed: the stats answer GET and HEAD"));
+        let body = Body::Owned(error_json(
+            "method not allowed: the stats answer GET and HEAD",
+        ));
         // SAFETY: r is live and in its content handler.
         return unsafe { send(r, 405, JSON_TYPE, &[(b"Allow", b"GET, HEAD")], body) };
     }
@@ -473,9 +616,19 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     if q.format == Format::Html {
         // SAFETY: r is live and in its content handler.
-        return unsafe { send(r, 200, HTML_TYPE, &[(b"Content-Security-Policy", HTML_CSP)], Body::Static(DASHBOARD.as_bytes())) };
+        return unsafe {
+            send(
+                r,
+                200,
+                HTML_TYPE,
+                &[(b"Content-Security-Policy", HTML_CSP)],
+                Body::Static(DASHBOARD.as_bytes()),
+            )
+        };
     }
-    let Some(mcf) = Module::main_conf(r) else { return NGX_ERROR as ngx_int_t };
+    let Some(mcf) = Module::main_conf(r) else {
+        return NGX_ERROR as ngx_int_t;
+    };
     let Some(store) = mcf.campaigns.as_ref() else {
         let body = Body::Owned(error_json("no tracker_campaigns zone"));
         // SAFETY: r is live and in its content handler.
@@ -489,7 +642,15 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     // SAFETY (both): r is live and in its content handler.
     match q.format {
-        Format::Prometheus => unsafe { send(r, 200, PROMETHEUS_TYPE, &[], Body::Owned(render_prometheus(&snap))) },
+        Format::Prometheus => unsafe {
+            send(
+                r,
+                200,
+                PROMETHEUS_TYPE,
+                &[],
+                Body::Owned(render_prometheus(&snap)),
+            )
+        },
         _ => unsafe { send(r, 200, JSON_TYPE, &[], Body::Owned(render_json(&snap))) },
     }
 }

@@ -35,7 +35,8 @@ pub unsafe fn add(cf: *mut ngx_conf_t) -> Status {
     ];
     for (mut name, which) in vars {
         // SAFETY: cf is valid; nginx copies the name.
-        let v = unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t) };
+        let v =
+            unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t) };
         if v.is_null() {
             return Status::NGX_ERROR;
         }
@@ -68,12 +69,19 @@ pub unsafe fn set_ctx(r: &mut ngx_http_request_t, c: *mut Ctx) {
     unsafe { *r.ctx.add(index) = c.cast() };
 }
 
-unsafe extern "C" fn get(r: *mut ngx_http_request_t, v: *mut ngx_http_variable_value_t, data: usize) -> ngx_int_t {
+unsafe extern "C" fn get(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    data: usize,
+) -> ngx_int_t {
     // SAFETY: nginx passes a live request and a value to fill.
     let (r, v) = unsafe { (&*r, &mut *v) };
     // SAFETY: r is live.
     let value = unsafe { ctx(r) }.map(|c| match data {
-        EVENT_ID => ngx_str_t { len: 32, data: c.event_id.as_ptr().cast_mut() },
+        EVENT_ID => ngx_str_t {
+            len: 32,
+            data: c.event_id.as_ptr().cast_mut(),
+        },
         CAMPAIGN => c.campaign,
         _ => c.click_id,
     });

@@ -80,7 +80,9 @@ pub enum Charge {
 
 /// The day number (days since 1970-01-01 in the campaign's zone) of Unix time `unix_secs`.
 pub fn day_of(unix_secs: i64, utc_offset_minutes: i16) -> u64 {
-    (unix_secs + i64::from(utc_offset_minutes) * 60).div_euclid(86_400).max(0) as u64
+    (unix_secs + i64::from(utc_offset_minutes) * 60)
+        .div_euclid(86_400)
+        .max(0) as u64
 }
 
 /// What an event of `kind` costs: clicks `cpc`, impressions a thousandth of `cpm` (rounded
@@ -106,7 +108,11 @@ pub fn cost_of(p: &Pricing, kind: Kind, value: Option<f64>) -> u64 {
 fn reserve_daily(c: &AtomicU64, day: u64, n: u64, cap: u64) -> bool {
     let mut cur = c.load(Acquire);
     loop {
-        let amount = if cur >> AMOUNT_BITS == day { cur & AMOUNT_MASK } else { 0 };
+        let amount = if cur >> AMOUNT_BITS == day {
+            cur & AMOUNT_MASK
+        } else {
+            0
+        };
         let Some(next) = amount.checked_add(n).filter(|&v| v <= cap.min(AMOUNT_MASK)) else {
             return false;
         };
@@ -133,7 +139,9 @@ fn release_daily(c: &AtomicU64, day: u64, n: u64) {
 fn reserve_total(c: &AtomicU64, n: u64, cap: u64) -> bool {
     let mut cur = c.load(Acquire);
     loop {
-        let Some(next) = cur.checked_add(n).filter(|&v| v <= cap) else { return false };
+        let Some(next) = cur.checked_add(n).filter(|&v| v <= cap) else {
+            return false;
+        };
         match c.compare_exchange_weak(cur, next, AcqRel, Acquire) {
             Ok(_) => return true,
             Err(now) => cur = now,
@@ -162,21 +170,55 @@ impl Account {
         // The caps that apply: (counter, is it daily, amount, cap); then what was reserved.
         let mut steps: [Option<(&AtomicU64, bool, u64, u64)>; 4] = [None; 4];
         let mut done: [Option<(&AtomicU64, bool, u64)>; 4] = [None; 4];
-        steps[0] = Some((&self.spend_total, false, cost, caps.total_spend_micros.unwrap_or(unlimited)));
-        steps[1] = Some((&self.spend_day, true, cost, caps.daily_spend_micros.unwrap_or(unlimited)));
+        steps[0] = Some((
+            &self.spend_total,
+            false,
+            cost,
+            caps.total_spend_micros.unwrap_or(unlimited),
+        ));
+        steps[1] = Some((
+            &self.spend_day,
+            true,
+            cost,
+            caps.daily_spend_micros.unwrap_or(unlimited),
+        ));
         match kind {
             Kind::Click => {
-                steps[2] = Some((&self.clicks_charged, false, 1, caps.total_clicks.unwrap_or(unlimited)));
-                steps[3] = Some((&self.clicks_day, true, 1, caps.daily_clicks.unwrap_or(unlimited)));
+                steps[2] = Some((
+                    &self.clicks_charged,
+                    false,
+                    1,
+                    caps.total_clicks.unwrap_or(unlimited),
+                ));
+                steps[3] = Some((
+                    &self.clicks_day,
+                    true,
+                    1,
+                    caps.daily_clicks.unwrap_or(unlimited),
+                ));
             }
             Kind::Impression => {
-                steps[2] = Some((&self.impressions_charged, false, 1, caps.total_impressions.unwrap_or(unlimited)));
-                steps[3] = Some((&self.impressions_day, true, 1, caps.daily_impressions.unwrap_or(unlimited)));
+                steps[2] = Some((
+                    &self.impressions_charged,
+                    false,
+                    1,
+                    caps.total_impressions.unwrap_or(unlimited),
+                ));
+                steps[3] = Some((
+                    &self.impressions_day,
+                    true,
+                    1,
+                    caps.daily_impressions.unwrap_or(unlimited),
+                ));
             }
             _ => {}
         }
         for (n, (c, daily, amount, cap)) in steps.into_iter().flatten().enumerate() {
-            let ok = if daily { reserve_daily(c, day, amount, cap) } else { reserve_total(c, amount, cap) };
+            let ok = if daily {
+                reserve_daily(c, day, amount, cap)
+            } else {
+                reserve_total(c, amount, cap)
+            };
             if !ok {
                 for (c, daily, amount) in done[..n].iter().flatten() {
                     if *daily {
@@ -202,7 +244,8 @@ impl Account {
     /// Adds a conversion value to the sum.
     pub fn count_value(&self, value: f64) {
         if value.is_finite() && value > 0.0 {
-            self.value_micros.fetch_add((value * 1e6).min(1e15).round() as u64, Relaxed);
+            self.value_micros
+                .fetch_add((value * 1e6).min(1e15).round() as u64, Relaxed);
         }
     }
 
@@ -255,10 +298,18 @@ mod tests {
         // 23:30 UTC is already tomorrow at +01:00, still today at -01:00.
         assert_eq!(day_of(86_400 - 1800, 60), 1);
         assert_eq!(day_of(86_400 + 1800, -60), 0);
-        let p = Pricing { cpc_micros: 250_000, cpm_micros: 2_500_000, cpa_micros: 1_000_000, revenue_share_ppm: 100_000 };
+        let p = Pricing {
+            cpc_micros: 250_000,
+            cpm_micros: 2_500_000,
+            cpa_micros: 1_000_000,
+            revenue_share_ppm: 100_000,
+        };
         assert_eq!(cost_of(&p, Kind::Click, None), 250_000);
         assert_eq!(cost_of(&p, Kind::Impression, None), 2_500);
-        assert_eq!(cost_of(&p, Kind::Conversion, Some(20.0)), 1_000_000 + 2_000_000);
+        assert_eq!(
+            cost_of(&p, Kind::Conversion, Some(20.0)),
+            1_000_000 + 2_000_000
+        );
         assert_eq!(cost_of(&p, Kind::Conversion, Some(f64::NAN)), 1_000_000);
         assert_eq!(cost_of(&p, Kind::Video, None), 0);
     }
@@ -266,7 +317,11 @@ mod tests {
     #[test]
     fn caps_refuse_and_days_roll_over() {
         let a = Account::default();
-        let c = Caps { daily_spend_micros: Some(1_000), daily_clicks: Some(3), ..caps() };
+        let c = Caps {
+            daily_spend_micros: Some(1_000),
+            daily_clicks: Some(3),
+            ..caps()
+        };
         assert_eq!(a.charge(&c, Kind::Click, 400, 10), Charge::Charged(400));
         assert_eq!(a.charge(&c, Kind::Click, 400, 10), Charge::Charged(400));
         // 1200 > 1000: refused, nothing charged.
@@ -275,20 +330,39 @@ mod tests {
         // The click cap (3) now refuses even a free click.
         assert_eq!(a.charge(&c, Kind::Click, 0, 10), Charge::OverBudget);
         let k = a.counters(10);
-        assert_eq!((k.spend_micros, k.spend_today_micros, k.clicks_today, k.clicks, k.over_budget), (1_000, 1_000, 3, 5, 2));
+        assert_eq!(
+            (
+                k.spend_micros,
+                k.spend_today_micros,
+                k.clicks_today,
+                k.clicks,
+                k.over_budget
+            ),
+            (1_000, 1_000, 3, 5, 2)
+        );
         // The next day starts from zero; the total keeps counting.
         assert_eq!(a.charge(&c, Kind::Click, 400, 11), Charge::Charged(400));
         let k = a.counters(11);
-        assert_eq!((k.spend_micros, k.spend_today_micros, k.clicks_today), (1_400, 400, 1));
+        assert_eq!(
+            (k.spend_micros, k.spend_today_micros, k.clicks_today),
+            (1_400, 400, 1)
+        );
         // A refused later cap gives back the earlier reservations.
-        let t = Caps { total_spend_micros: Some(10_000), total_clicks: Some(1), ..caps() };
+        let t = Caps {
+            total_spend_micros: Some(10_000),
+            total_clicks: Some(1),
+            ..caps()
+        };
         let b = Account::default();
         assert_eq!(b.charge(&t, Kind::Click, 100, 1), Charge::Charged(100));
         assert_eq!(b.charge(&t, Kind::Click, 100, 1), Charge::OverBudget);
         assert_eq!(b.counters(1).spend_micros, 100);
         assert_eq!(b.counters(1).spend_today_micros, 100);
         // Impressions have their own caps; conversions only the spend caps.
-        let i = Caps { daily_impressions: Some(1), ..caps() };
+        let i = Caps {
+            daily_impressions: Some(1),
+            ..caps()
+        };
         assert_eq!(b.charge(&i, Kind::Impression, 5, 1), Charge::Charged(5));
         assert_eq!(b.charge(&i, Kind::Impression, 5, 1), Charge::OverBudget);
         assert_eq!(b.charge(&i, Kind::Conversion, 5, 1), Charge::Charged(5));
@@ -297,7 +371,10 @@ mod tests {
     #[test]
     fn raising_a_cap_resumes() {
         let a = Account::default();
-        let mut c = Caps { total_spend_micros: Some(100), ..caps() };
+        let mut c = Caps {
+            total_spend_micros: Some(100),
+            ..caps()
+        };
         assert_eq!(a.charge(&c, Kind::Click, 100, 1), Charge::Charged(100));
         assert_eq!(a.charge(&c, Kind::Click, 1, 1), Charge::OverBudget);
         c.total_spend_micros = Some(150);

@@ -40,7 +40,11 @@ pub const BOT_MARKERS: &[&[u8]] = &[
 fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty()
         || haystack.len() >= needle.len()
-            && haystack.windows(needle.len()).any(|w| w.iter().zip(needle).all(|(a, b)| a.to_ascii_lowercase() == *b))
+            && haystack.windows(needle.len()).any(|w| {
+                w.iter()
+                    .zip(needle)
+                    .all(|(a, b)| a.to_ascii_lowercase() == *b)
+            })
 }
 
 /// Whether a User-Agent (None when the header is absent) is a crawler or other bot.
@@ -55,7 +59,10 @@ pub fn is_bot(user_agent: Option<&[u8]>) -> bool {
 /// Whether a request header (name, value) marks the request as a prefetch or preview.
 pub fn is_prefetch_header(name: &[u8], value: &[u8]) -> bool {
     let value = value.trim_ascii();
-    if name.eq_ignore_ascii_case(b"purpose") || name.eq_ignore_ascii_case(b"sec-purpose") || name.eq_ignore_ascii_case(b"x-moz") {
+    if name.eq_ignore_ascii_case(b"purpose")
+        || name.eq_ignore_ascii_case(b"sec-purpose")
+        || name.eq_ignore_ascii_case(b"x-moz")
+    {
         // `prefetch`, or a list starting with it (`prefetch;prerender`).
         value.len() >= 8
             && value[..8].eq_ignore_ascii_case(b"prefetch")

@@ -17,7 +17,11 @@ use crate::landing::Template;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status { Active, Paused, Ended }
+pub enum Status {
+    Active,
+    Paused,
+    Ended,
+}
 
 impl Status {
     /// The file's spelling: "active", "paused", "ended".
@@ -120,16 +124,26 @@ impl Campaign {
         }
         let money = |x: u64| Value::from(x as f64 / 1e6);
         let p = &self.pricing;
-        for (k, v) in [("price_per_click", p.cpc_micros), ("price_per_mille", p.cpm_micros), ("price_per_conversion", p.cpa_micros)] {
+        for (k, v) in [
+            ("price_per_click", p.cpc_micros),
+            ("price_per_mille", p.cpm_micros),
+            ("price_per_conversion", p.cpa_micros),
+        ] {
             if v != 0 {
                 m.insert(k.into(), money(v));
             }
         }
         if p.revenue_share_ppm != 0 {
-            m.insert("revenue_share".into(), Value::from(f64::from(p.revenue_share_ppm) / 1e6));
+            m.insert(
+                "revenue_share".into(),
+                Value::from(f64::from(p.revenue_share_ppm) / 1e6),
+            );
         }
         let c = &self.caps;
-        for (k, v) in [("daily_budget", c.daily_spend_micros), ("total_budget", c.total_spend_micros)] {
+        for (k, v) in [
+            ("daily_budget", c.daily_spend_micros),
+            ("total_budget", c.total_spend_micros),
+        ] {
             if let Some(v) = v {
                 m.insert(k.into(), money(v));
             }
@@ -145,7 +159,10 @@ impl Campaign {
             }
         }
         if self.utc_offset_minutes != 0 {
-            m.insert("timezone".into(), offset_name(self.utc_offset_minutes).into());
+            m.insert(
+                "timezone".into(),
+                offset_name(self.utc_offset_minutes).into(),
+            );
         }
         Value::Object(m)
     }
@@ -153,10 +170,24 @@ impl Campaign {
 
 /// The fields a campaign object may have.
 pub const FIELDS: &[&str] = &[
-    "id", "status", "landing_url", "fallback_url", "start", "end", "publishers",
-    "price_per_click", "price_per_mille", "price_per_conversion", "revenue_share",
-    "daily_budget", "total_budget", "daily_clicks", "total_clicks", "daily_impressions",
-    "total_impressions", "timezone",
+    "id",
+    "status",
+    "landing_url",
+    "fallback_url",
+    "start",
+    "end",
+    "publishers",
+    "price_per_click",
+    "price_per_mille",
+    "price_per_conversion",
+    "revenue_share",
+    "daily_budget",
+    "total_budget",
+    "daily_clicks",
+    "total_clicks",
+    "daily_impressions",
+    "total_impressions",
+    "timezone",
 ];
 
 /// A money amount (a JSON number of currency units, at most 6 decimals kept) in micro-units.
@@ -173,7 +204,9 @@ fn money_micros(v: &Value) -> Result<u64, String> {
 }
 
 fn count(v: &Value) -> Result<u64, String> {
-    v.as_u64().filter(|&n| n < 1 << 40).ok_or_else(|| "must be a whole number from 0 to 2^40".to_string())
+    v.as_u64()
+        .filter(|&n| n < 1 << 40)
+        .ok_or_else(|| "must be a whole number from 0 to 2^40".to_string())
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -197,7 +230,8 @@ pub fn parse_offset(s: &str) -> Option<i16> {
         return None;
     }
     let num = |x: &[u8]| -> Option<i16> {
-        (x.len() == 2 && x.iter().all(u8::is_ascii_digit)).then(|| i16::from(x[0] - b'0') * 10 + i16::from(x[1] - b'0'))
+        (x.len() == 2 && x.iter().all(u8::is_ascii_digit))
+            .then(|| i16::from(x[0] - b'0') * 10 + i16::from(x[1] - b'0'))
     };
     let (h, m) = (num(&b[1..3])?, num(&b[4..6])?);
     if h > 14 || m > 59 {
@@ -221,18 +255,38 @@ pub fn parse_time(v: &Value) -> Result<i64, String> {
     if let Some(n) = v.as_i64() {
         return Ok(n);
     }
-    let s = v.as_str().ok_or("must be an RFC 3339 time like \"2026-11-23T00:00:00Z\" or Unix seconds")?;
+    let s = v
+        .as_str()
+        .ok_or("must be an RFC 3339 time like \"2026-11-23T00:00:00Z\" or Unix seconds")?;
     let bad = || format!("{s:?} is not an RFC 3339 time like \"2026-11-23T00:00:00Z\"");
     let b = s.as_bytes();
     // ASCII only: the fixed positions below are then character boundaries.
-    if !s.is_ascii() || b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    if !s.is_ascii()
+        || b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
     let n = |r: std::ops::Range<usize>| -> Result<i64, String> {
         let t = &s[r];
-        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse::<i64>().map_err(|_| bad()) } else { Err(bad()) }
+        if t.bytes().all(|c| c.is_ascii_digit()) {
+            t.parse::<i64>().map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
     };
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return Err(bad());
     }
@@ -244,7 +298,11 @@ pub fn parse_time(v: &Value) -> Result<i64, String> {
         }
         rest = &r[digits..];
     }
-    let off = if rest == "z" { Some(0) } else { parse_offset(rest).filter(|_| rest != "UTC") };
+    let off = if rest == "z" {
+        Some(0)
+    } else {
+        parse_offset(rest).filter(|_| rest != "UTC")
+    };
     let off = off.ok_or_else(bad)?;
     let days = days_from_civil(y, mo as u32, d as u32);
     Ok(days * 86_400 + h * 3600 + mi * 60 + se - i64::from(off) * 60)
@@ -263,7 +321,12 @@ pub fn rfc3339(t: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// Validates one campaign object (from the file or the admin API). Errors name the field:
@@ -276,7 +339,9 @@ pub fn parse_object(obj: &Map<String, Value>, what: &str) -> Result<Campaign, St
         Some(_) => return Err(format!("{what}: id: must be a string")),
     };
     if !valid_campaign_id(id.as_bytes()) {
-        return Err(format!("{what}: invalid id {id:?}: must be 1-64 characters of [A-Za-z0-9_.:-]"));
+        return Err(format!(
+            "{what}: invalid id {id:?}: must be 1-64 characters of [A-Za-z0-9_.:-]"
+        ));
     }
     let what = format!("campaign \"{id}\"");
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
@@ -286,7 +351,11 @@ pub fn parse_object(obj: &Map<String, Value>, what: &str) -> Result<Campaign, St
         None => return Err(format!("{what}: missing field \"status\"")),
         Some(Value::String(s)) => match Status::of_name(s) {
             Some(st) => st,
-            None => return Err(format!("{what}: status: {s:?} is not one of \"active\", \"paused\", \"ended\"")),
+            None => {
+                return Err(format!(
+                    "{what}: status: {s:?} is not one of \"active\", \"paused\", \"ended\""
+                ))
+            }
         },
         Some(_) => return Err(format!("{what}: status: must be a string")),
     };
@@ -300,7 +369,8 @@ pub fn parse_object(obj: &Map<String, Value>, what: &str) -> Result<Campaign, St
             Some(_) => Err(format!("{what}: {key}: must be a string")),
         }
     };
-    let landing_url = url("landing_url")?.ok_or_else(|| format!("{what}: missing field \"landing_url\""))?;
+    let landing_url =
+        url("landing_url")?.ok_or_else(|| format!("{what}: missing field \"landing_url\""))?;
     let mut c = Campaign::new(id, status, &landing_url);
     c.fallback_url = url("fallback_url")?;
     let field = |key: &str, r: Result<(), String>| r.map_err(|e| format!("{what}: {key}: {e}"));
@@ -316,7 +386,9 @@ pub fn parse_object(obj: &Map<String, Value>, what: &str) -> Result<Campaign, St
         }
     }
     if let Some(v) = obj.get("publishers") {
-        let list = v.as_array().ok_or_else(|| format!("{what}: publishers: must be an array of strings"))?;
+        let list = v
+            .as_array()
+            .ok_or_else(|| format!("{what}: publishers: must be an array of strings"))?;
         for p in list {
             match p.as_str() {
                 Some(s) if !s.is_empty() && s.len() <= 1024 => c.publishers.push(s.to_string()),
@@ -325,28 +397,42 @@ pub fn parse_object(obj: &Map<String, Value>, what: &str) -> Result<Campaign, St
         }
     }
     let money = |key: &str| -> Result<Option<u64>, String> {
-        obj.get(key).map(money_micros).transpose().map_err(|e| format!("{what}: {key}: {e}"))
+        obj.get(key)
+            .map(money_micros)
+            .transpose()
+            .map_err(|e| format!("{what}: {key}: {e}"))
     };
     c.pricing.cpc_micros = money("price_per_click")?.unwrap_or(0);
     c.pricing.cpm_micros = money("price_per_mille")?.unwrap_or(0);
     c.pricing.cpa_micros = money("price_per_conversion")?.unwrap_or(0);
     if let Some(v) = obj.get("revenue_share") {
         match v.as_f64() {
-            Some(x) if (0.0..=1.0).contains(&x) => c.pricing.revenue_share_ppm = (x * 1e6).round() as u32,
-            _ => return Err(format!("{what}: revenue_share: must be a number from 0 to 1")),
+            Some(x) if (0.0..=1.0).contains(&x) => {
+                c.pricing.revenue_share_ppm = (x * 1e6).round() as u32
+            }
+            _ => {
+                return Err(format!(
+                    "{what}: revenue_share: must be a number from 0 to 1"
+                ))
+            }
         }
     }
     c.caps.daily_spend_micros = money("daily_budget")?;
     c.caps.total_spend_micros = money("total_budget")?;
     let counts = |key: &str| -> Result<Option<u64>, String> {
-        obj.get(key).map(count).transpose().map_err(|e| format!("{what}: {key}: {e}"))
+        obj.get(key)
+            .map(count)
+            .transpose()
+            .map_err(|e| format!("{what}: {key}: {e}"))
     };
     c.caps.daily_clicks = counts("daily_clicks")?;
     c.caps.total_clicks = counts("total_clicks")?;
     c.caps.daily_impressions = counts("daily_impressions")?;
     c.caps.total_impressions = counts("total_impressions")?;
     if let Some(v) = obj.get("timezone") {
-        let s = v.as_str().ok_or_else(|| format!("{what}: timezone: must be a string"))?;
+        let s = v
+            .as_str()
+            .ok_or_else(|| format!("{what}: timezone: must be a string"))?;
         c.utc_offset_minutes = parse_offset(s).ok_or_else(|| {
             format!("{what}: timezone: {s:?} is not \"UTC\" or an offset like \"+02:00\" (zone names are not supported)")
         })?;
@@ -357,7 +443,10 @@ pub fn parse_object(obj: &Map<String, Value>, what: &str) -> Result<Campaign, St
 /// A campaigns file error: 1-based line of the offending object (or of the JSON syntax error),
 /// and the reason, e.g. `line 7: campaign "c1": landing_url: scheme must be http or https`.
 #[derive(Debug, PartialEq)]
-pub struct FileError { pub line: usize, pub message: String }
+pub struct FileError {
+    pub line: usize,
+    pub message: String,
+}
 
 impl std::fmt::Display for FileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -391,7 +480,9 @@ pub fn parse_file(text: &str) -> Result<Vec<Campaign>, FileError> {
         let id = &c.id;
         let what = format!("campaign \"{id}\"");
         if let Some(&first) = seen.get(id.as_str()) {
-            return Err(fail(format!("{what}: duplicate id (first at line {first})")));
+            return Err(fail(format!(
+                "{what}: duplicate id (first at line {first})"
+            )));
         }
         seen.insert(id.clone(), line);
         out.push(c);
@@ -407,7 +498,10 @@ fn json_error(e: &serde_json::Error) -> FileError {
         Some(m) => format!("{m} (column {})", e.column()),
         None => full,
     };
-    FileError { line: e.line().max(1), message }
+    FileError {
+        line: e.line().max(1),
+        message,
+    }
 }
 
 /// Line numbers of slices of a text, for slices met in increasing order (linear overall).
@@ -419,7 +513,11 @@ struct LineCounter<'t> {
 
 impl<'t> LineCounter<'t> {
     fn new(text: &'t str) -> Self {
-        LineCounter { text, at: 0, line: 1 }
+        LineCounter {
+            text,
+            at: 0,
+            line: 1,
+        }
     }
 
     /// The 1-based line where `part` starts; `part` must borrow from the text (else: line 1).
@@ -465,8 +563,15 @@ mod tests {
             list,
             vec![
                 Campaign {
-                    caps: Caps { daily_spend_micros: Some(100_000_000), ..Caps::default() },
-                    ..c("summer-sale", Status::Active, "https://shop.example.com/summer?pub={dim.publisher}&click={click_id}")
+                    caps: Caps {
+                        daily_spend_micros: Some(100_000_000),
+                        ..Caps::default()
+                    },
+                    ..c(
+                        "summer-sale",
+                        Status::Active,
+                        "https://shop.example.com/summer?pub={dim.publisher}&click={click_id}"
+                    )
                 },
                 c("b.2:x_y", Status::Paused, "http://b.example.com/"),
                 c("c", Status::Ended, "https://c.example.com/{campaign}"),
@@ -475,7 +580,12 @@ mod tests {
         assert_eq!(parse_file("[]").unwrap(), vec![]);
         assert_eq!(parse_file(" \n[\n]\n").unwrap(), vec![]);
         // Escaped id spelling is the same id.
-        assert_eq!(parse_file(r#"[{"id":"\u0061","status":"active","landing_url":"https://a/"}]"#).unwrap()[0].id, "a");
+        assert_eq!(
+            parse_file(r#"[{"id":"\u0061","status":"active","landing_url":"https://a/"}]"#)
+                .unwrap()[0]
+                .id,
+            "a"
+        );
     }
 
     #[test]
@@ -496,10 +606,17 @@ mod tests {
     #[test]
     fn validation_errors_name_the_object_line() {
         let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"},\n  {\"id\": \"b\", \"status\": \"active\"}\n]\n");
-        assert_eq!((e.line, e.message.as_str()), (3, "campaign \"b\": missing field \"landing_url\""));
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (3, "campaign \"b\": missing field \"landing_url\"")
+        );
         let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"ftp://a.example.com/\"}\n]");
         assert_eq!(e.line, 2);
-        assert!(e.message.starts_with("campaign \"a\": landing_url: scheme must be http or https"), "{e}");
+        assert!(
+            e.message
+                .starts_with("campaign \"a\": landing_url: scheme must be http or https"),
+            "{e}"
+        );
         let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"},\n  {\"id\": \"b\", \"status\": \"active\", \"landing_url\": \"https://{dim.publisher}.example.com/\"}\n]");
         assert_eq!(e.line, 3);
         assert!(e.message.contains("host"), "{e}");
@@ -507,17 +624,32 @@ mod tests {
         assert_eq!(e.line, 2);
         assert!(e.message.contains("unknown macro \"{bogus}\""), "{e}");
         let e = err("[\n  {\"id\": \"a\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"},\n  {\"id\": \"b\", \"status\": \"active\", \"landing_url\": \"https://b.example.com/\"},\n  {\"id\": \"a\", \"status\": \"paused\", \"landing_url\": \"https://c.example.com/\"}\n]");
-        assert_eq!((e.line, e.message.as_str()), (4, "campaign \"a\": duplicate id (first at line 2)"));
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (4, "campaign \"a\": duplicate id (first at line 2)")
+        );
         let e = err("[\n  {\"id\": \"a\", \"status\": \"running\", \"landing_url\": \"https://a.example.com/\"}\n]");
         assert_eq!(e.line, 2);
-        assert!(e.message.contains("status") && e.message.contains("running"), "{e}");
+        assert!(
+            e.message.contains("status") && e.message.contains("running"),
+            "{e}"
+        );
         let e = err("[\n  {\"id\": \"a b/c\", \"status\": \"active\", \"landing_url\": \"https://a.example.com/\"}\n]");
         assert_eq!(e.line, 2);
-        assert!(e.message.starts_with("object 1: invalid id \"a b/c\""), "{e}");
+        assert!(
+            e.message.starts_with("object 1: invalid id \"a b/c\""),
+            "{e}"
+        );
         let e = err("[\n{\"id\":\"a\",\"status\":\"active\",\"landing_url\":\"https://a/\"},\n\n\n  {\"status\": \"active\"}]");
-        assert_eq!((e.line, e.message.as_str()), (5, "object 2: missing field \"id\""));
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (5, "object 2: missing field \"id\"")
+        );
         let e = err("[{\"id\":\"a\",\"status\":\"active\",\"landing_url\":\"https://a/\"}, 3]");
-        assert_eq!((e.line, e.message.as_str()), (1, "object 2: not a JSON object"));
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (1, "object 2: not a JSON object")
+        );
         let e = err("[{\"id\": 5}]");
         assert_eq!(e.message, "object 1: id: must be a string");
         let e = err("[{\"id\": \"x\", \"status\": 1}]");
@@ -526,7 +658,10 @@ mod tests {
         assert_eq!(e.message, "campaign \"x\": missing field \"status\"");
         let e = err("[{\"id\": \"x\", \"status\": \"active\", \"landing_url\": null}]");
         assert_eq!(e.message, "campaign \"x\": landing_url: must be a string");
-        let e = err(&format!("[{{\"id\": \"{}\", \"status\": \"active\", \"landing_url\": \"https://a/\"}}]", "x".repeat(65)));
+        let e = err(&format!(
+            "[{{\"id\": \"{}\", \"status\": \"active\", \"landing_url\": \"https://a/\"}}]",
+            "x".repeat(65)
+        ));
         assert!(e.message.contains("invalid id"));
         assert_eq!(e.to_string(), format!("line 1: {}", e.message));
     }
@@ -545,10 +680,21 @@ mod tests {
         assert_eq!(c.start, Some(1_793_491_200));
         assert_eq!(c.end, Some(1_796_083_200 - 3600));
         assert_eq!(c.publishers, ["pub-a", "pub-b"]);
-        assert_eq!(c.pricing, Pricing { cpc_micros: 250_000, cpm_micros: 2_500_000, cpa_micros: 3_000_000, revenue_share_ppm: 100_000 });
+        assert_eq!(
+            c.pricing,
+            Pricing {
+                cpc_micros: 250_000,
+                cpm_micros: 2_500_000,
+                cpa_micros: 3_000_000,
+                revenue_share_ppm: 100_000
+            }
+        );
         assert_eq!(c.caps.daily_spend_micros, Some(100_000_000));
         assert_eq!(c.caps.total_spend_micros, Some(1_000_500_000));
-        assert_eq!((c.caps.daily_clicks, c.caps.total_impressions), (Some(400), Some(9_000_000)));
+        assert_eq!(
+            (c.caps.daily_clicks, c.caps.total_impressions),
+            (Some(400), Some(9_000_000))
+        );
         assert_eq!(c.utc_offset_minutes, -300);
         // to_json gives an object that parses to the same campaign.
         let j = c.to_json();
@@ -558,27 +704,58 @@ mod tests {
         assert_eq!(j["timezone"], "-05:00");
 
         let one = |extra: &str| {
-            let t = format!(r#"[{{"id": "x", "status": "active", "landing_url": "https://x/"{extra}}}]"#);
+            let t = format!(
+                r#"[{{"id": "x", "status": "active", "landing_url": "https://x/"{extra}}}]"#
+            );
             parse_file(&t).map(|v| v[0].clone()).map_err(|e| e.message)
         };
-        assert_eq!(one(r#", "dayly_budget": 5"#).unwrap_err(), "campaign \"x\": unknown field \"dayly_budget\"");
-        assert!(one(r#", "daily_budget": "5""#).unwrap_err().contains("daily_budget: must be a number"));
-        assert!(one(r#", "daily_budget": -1"#).unwrap_err().contains("daily_budget"));
-        assert!(one(r#", "daily_clicks": 1.5"#).unwrap_err().contains("daily_clicks: must be a whole number"));
-        assert!(one(r#", "revenue_share": 2"#).unwrap_err().contains("revenue_share"));
-        assert!(one(r#", "timezone": "Europe/Paris""#).unwrap_err().contains("timezone"));
-        assert!(one(r#", "start": "yesterday""#).unwrap_err().contains("start: \"yesterday\" is not an RFC 3339 time"));
-        assert!(one(r#", "start": 100, "end": 50"#).unwrap_err().contains("end: must be after start"));
-        assert!(one(r#", "publishers": ["a", 3]"#).unwrap_err().contains("publishers"));
-        assert!(one(r#", "fallback_url": "javascript:alert(1)""#).unwrap_err().contains("fallback_url"));
-        assert_eq!(one(r#", "start": 1700000000, "timezone": "UTC""#).unwrap().start, Some(1_700_000_000));
+        assert_eq!(
+            one(r#", "dayly_budget": 5"#).unwrap_err(),
+            "campaign \"x\": unknown field \"dayly_budget\""
+        );
+        assert!(one(r#", "daily_budget": "5""#)
+            .unwrap_err()
+            .contains("daily_budget: must be a number"));
+        assert!(one(r#", "daily_budget": -1"#)
+            .unwrap_err()
+            .contains("daily_budget"));
+        assert!(one(r#", "daily_clicks": 1.5"#)
+            .unwrap_err()
+            .contains("daily_clicks: must be a whole number"));
+        assert!(one(r#", "revenue_share": 2"#)
+            .unwrap_err()
+            .contains("revenue_share"));
+        assert!(one(r#", "timezone": "Europe/Paris""#)
+            .unwrap_err()
+            .contains("timezone"));
+        assert!(one(r#", "start": "yesterday""#)
+            .unwrap_err()
+            .contains("start: \"yesterday\" is not an RFC 3339 time"));
+        assert!(one(r#", "start": 100, "end": 50"#)
+            .unwrap_err()
+            .contains("end: must be after start"));
+        assert!(one(r#", "publishers": ["a", 3]"#)
+            .unwrap_err()
+            .contains("publishers"));
+        assert!(one(r#", "fallback_url": "javascript:alert(1)""#)
+            .unwrap_err()
+            .contains("fallback_url"));
+        assert_eq!(
+            one(r#", "start": 1700000000, "timezone": "UTC""#)
+                .unwrap()
+                .start,
+            Some(1_700_000_000)
+        );
     }
 
     #[test]
     fn times_and_offsets() {
         use serde_json::json;
         assert_eq!(parse_time(&json!("1970-01-01T00:00:00Z")), Ok(0));
-        assert_eq!(parse_time(&json!("2000-02-29T12:30:15.123+02:30")), Ok(951_827_415 - 9000));
+        assert_eq!(
+            parse_time(&json!("2000-02-29T12:30:15.123+02:30")),
+            Ok(951_827_415 - 9000)
+        );
         assert_eq!(rfc3339(951_827_415), "2000-02-29T12:30:15Z");
         assert!(parse_time(&json!("2000-13-01T00:00:00Z")).is_err());
         assert!(parse_time(&json!("2000-01-01T00:00:00")).is_err());

@@ -156,8 +156,14 @@ impl<'a> Seen<'a> {
     /// Whether `hash` was recorded within the last `window_s` seconds before `now_s`, without
     /// recording it.
     pub fn contains(&self, hash: u64, now_s: u64, window_s: u32) -> bool {
-        let Some(bucket) = self.bucket(hash) else { return false };
-        let (window, now24, fp) = (u64::from(window_s.min(MAX_WINDOW_S)), now_s & TIME_MASK, fingerprint(hash));
+        let Some(bucket) = self.bucket(hash) else {
+            return false;
+        };
+        let (window, now24, fp) = (
+            u64::from(window_s.min(MAX_WINDOW_S)),
+            now_s & TIME_MASK,
+            fingerprint(hash),
+        );
         bucket.iter().any(|slot| {
             let v = slot.load(SeqCst);
             v != 0 && v >> TIME_BITS == fp && age(v, now24) < window
@@ -168,7 +174,9 @@ impl<'a> Seen<'a> {
     /// records it at `now_s`. A window above [`MAX_WINDOW_S`] counts as `MAX_WINDOW_S`; a
     /// window of 0 makes every request `First` (and records it).
     pub fn check_and_insert(&self, hash: u64, now_s: u64, window_s: u32) -> Outcome {
-        let Some(bucket) = self.bucket(hash) else { return Outcome::First { evicted: false } };
+        let Some(bucket) = self.bucket(hash) else {
+            return Outcome::First { evicted: false };
+        };
         let window = u64::from(window_s.min(MAX_WINDOW_S));
         let now24 = now_s & TIME_MASK;
         let fp = fingerprint(hash);
@@ -199,7 +207,10 @@ impl<'a> Seen<'a> {
                 None => (oldest.0, true),
             };
             // 3: claim it, if nobody changed it since the scan.
-            if bucket[i].compare_exchange(seen[i], mine, SeqCst, SeqCst).is_err() {
+            if bucket[i]
+                .compare_exchange(seen[i], mine, SeqCst, SeqCst)
+                .is_err()
+            {
                 continue;
             }
             // 4: a racer for the same key may have claimed another slot; the lowest index wins.
@@ -276,7 +287,9 @@ impl<const C: usize, const D: usize> Sip<C, D> {
         self.len = self.len.wrapping_add(bytes.len() as u64);
         if self.ntail > 0 {
             while self.ntail < 8 {
-                let Some((&b, rest)) = bytes.split_first() else { return };
+                let Some((&b, rest)) = bytes.split_first() else {
+                    return;
+                };
                 self.tail |= u64::from(b) << (8 * self.ntail);
                 self.ntail += 1;
                 bytes = rest;
@@ -420,8 +433,14 @@ mod tests {
                 let h = mix(start ^ 0x55);
                 assert_eq!(s.check_and_insert(h, start, 10), first(), "start {start}");
                 // Straddles the 2^24 wrap: still live, then expired.
-                assert_eq!(s.check_and_insert(h, start.wrapping_add(5), 10), Outcome::Duplicate);
-                assert_eq!(s.check_and_insert(h, start.wrapping_add(9), 10), Outcome::Duplicate);
+                assert_eq!(
+                    s.check_and_insert(h, start.wrapping_add(5), 10),
+                    Outcome::Duplicate
+                );
+                assert_eq!(
+                    s.check_and_insert(h, start.wrapping_add(9), 10),
+                    Outcome::Duplicate
+                );
                 assert_eq!(s.check_and_insert(h, start.wrapping_add(10), 10), first());
             }
         }
@@ -430,7 +449,10 @@ mod tests {
         let start = (3u64 << 24) - 100;
         let w = MAX_WINDOW_S;
         assert_eq!(s.check_and_insert(h, start, w), first());
-        assert_eq!(s.check_and_insert(h, start + u64::from(w) - 1, w), Outcome::Duplicate);
+        assert_eq!(
+            s.check_and_insert(h, start + u64::from(w) - 1, w),
+            Outcome::Duplicate
+        );
         assert_eq!(s.check_and_insert(h, start + u64::from(w), w), first());
         // A clock stepped back: the entry looks expired (let through, not dropped).
         assert_eq!(s.check_and_insert(h, start + u64::from(w) - 1, w), first());
@@ -458,14 +480,23 @@ mod tests {
             assert_eq!(s.check_and_insert(k, 100 + i as u64, 60), first());
         }
         // Full of live entries: the ninth key evicts the oldest (keys[0], inserted at 100).
-        assert_eq!(s.check_and_insert(keys[8], 110, 60), Outcome::First { evicted: true });
+        assert_eq!(
+            s.check_and_insert(keys[8], 110, 60),
+            Outcome::First { evicted: true }
+        );
         assert_eq!(s.check_and_insert(keys[8], 110, 60), Outcome::Duplicate);
         for &k in &keys[1..8] {
             assert_eq!(s.check_and_insert(k, 110, 60), Outcome::Duplicate);
         }
         // keys[0] was forgotten: it comes back as First and evicts the next oldest (keys[1]).
-        assert_eq!(s.check_and_insert(keys[0], 111, 60), Outcome::First { evicted: true });
-        assert_eq!(s.check_and_insert(keys[1], 112, 60), Outcome::First { evicted: true });
+        assert_eq!(
+            s.check_and_insert(keys[0], 111, 60),
+            Outcome::First { evicted: true }
+        );
+        assert_eq!(
+            s.check_and_insert(keys[1], 112, 60),
+            Outcome::First { evicted: true }
+        );
         // Once entries have expired, their slots are reused without an eviction.
         assert_eq!(s.check_and_insert(keys[9], 103 + 60, 60), first());
         // Other buckets were never touched.
@@ -478,7 +509,9 @@ mod tests {
         let t = table(4 * n); // live entries at 25% of the capacity
         let s = Seen::new(&t);
         let mut next = rng(1);
-        let keys: Vec<u64> = (0..n).map(|_| key_hash(&K, &[&next().to_le_bytes()])).collect();
+        let keys: Vec<u64> = (0..n)
+            .map(|_| key_hash(&K, &[&next().to_le_bytes()]))
+            .collect();
         let mut evicted = 0;
         for &k in &keys {
             match s.check_and_insert(k, 5000, 300) {
@@ -517,7 +550,10 @@ mod tests {
                             // Half the threads walk the keys in the same order (they race on
                             // one key at a time), the others in another order.
                             let k = if id % 2 == 0 { k } else { (k * 7 + id) % KEYS };
-                            let h = key_hash(&K, &[&(round as u64).to_le_bytes(), &(k as u64).to_le_bytes()]);
+                            let h = key_hash(
+                                &K,
+                                &[&(round as u64).to_le_bytes(), &(k as u64).to_le_bytes()],
+                            );
                             if let Outcome::First { .. } = s.check_and_insert(h, now, 50) {
                                 *f += 1;
                             }

@@ -25,9 +25,17 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Impression, Kind::Click, Kind::Conversion, Kind::Video, Kind::Custom];
+    pub const ALL: [Kind; 5] = [
+        Kind::Impression,
+        Kind::Click,
+        Kind::Conversion,
+        Kind::Video,
+        Kind::Custom,
+    ];
     /// The index of this kind's counters in the ring header.
-    pub fn index(self) -> usize { self as usize }
+    pub fn index(self) -> usize {
+        self as usize
+    }
     /// The `type` string of the built-in kinds ("impression", ...); "custom" for Custom.
     pub fn name(self) -> &'static str {
         match self {
@@ -53,20 +61,20 @@ impl Kind {
 /// Flags: why an event is special. Stored as an array of strings under key `flags`
 /// (absent when empty). Bit values are internal; names are the schema.
 pub mod flags {
-    pub const UNKNOWN_CAMPAIGN: u32 = 1 << 0;  // "unknown_campaign": no campaign with that id
-    pub const INVALID_CAMPAIGN: u32 = 1 << 1;  // "invalid_campaign": missing id or bad charset/length
+    pub const UNKNOWN_CAMPAIGN: u32 = 1 << 0; // "unknown_campaign": no campaign with that id
+    pub const INVALID_CAMPAIGN: u32 = 1 << 1; // "invalid_campaign": missing id or bad charset/length
     pub const INACTIVE_CAMPAIGN: u32 = 1 << 2; // "inactive_campaign": campaign paused or ended
-    pub const INVALID_VALUE: u32 = 1 << 3;     // "invalid_value": conversion value / watch time not a number
+    pub const INVALID_VALUE: u32 = 1 << 3; // "invalid_value": conversion value / watch time not a number
     pub const INVALID_VIDEO_EVENT: u32 = 1 << 4; // "invalid_video_event": not start|q1|mid|q3|complete
-    pub const TRUNCATED: u32 = 1 << 5;         // "truncated": a field was cut to its length limit
-    pub const OVER_BUDGET: u32 = 1 << 6;       // "over_budget": a cap of the campaign was reached: not charged
-    pub const OUTSIDE_SCHEDULE: u32 = 1 << 7;  // "outside_schedule": before the campaign's start or after its end
+    pub const TRUNCATED: u32 = 1 << 5; // "truncated": a field was cut to its length limit
+    pub const OVER_BUDGET: u32 = 1 << 6; // "over_budget": a cap of the campaign was reached: not charged
+    pub const OUTSIDE_SCHEDULE: u32 = 1 << 7; // "outside_schedule": before the campaign's start or after its end
     pub const PUBLISHER_NOT_ALLOWED: u32 = 1 << 8; // "publisher_not_allowed": not one of the campaign's publishers
-    pub const DNT: u32 = 1 << 9;               // "dnt": the request had DNT: 1 or Sec-GPC: 1; personal fields left out
-    pub const UNSIGNED: u32 = 1 << 10;         // "unsigned": `tracker_signed flag` and no valid signature
-    pub const BOT: u32 = 1 << 11;              // "bot": the User-Agent is a crawler or other bot: not charged
-    pub const PREFETCH: u32 = 1 << 12;         // "prefetch": a prefetch/preview request (Sec-Purpose...): not charged
-    pub const DUPLICATE: u32 = 1 << 13;        // "duplicate": seen within the duplicate window (tracker_duplicates): not charged
+    pub const DNT: u32 = 1 << 9; // "dnt": the request had DNT: 1 or Sec-GPC: 1; personal fields left out
+    pub const UNSIGNED: u32 = 1 << 10; // "unsigned": `tracker_signed flag` and no valid signature
+    pub const BOT: u32 = 1 << 11; // "bot": the User-Agent is a crawler or other bot: not charged
+    pub const PREFETCH: u32 = 1 << 12; // "prefetch": a prefetch/preview request (Sec-Purpose...): not charged
+    pub const DUPLICATE: u32 = 1 << 13; // "duplicate": seen within the duplicate window (tracker_duplicates): not charged
     /// (bit, name) pairs in schema order.
     pub const NAMES: &[(u32, &str)] = &[
         (UNKNOWN_CAMPAIGN, "unknown_campaign"),
@@ -117,7 +125,6 @@ pub struct EventRef<'a> {
     /// The User-Agent's device class ([`crate::useragent::Device::as_str`]).
     pub device: Option<&'a str>,
 }
-
 
 /// Longest byte string [`encode`] writes for one field: longer input is cut (the ring refuses
 /// payloads this large anyway; this only keeps MessagePack's u32 lengths exact).
@@ -185,7 +192,10 @@ fn write_key(out: &mut Vec<u8>, key: &str) {
 pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
     use rmp::encode::{write_array_len, write_bin, write_f64, write_map_len, write_uint};
     out.clear();
-    let nflags = flags::NAMES.iter().filter(|(bit, _)| ev.flags & bit != 0).count();
+    let nflags = flags::NAMES
+        .iter()
+        .filter(|(bit, _)| ev.flags & bit != 0)
+        .count();
     let optional = [
         ev.click_id.is_some(),
         !ev.dims.is_empty(),
@@ -227,7 +237,12 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
             write_lossy_str(out, value);
         }
     }
-    for (key, field) in [("ip", ev.ip), ("ua", ev.user_agent), ("referer", ev.referer), ("host", ev.host)] {
+    for (key, field) in [
+        ("ip", ev.ip),
+        ("ua", ev.user_agent),
+        ("referer", ev.referer),
+        ("host", ev.host),
+    ] {
         if let Some(bytes) = field {
             write_key(out, key);
             write_lossy_str(out, bytes);
@@ -264,7 +279,11 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) {
         write_key(out, "uid");
         write_lossy_str(out, uid);
     }
-    for (key, field) in [("browser", ev.browser), ("os", ev.os), ("device", ev.device)] {
+    for (key, field) in [
+        ("browser", ev.browser),
+        ("os", ev.os),
+        ("device", ev.device),
+    ] {
         if let Some(text) = field {
             write_key(out, key);
             write_lossy_str(out, text.as_bytes());
@@ -338,7 +357,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let ev = Event::deserialize(&mut de).map_err(|e| DecodeError(e.to_string()))?;
     let used = de.position();
     if used != bytes.len() as u64 {
-        return Err(DecodeError(format!("{} trailing bytes after the event", bytes.len() as u64 - used)));
+        return Err(DecodeError(format!(
+            "{} trailing bytes after the event",
+            bytes.len() as u64 - used
+        )));
     }
     Ok(ev)
 }
@@ -389,7 +411,15 @@ impl UtcTime {
         let days = (secs / 86_400) as i64;
         let sod = (secs % 86_400) as u32;
         let (year, month, day) = civil_from_days(days);
-        UtcTime { year, month, day, hour: sod / 3600, minute: sod / 60 % 60, second: sod % 60, micros }
+        UtcTime {
+            year,
+            month,
+            day,
+            hour: sod / 3600,
+            minute: sod / 60 % 60,
+            second: sod % 60,
+            micros,
+        }
     }
 }
 
@@ -441,7 +471,10 @@ struct DimsMap<'a>(&'a [(String, String)]);
 impl DimsMap<'_> {
     fn unique(&self) -> impl Iterator<Item = &(String, String)> {
         let d = self.0;
-        d.iter().enumerate().filter(move |(i, (n, _))| !d[..*i].iter().any(|(m, _)| m == n)).map(|(_, p)| p)
+        d.iter()
+            .enumerate()
+            .filter(move |(i, (n, _))| !d[..*i].iter().any(|(m, _)| m == n))
+            .map(|(_, p)| p)
     }
 }
 
@@ -492,7 +525,12 @@ impl Serialize for Event {
             m.serialize_entry("click_id", x)?;
         }
         m.serialize_entry("dims", &DimsMap(&self.dims))?;
-        for (key, field) in [("ip", &self.ip), ("ua", &self.ua), ("referer", &self.referer), ("host", &self.host)] {
+        for (key, field) in [
+            ("ip", &self.ip),
+            ("ua", &self.ua),
+            ("referer", &self.referer),
+            ("host", &self.host),
+        ] {
             if let Some(x) = field {
                 m.serialize_entry(key, x)?;
             }
@@ -516,7 +554,11 @@ impl Serialize for Event {
         if let Some(x) = &self.uid {
             m.serialize_entry("uid", x)?;
         }
-        for (key, field) in [("browser", &self.browser), ("os", &self.os), ("device", &self.device)] {
+        for (key, field) in [
+            ("browser", &self.browser),
+            ("os", &self.os),
+            ("device", &self.device),
+        ] {
             if let Some(x) = field {
                 m.serialize_entry(key, x)?;
             }
@@ -571,7 +613,10 @@ impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
         let w = Wire::deserialize(d)?;
         if w.v != u64::from(SCHEMA_VERSION) {
-            return Err(de::Error::custom(format_args!("unsupported schema version {}", w.v)));
+            return Err(de::Error::custom(format_args!(
+                "unsupported schema version {}",
+                w.v
+            )));
         }
         Ok(Event {
             v: SCHEMA_VERSION,
@@ -625,14 +670,18 @@ impl<'de> Visitor<'de> for IdVisitor {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<IdField, E> {
-        <[u8; 16]>::try_from(v).map(IdField).map_err(|_| E::invalid_length(v.len(), &self))
+        <[u8; 16]>::try_from(v)
+            .map(IdField)
+            .map_err(|_| E::invalid_length(v.len(), &self))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<IdField, E> {
         if !self.hex_ok {
             return Err(E::invalid_type(de::Unexpected::Str(v), &self));
         }
-        crate::id::from_hex(v.as_bytes()).map(IdField).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+        crate::id::from_hex(v.as_bytes())
+            .map(IdField)
+            .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdField, A::Error> {
@@ -641,7 +690,9 @@ impl<'de> Visitor<'de> for IdVisitor {
         }
         let mut id = [0u8; 16];
         for (i, b) in id.iter_mut().enumerate() {
-            *b = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(i, &self))?;
+            *b = seq
+                .next_element()?
+                .ok_or_else(|| de::Error::invalid_length(i, &self))?;
         }
         if seq.next_element::<de::IgnoredAny>()?.is_some() {
             return Err(de::Error::invalid_length(17, &self));
@@ -707,7 +758,15 @@ mod tests {
             rmp::encode::write_str_len(&mut theirs, len as u32).unwrap();
             assert_eq!(ours, theirs, "len {len}");
         }
-        for text in ["", "v", "ascii text", "caf\u{e9}", &"x".repeat(40), &"\u{e9}".repeat(200), &"y".repeat(70_000)] {
+        for text in [
+            "",
+            "v",
+            "ascii text",
+            "caf\u{e9}",
+            &"x".repeat(40),
+            &"\u{e9}".repeat(200),
+            &"y".repeat(70_000),
+        ] {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             write_lossy_str(&mut ours, text.as_bytes());
             rmp::encode::write_str(&mut theirs, text).unwrap();
@@ -724,7 +783,9 @@ mod tests {
 
     fn full_ref<'a>(dims: &'a [(&'a [u8], &'a [u8])]) -> EventRef<'a> {
         EventRef {
-            id: [0x01, 0x8f, 0x3a, 0x4b, 0x5c, 0x6d, 0x71, 0x23, 0x84, 1, 2, 3, 4, 5, 6, 7],
+            id: [
+                0x01, 0x8f, 0x3a, 0x4b, 0x5c, 0x6d, 0x71, 0x23, 0x84, 1, 2, 3, 4, 5, 6, 7,
+            ],
             ts_us: 1_714_566_896_789_012,
             event_type: b"conversion",
             campaign: b"summer-sale",
@@ -787,13 +848,39 @@ mod tests {
 
     #[test]
     fn full_event_roundtrip() {
-        let dims: &[(&[u8], &[u8])] = &[(b"publisher", b"a b"), (b"placement", b"x+y z"), (b"n", b"")];
+        let dims: &[(&[u8], &[u8])] = &[
+            (b"publisher", b"a b"),
+            (b"placement", b"x+y z"),
+            (b"n", b""),
+        ];
         let r = full_ref(dims);
         let mut buf = Vec::new();
         encode(&r, &mut buf);
         assert_eq!(
             keys(&buf),
-            ["v", "id", "ts", "type", "campaign", "click_id", "dims", "ip", "ua", "referer", "host", "status", "flags", "value", "video_event", "watch_time", "cost_micros", "uid", "browser", "os", "device"]
+            [
+                "v",
+                "id",
+                "ts",
+                "type",
+                "campaign",
+                "click_id",
+                "dims",
+                "ip",
+                "ua",
+                "referer",
+                "host",
+                "status",
+                "flags",
+                "value",
+                "video_event",
+                "watch_time",
+                "cost_micros",
+                "uid",
+                "browser",
+                "os",
+                "device"
+            ]
         );
         let e = decode(&buf).unwrap();
         assert_eq!(e.v, 1);
@@ -804,7 +891,11 @@ mod tests {
         assert_eq!(e.click_id.as_deref(), Some("0190abcdef"));
         assert_eq!(
             e.dims,
-            vec![("publisher".into(), "a b".into()), ("placement".into(), "x+y z".into()), ("n".into(), "".into())]
+            vec![
+                ("publisher".into(), "a b".into()),
+                ("placement".into(), "x+y z".into()),
+                ("n".into(), "".into())
+            ]
         );
         assert_eq!(e.ip.as_deref(), Some("192.0.2.0"));
         assert_eq!(e.ua.as_deref(), Some("Mozilla/5.0"));
@@ -817,7 +908,10 @@ mod tests {
         assert_eq!(e.watch_time, Some(7.5));
         assert_eq!(e.cost_micros, Some(250_000));
         assert_eq!(e.uid.as_deref(), Some("0123456789abcdef0123456789abcdef"));
-        assert_eq!((e.browser.as_deref(), e.os.as_deref(), e.device.as_deref()), (Some("firefox"), Some("linux"), Some("desktop")));
+        assert_eq!(
+            (e.browser.as_deref(), e.os.as_deref(), e.device.as_deref()),
+            (Some("firefox"), Some("linux"), Some("desktop"))
+        );
         // Serde's MessagePack form of an Event is the same schema.
         let again = rmp_serde::to_vec_named(&e).unwrap();
         assert_eq!(decode(&again).unwrap(), e);
@@ -825,7 +919,13 @@ mod tests {
 
     #[test]
     fn minimal_event_omits_optionals() {
-        let r = EventRef { id: [7; 16], ts_us: 5, event_type: b"impression", status: 204, ..Default::default() };
+        let r = EventRef {
+            id: [7; 16],
+            ts_us: 5,
+            event_type: b"impression",
+            status: 204,
+            ..Default::default()
+        };
         let mut buf = Vec::new();
         encode(&r, &mut buf);
         assert_eq!(keys(&buf), ["v", "id", "ts", "type", "campaign", "status"]);
@@ -843,21 +943,47 @@ mod tests {
         let e = decode(&buf).unwrap();
         assert_eq!(e.campaign, "");
         assert!(e.dims.is_empty() && e.flags.is_empty());
-        assert!(e.click_id.is_none() && e.ip.is_none() && e.ua.is_none() && e.referer.is_none() && e.host.is_none());
-        assert!(e.value.is_none() && e.video_event.is_none() && e.watch_time.is_none() && e.uid.is_none());
+        assert!(
+            e.click_id.is_none()
+                && e.ip.is_none()
+                && e.ua.is_none()
+                && e.referer.is_none()
+                && e.host.is_none()
+        );
+        assert!(
+            e.value.is_none()
+                && e.video_event.is_none()
+                && e.watch_time.is_none()
+                && e.uid.is_none()
+        );
         assert!(e.browser.is_none() && e.os.is_none() && e.device.is_none());
         // Unknown flag bits are ignored: no flags key.
-        encode(&EventRef { flags: 1 << 31, ..r.clone() }, &mut buf);
+        encode(
+            &EventRef {
+                flags: 1 << 31,
+                ..r.clone()
+            },
+            &mut buf,
+        );
         assert_eq!(keys(&buf).len(), 6);
         // Some(empty) is present.
-        encode(&EventRef { click_id: Some(b""), ..r }, &mut buf);
+        encode(
+            &EventRef {
+                click_id: Some(b""),
+                ..r
+            },
+            &mut buf,
+        );
         assert_eq!(decode(&buf).unwrap().click_id.as_deref(), Some(""));
     }
 
     #[test]
     fn dnt_flag() {
         assert!(flags::NAMES.contains(&(flags::DNT, "dnt")));
-        let r = EventRef { flags: flags::DNT | flags::TRUNCATED, ..Default::default() };
+        let r = EventRef {
+            flags: flags::DNT | flags::TRUNCATED,
+            ..Default::default()
+        };
         let mut buf = Vec::new();
         encode(&r, &mut buf);
         assert_eq!(decode(&buf).unwrap().flags, ["truncated", "dnt"]);
@@ -865,18 +991,35 @@ mod tests {
 
     #[test]
     fn invalid_utf8_replaced() {
-        let dims: &[(&[u8], &[u8])] = &[(b"p\xff", b"\xffok"), (b"q", b"caf\xc3\xa9 \xe2\x82 \xf0\x9f\x98\x80\xc3")];
-        let r = EventRef { campaign: b"c\x80\x80d", user_agent: Some(b"\xed\xa0\x80x"), dims, ..Default::default() };
+        let dims: &[(&[u8], &[u8])] = &[
+            (b"p\xff", b"\xffok"),
+            (b"q", b"caf\xc3\xa9 \xe2\x82 \xf0\x9f\x98\x80\xc3"),
+        ];
+        let r = EventRef {
+            campaign: b"c\x80\x80d",
+            user_agent: Some(b"\xed\xa0\x80x"),
+            dims,
+            ..Default::default()
+        };
         let mut buf = Vec::new();
         encode(&r, &mut buf);
         let e = decode(&buf).unwrap();
         assert_eq!(e.campaign, "c\u{fffd}\u{fffd}d");
         assert_eq!(e.dims[0], ("p\u{fffd}".into(), "\u{fffd}ok".into()));
         assert_eq!(e.dims[1].1, "caf\u{e9} \u{fffd} \u{1f600}\u{fffd}");
-        assert_eq!(e.ua.as_deref(), Some(String::from_utf8_lossy(b"\xed\xa0\x80x").as_ref()));
+        assert_eq!(
+            e.ua.as_deref(),
+            Some(String::from_utf8_lossy(b"\xed\xa0\x80x").as_ref())
+        );
         for (_, v) in dims {
             let mut one = Vec::new();
-            encode(&EventRef { campaign: v, ..Default::default() }, &mut one);
+            encode(
+                &EventRef {
+                    campaign: v,
+                    ..Default::default()
+                },
+                &mut one,
+            );
             assert_eq!(decode(&one).unwrap().campaign, String::from_utf8_lossy(v));
         }
     }
@@ -885,7 +1028,13 @@ mod tests {
     fn long_fields_use_wider_headers() {
         let long = vec![b'x'; 70_000];
         let dims: Vec<(&[u8], &[u8])> = (0..40).map(|_| (&b"d"[..], &long[..300])).collect();
-        let r = EventRef { referer: Some(&long), dims: &dims, ts_us: u64::MAX, status: u16::MAX, ..Default::default() };
+        let r = EventRef {
+            referer: Some(&long),
+            dims: &dims,
+            ts_us: u64::MAX,
+            status: u16::MAX,
+            ..Default::default()
+        };
         let mut buf = Vec::new();
         encode(&r, &mut buf);
         let e = decode(&buf).unwrap();
@@ -984,7 +1133,10 @@ mod tests {
             ("device", Some(vec![0xc0])),
         ]);
         let e = decode(&bytes).unwrap();
-        assert_eq!((e.browser.as_deref(), e.os.as_deref(), e.device.as_deref()), (Some("chrome"), None, None));
+        assert_eq!(
+            (e.browser.as_deref(), e.os.as_deref(), e.device.as_deref()),
+            (Some("chrome"), None, None)
+        );
         assert_eq!(e.event_type, "click");
         assert_eq!(e.click_id, None);
         assert_eq!(e.value, Some(3.0), "an integer value is a number too");
@@ -996,7 +1148,9 @@ mod tests {
         assert!(decode_err(&[]).contains("empty"));
         assert!(decode_err(&[0x90]).contains("map"));
         assert!(decode_err(&val_str("x")).contains("map"));
-        assert!(decode_err(&with(&[("v", Some(val_uint(2)))])).contains("unsupported schema version 2"));
+        assert!(
+            decode_err(&with(&[("v", Some(val_uint(2)))])).contains("unsupported schema version 2")
+        );
         assert!(decode_err(&with(&[("v", None)])).contains("`v`"));
         assert!(decode_err(&with(&[("id", None)])).contains("`id`"));
         assert!(decode_err(&with(&[("ts", None)])).contains("`ts`"));
@@ -1004,13 +1158,20 @@ mod tests {
         assert!(decode_err(&with(&[("campaign", None)])).contains("`campaign`"));
         assert!(decode_err(&with(&[("status", None)])).contains("`status`"));
         assert!(decode_err(&with(&[("id", Some(val_bin(&[1; 15])))])).contains("16 bytes"));
-        assert!(decode_err(&with(&[("id", Some(val_str("0123456789abcdef0123456789abcdef")))])).contains("16 bytes"));
+        assert!(decode_err(&with(&[(
+            "id",
+            Some(val_str("0123456789abcdef0123456789abcdef"))
+        )]))
+        .contains("16 bytes"));
         decode_err(&with(&[("ts", Some(val_str("1")))]));
         decode_err(&with(&[("ts", Some(vec![0xff]))]));
         decode_err(&with(&[("status", Some(val_uint(70_000)))]));
         decode_err(&with(&[("type", Some(val_uint(1)))]));
         decode_err(&with(&[("dims", Some(val_str("a=b")))]));
-        decode_err(&with(&[("dims", Some(vec![0x91, 0x92, 0xa1, b'a', 0xa1, b'b']))]));
+        decode_err(&with(&[(
+            "dims",
+            Some(vec![0x91, 0x92, 0xa1, b'a', 0xa1, b'b']),
+        )]));
         decode_err(&with(&[("dims", Some(vec![0x81, 0xa1, b'a', 0x01]))]));
         decode_err(&with(&[("flags", Some(val_str("truncated")))]));
         decode_err(&with(&[("value", Some(val_str("1.5")))]));
@@ -1048,7 +1209,12 @@ mod tests {
     #[test]
     fn decode_claimed_huge_lengths() {
         // Claims of 4 G entries or bytes with nothing behind them.
-        for tail in [&[0xdf, 0xff, 0xff, 0xff, 0xff][..], &[0xdd, 0xff, 0xff, 0xff, 0xff], &[0xc6, 0xff, 0xff, 0xff, 0xff], &[0xdb, 0xff, 0xff, 0xff, 0xff]] {
+        for tail in [
+            &[0xdf, 0xff, 0xff, 0xff, 0xff][..],
+            &[0xdd, 0xff, 0xff, 0xff, 0xff],
+            &[0xc6, 0xff, 0xff, 0xff, 0xff],
+            &[0xdb, 0xff, 0xff, 0xff, 0xff],
+        ] {
             assert!(decode(tail).is_err());
             let mut bytes = with(&[]);
             bytes[0] += 1;
@@ -1137,13 +1303,29 @@ mod tests {
         assert_eq!(t(4_107_542_400_000_000), "2100-03-01T00:00:00.000000Z");
         assert_eq!(t(253_402_300_799_999_999), "9999-12-31T23:59:59.999999Z");
         let _ = t(u64::MAX); // far future: no panic
-        // Against a day-by-day walk of the calendar.
+                             // Against a day-by-day walk of the calendar.
         let (mut y, mut m, mut d) = (1970i64, 1u32, 1u32);
         for days in 0..200_000u64 {
             let u = UtcTime::from_unix_us(days * 86_400_000_000 + 3_723_000_004);
-            assert_eq!((u.year, u.month, u.day, u.hour, u.minute, u.second, u.micros), (y, m, d, 1, 2, 3, 4));
+            assert_eq!(
+                (u.year, u.month, u.day, u.hour, u.minute, u.second, u.micros),
+                (y, m, d, 1, 2, 3, 4)
+            );
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m as usize - 1];
+            let len = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ][m as usize - 1];
             d += 1;
             if d > len {
                 d = 1;

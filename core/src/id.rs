@@ -48,7 +48,11 @@ pub struct IdGenerator {
 impl IdGenerator {
     /// `seed`: 64 random bits (e.g. from getrandom) at worker start.
     pub fn new(seed: u64) -> IdGenerator {
-        IdGenerator { last_us: 0, last_tail: 0, next_tail: splitmix64(seed) & TAIL_MASK }
+        IdGenerator {
+            last_us: 0,
+            last_tail: 0,
+            next_tail: splitmix64(seed) & TAIL_MASK,
+        }
     }
 
     /// The next id for an event at `now_us` (Unix microseconds).
@@ -144,7 +148,11 @@ fn getrandom_u64() -> Option<u64> {
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled part of `buf`.
         let n = unsafe {
-            libc::getrandom(buf[filled..].as_mut_ptr().cast::<libc::c_void>(), buf.len() - filled, 0)
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast::<libc::c_void>(),
+                buf.len() - filled,
+                0,
+            )
         };
         if n < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
@@ -200,7 +208,8 @@ mod tests {
 
     #[test]
     fn unique_with_random_seeds_and_frozen_clock() {
-        let mut gens: Vec<IdGenerator> = (0..4).map(|_| IdGenerator::new(os_random_u64())).collect();
+        let mut gens: Vec<IdGenerator> =
+            (0..4).map(|_| IdGenerator::new(os_random_u64())).collect();
         let mut seen = HashSet::with_capacity(400_000);
         for _ in 0..100_000 {
             for g in gens.iter_mut() {
@@ -213,10 +222,24 @@ mod tests {
     fn monotonic_same_time_and_small_step_back() {
         let mut g = IdGenerator::new(7);
         let mut prev = g.next(5_000_000);
-        let clock = [5_000_000u64, 5_000_000, 4_999_000, 4_998_500, 5_000_001, 5_000_001, 5_002_000, 5_001_999];
+        let clock = [
+            5_000_000u64,
+            5_000_000,
+            4_999_000,
+            4_998_500,
+            5_000_001,
+            5_000_001,
+            5_002_000,
+            5_001_999,
+        ];
         for &t in clock.iter().cycle().take(10_000) {
             let id = g.next(t);
-            assert!(id > prev, "{:?} !> {:?} at t={t}", to_hex(&id), to_hex(&prev));
+            assert!(
+                id > prev,
+                "{:?} !> {:?} at t={t}",
+                to_hex(&id),
+                to_hex(&prev)
+            );
             assert!(timestamp_us(&id) >= timestamp_us(&prev));
             prev = id;
         }
@@ -225,14 +248,22 @@ mod tests {
     #[test]
     fn monotonic_across_tail_wrap() {
         // A seed whose mixed tail is 2 below the wrap point.
-        let mut g = IdGenerator { last_us: 0, last_tail: 0, next_tail: TAIL_MASK - 2 };
+        let mut g = IdGenerator {
+            last_us: 0,
+            last_tail: 0,
+            next_tail: TAIL_MASK - 2,
+        };
         let mut prev = g.next(1_000_000);
         for _ in 0..10 {
             let id = g.next(1_000_000);
             assert!(id > prev);
             prev = id;
         }
-        assert_eq!(timestamp_us(&prev), 1_000_001, "moved one microsecond ahead at the wrap");
+        assert_eq!(
+            timestamp_us(&prev),
+            1_000_001,
+            "moved one microsecond ahead at the wrap"
+        );
     }
 
     #[test]
@@ -250,7 +281,9 @@ mod tests {
         for t in 0..1000u64 {
             let id = g.next(1_600_000_000_000_000 + t * 7919);
             let hex = to_hex(&id);
-            assert!(hex.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
+            assert!(hex
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
             assert_eq!(from_hex(&hex), Some(id));
             assert_eq!(from_hex(&hex.to_ascii_uppercase()), Some(id));
         }
@@ -266,7 +299,15 @@ mod tests {
     #[test]
     fn timestamp_roundtrip() {
         let mut g = IdGenerator::new(3);
-        for &t in &[0u64, 1, 999, 1000, 1_700_000_000_999_999, 1_700_000_001_000_000, MAX_TS_US] {
+        for &t in &[
+            0u64,
+            1,
+            999,
+            1000,
+            1_700_000_000_999_999,
+            1_700_000_001_000_000,
+            MAX_TS_US,
+        ] {
             let id = g.next(t);
             // The generator never goes backwards, so use a fresh one for each value.
             let fresh = IdGenerator::new(3).next(t);

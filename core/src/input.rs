@@ -10,7 +10,9 @@ pub const MAX_CAMPAIGN_ID: usize = 64;
 pub fn valid_campaign_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_CAMPAIGN_ID
-        && id.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
+        && id
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
 }
 
 /// The value of one hexadecimal digit, either case.
@@ -27,7 +29,10 @@ pub(crate) fn hex_digit(c: u8) -> Option<u8> {
 /// Invalid escapes are kept literally. The result may be invalid UTF-8.
 pub fn percent_decode(value: &[u8], out: &mut Vec<u8>) {
     // Text before the first escape or '+' (often all of it) is copied at once.
-    let plain = value.iter().position(|&c| c == b'%' || c == b'+').unwrap_or(value.len());
+    let plain = value
+        .iter()
+        .position(|&c| c == b'%' || c == b'+')
+        .unwrap_or(value.len());
     out.extend_from_slice(&value[..plain]);
     if plain == value.len() {
         return;
@@ -99,7 +104,12 @@ pub struct ArgIndex<'a> {
 impl<'a> ArgIndex<'a> {
     pub fn new(args: &'a [u8]) -> ArgIndex<'a> {
         // Only parts[..n] is ever read.
-        let mut ix = ArgIndex { args, parts: [(0, 0); ARG_PARTS], n: 0, rest: args.len() + 1 };
+        let mut ix = ArgIndex {
+            args,
+            parts: [(0, 0); ARG_PARTS],
+            n: 0,
+            rest: args.len() + 1,
+        };
         if args.len() >= u32::MAX as usize {
             ix.rest = 0;
             return ix;
@@ -158,7 +168,12 @@ impl<'a> ArgIndex<'a> {
 /// How the client IP is stored (`tracker_ip`). `Hash`: a keyed hash under a key that rotates
 /// every UTC day ([`crate::privacy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IpMode { Full, Anonymize, Off, Hash }
+pub enum IpMode {
+    Full,
+    Anonymize,
+    Off,
+    Hash,
+}
 
 /// Room for the longest text [`client_ip`] writes: an IPv6 address in full
 /// ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255" is 45 bytes).
@@ -182,7 +197,11 @@ pub fn apply_ip_mode(mode: IpMode, addr: &[u8]) -> Option<String> {
 /// [`apply_ip_mode`] without allocating or formatting: Full returns `addr` itself (the event
 /// encoder replaces invalid UTF-8 as `apply_ip_mode` does), Anonymize writes the masked address
 /// into `buf` and returns that part of it. Same results as `apply_ip_mode` for every input.
-pub fn client_ip<'a>(mode: IpMode, addr: &'a [u8], buf: &'a mut [u8; IP_TEXT_MAX]) -> Option<&'a [u8]> {
+pub fn client_ip<'a>(
+    mode: IpMode,
+    addr: &'a [u8],
+    buf: &'a mut [u8; IP_TEXT_MAX],
+) -> Option<&'a [u8]> {
     match mode {
         IpMode::Off => None,
         IpMode::Full => (!addr.is_empty()).then_some(addr),
@@ -337,7 +356,10 @@ fn anonymize(addr: &[u8], out: &mut [u8; IP_TEXT_MAX]) -> Option<usize> {
         return Some(last_dot + 2);
     }
     let text = std::str::from_utf8(addr).ok()?;
-    let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let text = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
     let text = match text.find('%') {
         Some(zone) => &text[..zone],
         None => text,
@@ -436,17 +458,46 @@ mod tests {
         assert_eq!(s(Off, "192.0.2.33"), None);
         assert_eq!(s(Anonymize, "192.0.2.33").as_deref(), Some("192.0.2.0"));
         assert_eq!(s(Anonymize, "127.0.0.1").as_deref(), Some("127.0.0.0"));
-        assert_eq!(s(Anonymize, "255.255.255.255").as_deref(), Some("255.255.255.0"));
-        assert_eq!(s(Anonymize, "2001:db8:1:2:3:4:5:6").as_deref(), Some("2001:db8:1::"));
-        assert_eq!(s(Anonymize, "2001:DB8:abcd:ffff::1").as_deref(), Some("2001:db8:abcd::"));
+        assert_eq!(
+            s(Anonymize, "255.255.255.255").as_deref(),
+            Some("255.255.255.0")
+        );
+        assert_eq!(
+            s(Anonymize, "2001:db8:1:2:3:4:5:6").as_deref(),
+            Some("2001:db8:1::")
+        );
+        assert_eq!(
+            s(Anonymize, "2001:DB8:abcd:ffff::1").as_deref(),
+            Some("2001:db8:abcd::")
+        );
         assert_eq!(s(Anonymize, "::1").as_deref(), Some("::"));
         assert_eq!(s(Anonymize, "fe80::1%eth0").as_deref(), Some("fe80::"));
-        assert_eq!(s(Anonymize, "[2001:db8:1::5]").as_deref(), Some("2001:db8:1::"));
+        assert_eq!(
+            s(Anonymize, "[2001:db8:1::5]").as_deref(),
+            Some("2001:db8:1::")
+        );
         // IPv4-mapped: masked to the IPv4 /24, not to a /48 (which would keep it whole).
-        assert_eq!(s(Anonymize, "::ffff:192.0.2.33").as_deref(), Some("::ffff:192.0.2.0"));
-        assert_eq!(s(Anonymize, "::ffff:c000:0221").as_deref(), Some("::ffff:192.0.2.0"));
+        assert_eq!(
+            s(Anonymize, "::ffff:192.0.2.33").as_deref(),
+            Some("::ffff:192.0.2.0")
+        );
+        assert_eq!(
+            s(Anonymize, "::ffff:c000:0221").as_deref(),
+            Some("::ffff:192.0.2.0")
+        );
         // Unparsable: never stored.
-        for bad in ["", "unix:", "192.0.2", "192.0.2.256", "1.2.3.4.5", "::g", "2001:db8::1/64", " 1.2.3.4", "[::1", "example.com"] {
+        for bad in [
+            "",
+            "unix:",
+            "192.0.2",
+            "192.0.2.256",
+            "1.2.3.4.5",
+            "::g",
+            "2001:db8::1/64",
+            " 1.2.3.4",
+            "[::1",
+            "example.com",
+        ] {
             assert_eq!(s(Anonymize, bad), None, "{bad:?}");
         }
         assert_eq!(apply_ip_mode(Anonymize, b"\xff1.2.3.4"), None);
@@ -465,7 +516,10 @@ mod tests {
                     let [a, b, c, _] = v4.octets();
                     return Some(Ipv4Addr::new(a, b, c, 0).to_string());
                 }
-                let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+                let text = text
+                    .strip_prefix('[')
+                    .and_then(|t| t.strip_suffix(']'))
+                    .unwrap_or(text);
                 let text = match text.find('%') {
                     Some(zone) => &text[..zone],
                     None => text,
@@ -492,11 +546,40 @@ mod tests {
             x
         };
         let mut inputs: Vec<Vec<u8>> = [
-            "0.0.0.0", "1.2.3.4", "01.2.3.4", "1.2.3.04", "00.1.1.1", "256.1.1.1", "1.2.3", "1.2.3.4.",
-            ".1.2.3", "1..2.3", "1.2.3.4 ", "+1.2.3.4", "1.2.3.-4", "0001.2.3.4", "::", "::1", "1::",
-            "::ffff:1.2.3.4", "::ffff:0:0", "::1.2.3.4", "64:ff9b::1.2.3.4", "[::1]%x", "[::1%x]",
-            "fe80::1%", "%", "[", "[]", "a:b:c:d:e:f:0:1", "0:0:1:0:0:0:1:0", "1:0:0:1:0:0:1:1",
-            "::ffff:255.255.255.255", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "0:0:0:0:0:0:0:0",
+            "0.0.0.0",
+            "1.2.3.4",
+            "01.2.3.4",
+            "1.2.3.04",
+            "00.1.1.1",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.",
+            ".1.2.3",
+            "1..2.3",
+            "1.2.3.4 ",
+            "+1.2.3.4",
+            "1.2.3.-4",
+            "0001.2.3.4",
+            "::",
+            "::1",
+            "1::",
+            "::ffff:1.2.3.4",
+            "::ffff:0:0",
+            "::1.2.3.4",
+            "64:ff9b::1.2.3.4",
+            "[::1]%x",
+            "[::1%x]",
+            "fe80::1%",
+            "%",
+            "[",
+            "[]",
+            "a:b:c:d:e:f:0:1",
+            "0:0:1:0:0:0:1:0",
+            "1:0:0:1:0:0:1:1",
+            "::ffff:255.255.255.255",
+            "1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7::",
+            "0:0:0:0:0:0:0:0",
         ]
         .iter()
         .map(|s| s.as_bytes().to_vec())
@@ -521,8 +604,14 @@ mod tests {
         let mut buf = [0u8; IP_TEXT_MAX];
         for a in &inputs {
             for mode in [IpMode::Full, IpMode::Anonymize, IpMode::Off] {
-                let got = client_ip(mode, a, &mut buf).map(|b| String::from_utf8_lossy(b).into_owned());
-                assert_eq!(got, reference(mode, a), "{mode:?} {:?}", String::from_utf8_lossy(a));
+                let got =
+                    client_ip(mode, a, &mut buf).map(|b| String::from_utf8_lossy(b).into_owned());
+                assert_eq!(
+                    got,
+                    reference(mode, a),
+                    "{mode:?} {:?}",
+                    String::from_utf8_lossy(a)
+                );
             }
         }
     }
@@ -533,7 +622,8 @@ mod tests {
         // Every pattern of zero and non-zero groups, with short and long groups.
         for mask in 0u32..256 {
             for fill in [1u16, 0xab, 0xffff, 0x1000] {
-                let seg: [u16; 8] = core::array::from_fn(|i| if mask >> i & 1 == 1 { fill } else { 0 });
+                let seg: [u16; 8] =
+                    core::array::from_fn(|i| if mask >> i & 1 == 1 { fill } else { 0 });
                 let a = Ipv6Addr::from(seg);
                 let n = put_ipv6(&mut buf, a.octets());
                 assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), a.to_string());
@@ -551,10 +641,14 @@ mod tests {
         while p < args.len() {
             // ngx_strlcasestrn(p, last - 1, name, len - 1): the first q >= p with
             // q + len < args.len() where args[q..q + len] equals name case-insensitively.
-            let found = (p..args.len()).find(|&q| q + len < args.len() && args[q..q + len].eq_ignore_ascii_case(name))?;
+            let found = (p..args.len())
+                .find(|&q| q + len < args.len() && args[q..q + len].eq_ignore_ascii_case(name))?;
             if (found == 0 || args[found - 1] == b'&') && args[found + len] == b'=' {
                 let v = found + len + 1;
-                let end = args[found..].iter().position(|&c| c == b'&').map_or(args.len(), |e| found + e);
+                let end = args[found..]
+                    .iter()
+                    .position(|&c| c == b'&')
+                    .map_or(args.len(), |e| found + e);
                 return Some(&args[v..end.max(v)]);
             }
             p = found + 1;
@@ -576,14 +670,24 @@ mod tests {
             (b"", b"cid", None),
             (b"&&cid=1&", b"cid", Some(b"1")),
             (b"ci=1", b"cid", None),
-            (b"utm_campaignx=0&UTM_Campaign=1&utm_campaign=2", b"utm_campaign", Some(b"1")),
+            (
+                b"utm_campaignx=0&UTM_Campaign=1&utm_campaign=2",
+                b"utm_campaign",
+                Some(b"1"),
+            ),
             (b"utm_campaigx=0&utm_campaign", b"utm_campaign", None),
             (b"utm_campaig=0&utm_campaign_=1", b"utm_campaign", None),
             (b"abcdefgh=0&abcdefghi=1", b"abcdefghi", Some(b"1")),
             (b"abcdefgh=0&abcdefghi=1", b"abcdefgh", Some(b"0")),
         ];
         for (args, name, want) in cases {
-            assert_eq!(arg_value(args, name), *want, "{:?} {:?}", String::from_utf8_lossy(args), String::from_utf8_lossy(name));
+            assert_eq!(
+                arg_value(args, name),
+                *want,
+                "{:?} {:?}",
+                String::from_utf8_lossy(args),
+                String::from_utf8_lossy(name)
+            );
             assert_eq!(ngx_http_arg(args, name), *want, "reference");
             assert_eq!(ArgIndex::new(args).get(name), *want, "index");
         }
@@ -604,10 +708,30 @@ mod tests {
                 })
                 .collect();
             let index = ArgIndex::new(&args);
-            for name in [&b"cid"[..], b"c", b"ci_d", b"x1", b"cidcidcid", b"cidcidci", b"ccccccccc_d"] {
+            for name in [
+                &b"cid"[..],
+                b"c",
+                b"ci_d",
+                b"x1",
+                b"cidcidcid",
+                b"cidcidci",
+                b"ccccccccc_d",
+            ] {
                 let want = ngx_http_arg(&args, name);
-                assert_eq!(arg_value(&args, name), want, "{:?} {:?}", String::from_utf8_lossy(&args), String::from_utf8_lossy(name));
-                assert_eq!(index.get(name), want, "index {:?} {:?}", String::from_utf8_lossy(&args), String::from_utf8_lossy(name));
+                assert_eq!(
+                    arg_value(&args, name),
+                    want,
+                    "{:?} {:?}",
+                    String::from_utf8_lossy(&args),
+                    String::from_utf8_lossy(name)
+                );
+                assert_eq!(
+                    index.get(name),
+                    want,
+                    "index {:?} {:?}",
+                    String::from_utf8_lossy(&args),
+                    String::from_utf8_lossy(name)
+                );
             }
         }
         // More parts than the index holds: the rest is searched too, in order.
@@ -618,9 +742,16 @@ mod tests {
                 args.push("cid=last".into());
                 let args = args.join("&");
                 let want = format!("v{at}");
-                assert_eq!(ArgIndex::new(args.as_bytes()).get(b"cid"), Some(want.as_bytes()), "{parts} {at}");
+                assert_eq!(
+                    ArgIndex::new(args.as_bytes()).get(b"cid"),
+                    Some(want.as_bytes()),
+                    "{parts} {at}"
+                );
                 assert_eq!(ArgIndex::new(args.as_bytes()).get(b"nope"), None);
-                assert_eq!(ArgIndex::new(args.as_bytes()).get(b"p0"), (at != 0).then_some(&b"0"[..]));
+                assert_eq!(
+                    ArgIndex::new(args.as_bytes()).get(b"p0"),
+                    (at != 0).then_some(&b"0"[..])
+                );
             }
         }
         assert_eq!(ArgIndex::new(b"").get(b"cid"), None);
@@ -638,8 +769,31 @@ mod tests {
         assert_eq!(parse_number(b".5"), Some(0.5));
         assert_eq!(parse_number(b"5."), Some(5.0));
         assert_eq!(parse_number(b"007.5"), Some(7.5));
-        for bad in [&b""[..], b"-", b"+", b".", b"-.", b"abc", b"1e3", b"inf", b"NaN", b"infinity", b"1.2.3", b" 1", b"1 ", b"0x10", b"1,5", b"--1", b"\xff"] {
-            assert_eq!(parse_number(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+",
+            b".",
+            b"-.",
+            b"abc",
+            b"1e3",
+            b"inf",
+            b"NaN",
+            b"infinity",
+            b"1.2.3",
+            b" 1",
+            b"1 ",
+            b"0x10",
+            b"1,5",
+            b"--1",
+            b"\xff",
+        ] {
+            assert_eq!(
+                parse_number(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // Too large to be finite.
         assert_eq!(parse_number(&[b'9'; 400]), None);

@@ -88,7 +88,9 @@ impl Template {
         let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         check_authority(&rest[..auth_end])?;
         check_macros(&rest.as_bytes()[auth_end..])?;
-        Ok(Template { url: url.to_owned() })
+        Ok(Template {
+            url: url.to_owned(),
+        })
     }
 
     /// The template text, as given to [`Template::parse`] (what the campaign table stores).
@@ -97,7 +99,13 @@ impl Template {
     }
 
     /// [`expand`] with this template.
-    pub fn expand(&self, click_id: &[u8], campaign: &[u8], dims: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
+    pub fn expand(
+        &self,
+        click_id: &[u8],
+        campaign: &[u8],
+        dims: &[(&[u8], &[u8])],
+        out: &mut Vec<u8>,
+    ) {
         expand(self.url.as_bytes(), click_id, campaign, dims, out)
     }
 }
@@ -118,14 +126,22 @@ fn check_authority(auth: &str) -> Result<(), TemplateError> {
             return err("unclosed \"[\" in the host");
         };
         let lit = &v6[..close];
-        if lit.is_empty() || !lit.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
+        if lit.is_empty()
+            || !lit
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        {
             return err(format!("invalid IPv6 literal [{lit}] in the host"));
         }
         let after = &v6[close + 1..];
         match after.strip_prefix(':') {
             Some(port) => (None, Some(port)),
             None if after.is_empty() => (None, None),
-            None => return err(format!("invalid characters {after:?} after the IPv6 literal")),
+            None => {
+                return err(format!(
+                    "invalid characters {after:?} after the IPv6 literal"
+                ))
+            }
         }
     } else {
         match auth.rfind(':') {
@@ -145,7 +161,11 @@ fn check_authority(auth: &str) -> Result<(), TemplateError> {
         }
     }
     if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|c| c.is_ascii_digit()) || port.parse::<u32>().map_or(true, |p| p > 65535) {
+        if port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|c| c.is_ascii_digit())
+            || port.parse::<u32>().map_or(true, |p| p > 65535)
+        {
             return err(format!("invalid port {port:?}"));
         }
     }
@@ -191,7 +211,11 @@ pub fn percent_encode(value: &[u8], out: &mut Vec<u8>) {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b);
         } else {
-            out.extend_from_slice(&[b'%', HEX_UPPER[(b >> 4) as usize], HEX_UPPER[(b & 15) as usize]]);
+            out.extend_from_slice(&[
+                b'%',
+                HEX_UPPER[(b >> 4) as usize],
+                HEX_UPPER[(b & 15) as usize],
+            ]);
         }
     }
 }
@@ -201,7 +225,13 @@ pub fn percent_encode(value: &[u8], out: &mut Vec<u8>) {
 ///
 /// Never panics and allocates only to grow `out`. On an unchecked template, text that is not a
 /// known macro (an unknown name, a `{` without `}`) is copied as it is.
-pub fn expand(url: &[u8], click_id: &[u8], campaign: &[u8], dims: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
+pub fn expand(
+    url: &[u8],
+    click_id: &[u8],
+    campaign: &[u8],
+    dims: &[(&[u8], &[u8])],
+    out: &mut Vec<u8>,
+) {
     out.reserve(url.len());
     let mut rest = url;
     // Whether the next macro is in the path (no "?" or "#" met yet in the template).
@@ -223,7 +253,10 @@ pub fn expand(url: &[u8], click_id: &[u8], campaign: &[u8], dims: &[(&[u8], &[u8
                 let value: &[u8] = match m {
                     Macro::ClickId => click_id,
                     Macro::Campaign => campaign,
-                    Macro::Dim(name) => dims.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, v)| v),
+                    Macro::Dim(name) => dims
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or(&[][..], |(_, v)| v),
                 };
                 // In the path, a value of only dots ("." or "..") would be a dot segment that
                 // browsers resolve, leaving the template's path (percent-encoding does not
@@ -296,9 +329,18 @@ mod tests {
             ("https:///path", "empty host"),
             ("https://", "empty host"),
             ("https://?q", "empty host"),
-            ("https://{dim.publisher}.example.com/", "macros are not allowed in the host"),
-            ("https://a.example.com{click_id}", "macros are not allowed in the host"),
-            ("https://a.example.com:{dim.port}/", "macros are not allowed in the host"),
+            (
+                "https://{dim.publisher}.example.com/",
+                "macros are not allowed in the host",
+            ),
+            (
+                "https://a.example.com{click_id}",
+                "macros are not allowed in the host",
+            ),
+            (
+                "https://a.example.com:{dim.port}/",
+                "macros are not allowed in the host",
+            ),
             ("https://user@a.example.com/", "userinfo"),
             ("https://a.example.com@evil.com/", "userinfo"),
             ("https://a.example.com\\@evil.com/", "backslash"),
@@ -318,8 +360,14 @@ mod tests {
             ("https://[::1/", "unclosed"),
             ("https://[::1]x/", "after the IPv6"),
             ("https://[zz]/", "IPv6 literal"),
-            ("https://a.example.com/?x={bogus}", "unknown macro \"{bogus}\""),
-            ("https://a.example.com/?x={dim.}", "unknown macro \"{dim.}\""),
+            (
+                "https://a.example.com/?x={bogus}",
+                "unknown macro \"{bogus}\"",
+            ),
+            (
+                "https://a.example.com/?x={dim.}",
+                "unknown macro \"{dim.}\"",
+            ),
             ("https://a.example.com/?x={dim.a-b}", "unknown macro"),
             ("https://a.example.com/?x={}", "unknown macro \"{}\""),
             ("https://a.example.com/?x={CLICK_ID}", "unknown macro"),
@@ -334,7 +382,10 @@ mod tests {
         }
         let long = format!("https://a.example.com/{}", "x".repeat(MAX_TEMPLATE_LEN));
         assert!(parse_err(&long).contains("longer than"));
-        let max = format!("https://a.example.com/{}", "x".repeat(MAX_TEMPLATE_LEN - 22));
+        let max = format!(
+            "https://a.example.com/{}",
+            "x".repeat(MAX_TEMPLATE_LEN - 22)
+        );
         assert_eq!(max.len(), MAX_TEMPLATE_LEN);
         assert!(Template::parse(&max).is_ok());
     }
@@ -347,7 +398,10 @@ mod tests {
                 b"0190abcdef", b"summer-sale", dims),
             "https://shop.example.com/summer?pub=a%20b&click=0190abcdef&c=summer-sale&m="
         );
-        assert_eq!(exp("https://a/{campaign}", b"", b"c.1:x_y-z~", &[]), "https://a/c.1%3Ax_y-z~");
+        assert_eq!(
+            exp("https://a/{campaign}", b"", b"c.1:x_y-z~", &[]),
+            "https://a/c.1%3Ax_y-z~"
+        );
         assert_eq!(exp("https://a/", b"x", b"y", dims), "https://a/");
         // Unreserved kept, everything else encoded uppercase.
         let all: Vec<u8> = (0..=255u8).collect();
@@ -360,7 +414,15 @@ mod tests {
         assert!(s.contains("xyz%7B%7C%7D~%7F%80%81"));
         assert!(s.ends_with("%FE%FF"));
         // First matching dimension wins.
-        assert_eq!(exp("https://a/?{dim.x}", b"", b"", &[(b"x", b"1"), (b"x", b"2")]), "https://a/?1");
+        assert_eq!(
+            exp(
+                "https://a/?{dim.x}",
+                b"",
+                b"",
+                &[(b"x", b"1"), (b"x", b"2")]
+            ),
+            "https://a/?1"
+        );
         // Appends.
         let mut out = b"pre:".to_vec();
         expand(b"https://a/{click_id}", b"id", b"", &[], &mut out);
@@ -400,11 +462,21 @@ mod tests {
                 assert!(out.starts_with(safe_prefix), "{out}");
                 // Values add no delimiter: scheme, host and path keep their shape.
                 for c in ['/', '?', '#', ':', '@', '[', ']'] {
-                    assert_eq!(out.matches(c).count(), t.matches(c).count(), "{c:?} in {out}");
+                    assert_eq!(
+                        out.matches(c).count(),
+                        t.matches(c).count(),
+                        "{c:?} in {out}"
+                    );
                 }
-                assert_eq!(prefix(&out).matches('/').count(), prefix(t).matches('/').count());
+                assert_eq!(
+                    prefix(&out).matches('/').count(),
+                    prefix(t).matches('/').count()
+                );
                 assert!(out.bytes().all(|c| c.is_ascii_graphic()), "{out:?}");
-                assert!(!out.contains(['\\', '@', '\r', '\n', ' ', '{', '}']), "{out}");
+                assert!(
+                    !out.contains(['\\', '@', '\r', '\n', ' ', '{', '}']),
+                    "{out}"
+                );
                 // Each expanded value is only unreserved characters and %XX escapes.
                 let again = Template::parse(&out);
                 assert!(again.is_ok(), "{out}: {again:?}");
@@ -412,9 +484,18 @@ mod tests {
                 assert_eq!(out.matches('#').count(), t.matches('#').count(), "{out}");
             }
         }
-        assert_eq!(exp("https://a/?x={dim.p}", b"", b"", &[(b"p", b"%2F")]), "https://a/?x=%252F");
-        assert_eq!(exp("https://a/?x={dim.p}", b"", b"", &[(b"p", b"\xff")]), "https://a/?x=%FF");
-        assert_eq!(exp("https://a/?x={click_id}", b"\r\n", b"", &[]), "https://a/?x=%0D%0A");
+        assert_eq!(
+            exp("https://a/?x={dim.p}", b"", b"", &[(b"p", b"%2F")]),
+            "https://a/?x=%252F"
+        );
+        assert_eq!(
+            exp("https://a/?x={dim.p}", b"", b"", &[(b"p", b"\xff")]),
+            "https://a/?x=%FF"
+        );
+        assert_eq!(
+            exp("https://a/?x={click_id}", b"\r\n", b"", &[]),
+            "https://a/?x=%0D%0A"
+        );
     }
 
     #[test]
@@ -423,14 +504,31 @@ mod tests {
         let d: &[(&[u8], &[u8])] = &[(b"a", b".."), (b"b", b".")];
         assert_eq!(exp(t, b"", b"..", d), "https://s.example/p//x//y?q=..#.");
         let d: &[(&[u8], &[u8])] = &[(b"a", b"..x"), (b"b", b"../")];
-        assert_eq!(exp(t, b"", b"c", d), "https://s.example/p/..x/x/c..%2F/y?q=..x#..%2F");
+        assert_eq!(
+            exp(t, b"", b"c", d),
+            "https://s.example/p/..x/x/c..%2F/y?q=..x#..%2F"
+        );
         let d: &[(&[u8], &[u8])] = &[(b"a", b"%2e%2e"), (b"b", b"")];
-        assert_eq!(exp(t, b"", b"c", d), "https://s.example/p/%252e%252e/x/c/y?q=%252e%252e#");
+        assert_eq!(
+            exp(t, b"", b"c", d),
+            "https://s.example/p/%252e%252e/x/c/y?q=%252e%252e#"
+        );
     }
 
     #[test]
     fn expand_unchecked_templates_never_panics() {
-        for url in [&b"{"[..], b"}", b"{{", b"{click_id", b"{dim.}", b"{dim.x", b"}{", b"{unknown}{campaign}", b"", b"\xff{\xff}"] {
+        for url in [
+            &b"{"[..],
+            b"}",
+            b"{{",
+            b"{click_id",
+            b"{dim.}",
+            b"{dim.x",
+            b"}{",
+            b"{unknown}{campaign}",
+            b"",
+            b"\xff{\xff}",
+        ] {
             let mut out = Vec::new();
             expand(url, b"c", b"k", &[(b"x", b"v")], &mut out);
         }

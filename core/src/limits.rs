@@ -20,7 +20,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { query: 4096, args: 64, value: 1024, body: 64 * 1024 }
+        Limits {
+            query: 4096,
+            args: 64,
+            value: 1024,
+            body: 64 * 1024,
+        }
     }
 }
 
@@ -88,7 +93,10 @@ impl Reason {
 
 /// Number of arguments in a query string: its `&`-separated parts that are not empty.
 pub fn count_args(query: &[u8]) -> usize {
-    query.split(|&c| c == b'&').filter(|p| !p.is_empty()).count()
+    query
+        .split(|&c| c == b'&')
+        .filter(|p| !p.is_empty())
+        .count()
 }
 
 /// The query string's own check: its length, then its argument count (stopping as soon as
@@ -136,16 +144,28 @@ pub fn parse(params: &[&str]) -> Result<Limits, String> {
         return Err("needs at least one of query=, args=, value=, body=".into());
     }
     for p in params {
-        let (name, v) = p.split_once('=').ok_or_else(|| format!("\"{p}\" is not NAME=SIZE"))?;
+        let (name, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("\"{p}\" is not NAME=SIZE"))?;
         let (max, unit_ok) = match name {
             "query" => (MAX_QUERY, true),
             "args" => (MAX_ARGS, false),
             "value" => (MAX_VALUE, true),
             "body" => (MAX_BODY, true),
-            _ => return Err(format!("unknown parameter \"{name}\" (query=, args=, value=, body=)")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter \"{name}\" (query=, args=, value=, body=)"
+                ))
+            }
         };
-        let n = if unit_ok { parse_size(v) } else { v.parse::<u64>().ok().filter(|_| v.bytes().all(|c| c.is_ascii_digit())) }
-            .ok_or_else(|| format!("invalid {name} \"{v}\""))?;
+        let n = if unit_ok {
+            parse_size(v)
+        } else {
+            v.parse::<u64>()
+                .ok()
+                .filter(|_| v.bytes().all(|c| c.is_ascii_digit()))
+        }
+        .ok_or_else(|| format!("invalid {name} \"{v}\""))?;
         if n == 0 || n > max {
             return Err(format!("{name}={v} is out of range (1..={max})"));
         }
@@ -182,7 +202,11 @@ mod tests {
 
     #[test]
     fn query_checks_length_then_count() {
-        let l = Limits { query: 10, args: 2, ..Limits::default() };
+        let l = Limits {
+            query: 10,
+            args: 2,
+            ..Limits::default()
+        };
         assert_eq!(check_query(b"a=1&b=2", &l), Ok(()));
         assert_eq!(check_query(b"a=1&b=2&c", &l), Err(Reason::TooManyArgs));
         assert_eq!(check_query(b"a=1&b=2&&&", &l), Ok(()));
@@ -202,11 +226,23 @@ mod tests {
 
     #[test]
     fn directive_parameters() {
-        assert_eq!(parse(&["query=2k", "args=10"]), Ok(Limits { query: 2048, args: 10, ..Limits::default() }));
-        assert_eq!(parse(&["body=1m", "value=256"]).map(|l| (l.body, l.value)), Ok((1 << 20, 256)));
+        assert_eq!(
+            parse(&["query=2k", "args=10"]),
+            Ok(Limits {
+                query: 2048,
+                args: 10,
+                ..Limits::default()
+            })
+        );
+        assert_eq!(
+            parse(&["body=1m", "value=256"]).map(|l| (l.body, l.value)),
+            Ok((1 << 20, 256))
+        );
         assert!(parse(&[]).is_err());
         assert!(parse(&["query"]).unwrap_err().contains("NAME=SIZE"));
-        assert!(parse(&["queries=1"]).unwrap_err().contains("unknown parameter"));
+        assert!(parse(&["queries=1"])
+            .unwrap_err()
+            .contains("unknown parameter"));
         assert!(parse(&["args=1k"]).unwrap_err().contains("invalid args"));
         assert!(parse(&["value=0"]).unwrap_err().contains("out of range"));
         assert!(parse(&["query=2m"]).unwrap_err().contains("out of range"));

@@ -40,7 +40,10 @@ impl DayKey {
     /// The key of day `day` (days since 1970-01-01 UTC) under `master`.
     pub fn derive(master: &[u64; 2], day: u64) -> DayKey {
         let d = day.to_le_bytes();
-        DayKey { k0: siphash(master[0], master[1], 0xd0, &d), k1: siphash(master[0], master[1], 0xd1, &d) }
+        DayKey {
+            k0: siphash(master[0], master[1], 0xd0, &d),
+            k1: siphash(master[0], master[1], 0xd1, &d),
+        }
     }
 
     /// The key of the UTC day of `now_us` (Unix microseconds) under the process's master
@@ -85,7 +88,8 @@ pub fn hash_ip<'a>(key: &DayKey, addr: &[u8], out: &'a mut [u8; IP_TEXT_MAX]) ->
 /// Whether a request header asks not to be tracked: `DNT: 1` or `Sec-GPC: 1` (the value
 /// exactly `1`, surrounding spaces allowed). `name` is compared case-insensitively.
 pub fn is_opt_out_header(name: &[u8], value: &[u8]) -> bool {
-    (name.eq_ignore_ascii_case(b"dnt") || name.eq_ignore_ascii_case(b"sec-gpc")) && value.trim_ascii() == b"1"
+    (name.eq_ignore_ascii_case(b"dnt") || name.eq_ignore_ascii_case(b"sec-gpc"))
+        && value.trim_ascii() == b"1"
 }
 
 /// A first-party visitor id as the `tracker_userid` cookie holds it: exactly 32 hex
@@ -135,7 +139,9 @@ impl VisitorIds {
 /// A date as HTTP writes it (IMF-fixdate): `Thu, 01 Jan 1970 00:00:00 GMT`.
 pub fn http_date(unix_secs: u64, out: &mut Vec<u8>) {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let t = crate::event::UtcTime::from_unix_us(unix_secs.saturating_mul(1_000_000));
     let wd = DAYS[((unix_secs / 86_400) % 7) as usize];
     use std::io::Write;
@@ -204,7 +210,9 @@ mod tests {
         let a = h(&k, b"192.0.2.7").unwrap();
         assert_eq!(a.len(), HASHED_IP_LEN);
         assert!(a.starts_with("h:"));
-        assert!(a[2..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(a[2..]
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_eq!(h(&DayKey::derive(&M, 20_000), b"192.0.2.7").unwrap(), a);
         assert!(!a.contains("192.0.2"));
     }
@@ -215,7 +223,10 @@ mod tests {
         let a = h(&k, b"192.0.2.7").unwrap();
         assert_ne!(h(&DayKey::derive(&M, 20_001), b"192.0.2.7").unwrap(), a);
         assert_ne!(h(&k, b"192.0.2.8").unwrap(), a);
-        assert_ne!(h(&DayKey::derive(&[M[0], M[1] ^ 1], 20_000), b"192.0.2.7").unwrap(), a);
+        assert_ne!(
+            h(&DayKey::derive(&[M[0], M[1] ^ 1], 20_000), b"192.0.2.7").unwrap(),
+            a
+        );
         // The two halves are different functions.
         assert_ne!(a[2..18], a[18..]);
         // Many addresses, no collisions.
@@ -262,7 +273,10 @@ mod tests {
     #[test]
     fn cookies() {
         let h = b"a=1; tid=0123456789abcdef0123456789abcdef;b=2 ;  Tid=x";
-        assert_eq!(cookie_value(h, b"tid"), Some(&b"0123456789abcdef0123456789abcdef"[..]));
+        assert_eq!(
+            cookie_value(h, b"tid"),
+            Some(&b"0123456789abcdef0123456789abcdef"[..])
+        );
         assert_eq!(cookie_value(h, b"a"), Some(&b"1"[..]));
         assert_eq!(cookie_value(h, b"b"), Some(&b"2"[..]));
         assert_eq!(cookie_value(h, b"Tid"), Some(&b"x"[..]));
@@ -279,8 +293,14 @@ mod tests {
         let b = g.next_hex();
         assert!(valid_visitor_id(&a) && valid_visitor_id(&b));
         assert_ne!(a, b);
-        assert!(a.iter().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
-        assert_ne!(VisitorIds::new(1, 3).next_hex(), a, "another key, other ids");
+        assert!(a
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert_ne!(
+            VisitorIds::new(1, 3).next_hex(),
+            a,
+            "another key, other ids"
+        );
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
             assert!(seen.insert(g.next_hex()));
@@ -295,13 +315,29 @@ mod tests {
         d.clear();
         http_date(1_714_566_896, &mut d);
         assert_eq!(d, b"Wed, 01 May 2024 12:34:56 GMT");
-        let spec = CookieSpec { name: b"tid".to_vec(), domain: Vec::new(), path: b"/".to_vec(), max_age: Some(86_400) };
+        let spec = CookieSpec {
+            name: b"tid".to_vec(),
+            domain: Vec::new(),
+            path: b"/".to_vec(),
+            max_age: Some(86_400),
+        };
         let mut out = b"old".to_vec();
         set_cookie(&spec, b"ab", 0, false, &mut out);
-        assert_eq!(out, b"tid=ab; Expires=Fri, 02 Jan 1970 00:00:00 GMT; Max-Age=86400; Path=/; SameSite=Lax");
-        let spec = CookieSpec { domain: b".example.com".to_vec(), path: b"/t".to_vec(), max_age: None, ..spec };
+        assert_eq!(
+            out,
+            b"tid=ab; Expires=Fri, 02 Jan 1970 00:00:00 GMT; Max-Age=86400; Path=/; SameSite=Lax"
+        );
+        let spec = CookieSpec {
+            domain: b".example.com".to_vec(),
+            path: b"/t".to_vec(),
+            max_age: None,
+            ..spec
+        };
         set_cookie(&spec, b"ab", 0, true, &mut out);
-        assert_eq!(out, b"tid=ab; Domain=.example.com; Path=/t; SameSite=Lax; Secure");
+        assert_eq!(
+            out,
+            b"tid=ab; Domain=.example.com; Path=/t; SameSite=Lax; Secure"
+        );
     }
 
     #[test]

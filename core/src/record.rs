@@ -51,7 +51,9 @@ pub fn encode(c: &Campaign, account: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&(total as u32).to_le_bytes());
     out.extend_from_slice(&(c.id.len() as u16).to_le_bytes());
     out.push(status_code(c.status));
-    let flags = u8::from(c.start.is_some()) | u8::from(c.end.is_some()) << 1 | u8::from(c.fallback_url.is_some()) << 2;
+    let flags = u8::from(c.start.is_some())
+        | u8::from(c.end.is_some()) << 1
+        | u8::from(c.fallback_url.is_some()) << 2;
     out.push(flags);
     out.extend_from_slice(&c.utc_offset_minutes.to_le_bytes());
     out.extend_from_slice(&(c.publishers.len().min(u16::MAX as usize) as u16).to_le_bytes());
@@ -65,7 +67,14 @@ pub fn encode(c: &Campaign, account: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&p.revenue_share_ppm.to_le_bytes());
     out.extend_from_slice(&(c.landing_url.len() as u32).to_le_bytes());
     let k = &c.caps;
-    for v in [k.daily_spend_micros, k.total_spend_micros, k.daily_clicks, k.total_clicks, k.daily_impressions, k.total_impressions] {
+    for v in [
+        k.daily_spend_micros,
+        k.total_spend_micros,
+        k.daily_clicks,
+        k.total_clicks,
+        k.daily_impressions,
+        k.total_impressions,
+    ] {
         out.extend_from_slice(&v.unwrap_or(u64::MAX).to_le_bytes());
     }
     out.extend_from_slice(&(fallback.len() as u32).to_le_bytes());
@@ -123,7 +132,13 @@ impl<'a> RecordView<'a> {
         let landing = take(landing_len)?;
         let fallback = take(fallback_len)?;
         let publishers = take(pubs_len)?;
-        (at == total && b[6] <= 2).then_some(RecordView { b, id, landing, fallback, publishers })
+        (at == total && b[6] <= 2).then_some(RecordView {
+            b,
+            id,
+            landing,
+            fallback,
+            publishers,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -251,7 +266,11 @@ pub fn hash(id: &[u8]) -> u64 {
 /// Finds `id` in `index` (a power-of-two number of slots; values are record offsets, or
 /// [`EMPTY`] / [`DELETED`]); `id_at(value)` gives the id of the record a slot points to.
 /// Returns the slot and its value.
-pub fn find<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Option<&'r [u8]>) -> Option<(usize, u32)> {
+pub fn find<'r>(
+    index: &[AtomicU32],
+    id: &[u8],
+    id_at: impl Fn(u32) -> Option<&'r [u8]>,
+) -> Option<(usize, u32)> {
     let mask = index.len().checked_sub(1)?;
     let mut i = hash(id) as usize & mask;
     for _ in 0..index.len() {
@@ -274,7 +293,11 @@ pub struct IndexFull;
 /// Where `id` goes: its current slot (Ok(slot, Some(value))), or the first deleted or empty
 /// slot on its probe path (Ok(slot, None)); Err when the index has no room. Writers only (one
 /// at a time).
-pub fn slot_for<'r>(index: &[AtomicU32], id: &[u8], id_at: impl Fn(u32) -> Option<&'r [u8]>) -> Result<(usize, Option<u32>), IndexFull> {
+pub fn slot_for<'r>(
+    index: &[AtomicU32],
+    id: &[u8],
+    id_at: impl Fn(u32) -> Option<&'r [u8]>,
+) -> Result<(usize, Option<u32>), IndexFull> {
     if let Some((i, v)) = find(index, id, &id_at) {
         return Ok((i, Some(v)));
     }
@@ -337,7 +360,13 @@ mod tests {
             }
             b.truncate(b.len() - (x % 3) as usize);
             if let Some(r) = RecordView::new(&b) {
-                let _ = (r.to_campaign(), r.allows(b"x"), r.in_schedule(5), r.caps(), r.pricing());
+                let _ = (
+                    r.to_campaign(),
+                    r.allows(b"x"),
+                    r.in_schedule(5),
+                    r.caps(),
+                    r.pricing(),
+                );
             }
         }
         assert!(RecordView::new(&good[..HEAD - 1]).is_none());
@@ -347,7 +376,9 @@ mod tests {
     fn index_insert_find_delete_100k() {
         let n: usize = 100_000;
         let ids: Vec<String> = (0..n).map(|i| format!("camp-{i}")).collect();
-        let index: Vec<AtomicU32> = (0..(2 * n).next_power_of_two()).map(|_| AtomicU32::new(EMPTY)).collect();
+        let index: Vec<AtomicU32> = (0..(2 * n).next_power_of_two())
+            .map(|_| AtomicU32::new(EMPTY))
+            .collect();
         // Record "offsets" are 1 + the id's position.
         let id_at = |v: u32| ids.get(v as usize - 1).map(|s| s.as_bytes());
         for (k, id) in ids.iter().enumerate() {
@@ -356,7 +387,10 @@ mod tests {
             index[slot].store(k as u32 + 1, Release);
         }
         for (k, id) in ids.iter().enumerate() {
-            assert_eq!(find(&index, id.as_bytes(), id_at).map(|f| f.1), Some(k as u32 + 1));
+            assert_eq!(
+                find(&index, id.as_bytes(), id_at).map(|f| f.1),
+                Some(k as u32 + 1)
+            );
         }
         assert_eq!(find(&index, b"absent", id_at), None);
         // Delete every other one: the rest stay reachable past the tombstones.
@@ -365,7 +399,11 @@ mod tests {
             index[slot].store(DELETED, Release);
         }
         for (k, id) in ids.iter().enumerate() {
-            assert_eq!(find(&index, id.as_bytes(), id_at).is_some(), k % 2 == 1, "{id}");
+            assert_eq!(
+                find(&index, id.as_bytes(), id_at).is_some(),
+                k % 2 == 1,
+                "{id}"
+            );
         }
         // An update finds the existing slot.
         let (_, old) = slot_for(&index, ids[1].as_bytes(), id_at).unwrap();

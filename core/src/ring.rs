@@ -135,11 +135,11 @@ struct Header {
     rejected: [AtomicU64; COUNTER_KINDS],          // 384
     abandoned: AtomicU64,                          // 448
     _r3: [AtomicU64; 7],                           // 456..512
-    invalid: [AtomicU64; INVALID_REASONS],         // 512..640: requests refused as invalid, by reason
-    duplicates: [AtomicU64; COUNTER_KINDS],        // 640..704: duplicates seen, by kind
-    duplicate_evictions: AtomicU64,                // 704: live duplicate-set entries pushed out
-    _r4: [AtomicU64; 39],                          // 712..1024
-    cursors: [CursorSlot; CURSOR_SLOTS],           // 1024..2048
+    invalid: [AtomicU64; INVALID_REASONS], // 512..640: requests refused as invalid, by reason
+    duplicates: [AtomicU64; COUNTER_KINDS], // 640..704: duplicates seen, by kind
+    duplicate_evictions: AtomicU64,        // 704: live duplicate-set entries pushed out
+    _r4: [AtomicU64; 39],                  // 712..1024
+    cursors: [CursorSlot; CURSOR_SLOTS],   // 1024..2048
 }
 
 /// Number of named consumer cursors in the header (one per shipper sink).
@@ -244,7 +244,11 @@ fn plan(p: u64, c: u64, size: u64, need: u64) -> Option<Reservation> {
     if end > c + size {
         return None;
     }
-    Some(Reservation { pad, start: p + pad, end })
+    Some(Reservation {
+        pad,
+        start: p + pad,
+        end,
+    })
 }
 
 /// The position of the next lap boundary after `pos` (where padding at `pos` ends).
@@ -284,7 +288,11 @@ pub struct RingFile {
 enum Found {
     /// Empty file or all-zero header: never initialized (or a crash during initialization).
     Blank,
-    Valid { data_size: u64, producer: u64, consumer: u64 },
+    Valid {
+        data_size: u64,
+        producer: u64,
+        consumer: u64,
+    },
 }
 
 fn path_str(path: &Path) -> String {
@@ -322,7 +330,8 @@ fn inspect(file: &File, path: &Path) -> Result<Found, RingError> {
     }
     let mut buf = [0u8; HEADER_SIZE];
     let n = (len as usize).min(HEADER_SIZE);
-    file.read_exact_at(&mut buf[..n], 0).map_err(|e| io_ctx("read of the ring header", e))?;
+    file.read_exact_at(&mut buf[..n], 0)
+        .map_err(|e| io_ctx("read of the ring header", e))?;
     if buf[..n].iter().all(|&b| b == 0) {
         return Ok(Found::Blank);
     }
@@ -369,11 +378,20 @@ fn inspect(file: &File, path: &Path) -> Result<Found, RingError> {
             HEADER_SIZE as u64 + data_size
         )));
     }
-    Ok(Found::Valid { data_size, producer, consumer })
+    Ok(Found::Valid {
+        data_size,
+        producer,
+        consumer,
+    })
 }
 
 /// Checks cursors that no one can move (we hold the exclusive lock).
-fn check_cursors(path: &Path, data_size: u64, producer: u64, consumer: u64) -> Result<(), RingError> {
+fn check_cursors(
+    path: &Path,
+    data_size: u64,
+    producer: u64,
+    consumer: u64,
+) -> Result<(), RingError> {
     if consumer > producer || producer - consumer > data_size {
         return Err(RingError::Format(format!(
             "{} is a corrupt tracker ring (producer cursor {producer}, consumer cursor \
@@ -391,24 +409,33 @@ fn init_exclusive(file: &File, path: &Path, size: u64) -> Result<Opened, RingErr
         Found::Blank => {
             // Truncating to 0 first guarantees a zeroed data area.
             file.set_len(0).map_err(|e| io_ctx("ftruncate", e))?;
-            file.set_len(full).map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
+            file.set_len(full)
+                .map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
             let mut h = [0u8; HEADER_SIZE];
             h[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC.to_ne_bytes());
             h[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&LAYOUT_VERSION.to_ne_bytes());
-            h[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].copy_from_slice(&(HEADER_SIZE as u32).to_ne_bytes());
+            h[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4]
+                .copy_from_slice(&(HEADER_SIZE as u32).to_ne_bytes());
             h[OFF_DATA_SIZE..OFF_DATA_SIZE + 8].copy_from_slice(&size.to_ne_bytes());
-            file.write_all_at(&h, 0).map_err(|e| io_ctx("write of the ring header", e))?;
+            file.write_all_at(&h, 0)
+                .map_err(|e| io_ctx("write of the ring header", e))?;
             Ok(Opened::Created)
         }
-        Found::Valid { data_size, producer, consumer } => {
+        Found::Valid {
+            data_size,
+            producer,
+            consumer,
+        } => {
             check_cursors(path, data_size, producer, consumer)?;
             if data_size == size {
                 Ok(Opened::Reused)
             } else if producer == consumer {
                 // Empty, and no one else has it open: new data area, same cursors (positions
                 // keep growing), same counters. Shrinking to the header first zeroes the data.
-                file.set_len(HEADER_SIZE as u64).map_err(|e| io_ctx("ftruncate", e))?;
-                file.set_len(full).map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
+                file.set_len(HEADER_SIZE as u64)
+                    .map_err(|e| io_ctx("ftruncate", e))?;
+                file.set_len(full)
+                    .map_err(|e| io_ctx(&format!("ftruncate to {full} bytes"), e))?;
                 file.write_all_at(&size.to_ne_bytes(), OFF_DATA_SIZE as u64)
                     .map_err(|e| io_ctx("write of the ring header", e))?;
                 Ok(Opened::Resized)
@@ -430,10 +457,17 @@ impl RingFile {
     pub fn open_or_create(path: &Path, data_size: u64) -> Result<(RingFile, Opened), RingError> {
         let size = normalize_data_size(data_size);
         let file = loop {
-            match OpenOptions::new().read(true).write(true).create_new(true).mode(0o660).open(path) {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o660)
+                .open(path)
+            {
                 Ok(f) => {
                     // The umask may have removed group bits: apply the mode explicitly.
-                    f.set_permissions(Permissions::from_mode(0o660)).map_err(|e| io_ctx("fchmod", e))?;
+                    f.set_permissions(Permissions::from_mode(0o660))
+                        .map_err(|e| io_ctx("fchmod", e))?;
                     break f;
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -468,7 +502,11 @@ impl RingFile {
                 Found::Valid { .. } => {
                     let rf = RingFile::map(file, path)?;
                     let mapped = rf.ring.size;
-                    let o = if mapped == size { Opened::Reused } else { Opened::KeptOtherSize(mapped) };
+                    let o = if mapped == size {
+                        Opened::Reused
+                    } else {
+                        Opened::KeptOtherSize(mapped)
+                    };
                     return Ok((rf, o));
                 }
                 Found::Blank if blank_waits < 200 => {
@@ -489,7 +527,11 @@ impl RingFile {
 
     /// For the shipper: opens an existing ring; Format error if it is not one.
     pub fn open_existing(path: &Path) -> Result<RingFile, RingError> {
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| io_ctx("open", e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_ctx("open", e))?;
         flock(&file, libc::LOCK_SH).map_err(|e| io_ctx("flock", e))?;
         RingFile::map(file, path)
     }
@@ -534,8 +576,12 @@ impl RingFile {
                 )))
             }
         };
-        let map_len = usize::try_from(HEADER_SIZE as u64 + data_size)
-            .map_err(|_| RingError::Format(format!("{}: data size {data_size} too large", path_str(path))))?;
+        let map_len = usize::try_from(HEADER_SIZE as u64 + data_size).map_err(|_| {
+            RingError::Format(format!(
+                "{}: data size {data_size} too large",
+                path_str(path)
+            ))
+        })?;
         // SAFETY: a fresh shared mapping of `map_len` bytes of an fd we hold open; the kernel
         // picks the address, so no existing memory is affected. `inspect` checked that the file
         // is at least `map_len` bytes long, and the shared lock we hold keeps every process of
@@ -551,13 +597,24 @@ impl RingFile {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(io_ctx(&format!("mmap of {map_len} bytes"), io::Error::last_os_error()));
+            return Err(io_ctx(
+                &format!("mmap of {map_len} bytes"),
+                io::Error::last_os_error(),
+            ));
         }
         let base = NonNull::new(addr.cast::<u8>()).expect("mmap returned null");
         // SAFETY: HEADER_SIZE < map_len, so the data area pointer stays inside the mapping.
         let data = unsafe { NonNull::new_unchecked(base.as_ptr().add(HEADER_SIZE)) };
-        let ring = Ring { hdr: base.cast::<Header>(), data, size: data_size };
-        Ok(RingFile { ring, map_len, _file: file })
+        let ring = Ring {
+            hdr: base.cast::<Header>(),
+            data,
+            size: data_size,
+        };
+        Ok(RingFile {
+            ring,
+            map_len,
+            _file: file,
+        })
     }
 }
 
@@ -592,7 +649,10 @@ unsafe impl Sync for Ring {}
 
 /// Why a write did not happen. Both are counted in the header (dropped_full / dropped_too_large).
 #[derive(Debug, PartialEq)]
-pub enum WriteError { Full, TooLarge }
+pub enum WriteError {
+    Full,
+    TooLarge,
+}
 
 /// Where [`Ring::write_stalled`] calls its closure (test hook).
 #[doc(hidden)]
@@ -641,7 +701,10 @@ impl Ring {
     /// The atomic word at byte offset `off` of the data area.
     #[inline]
     fn word(&self, off: u64) -> &AtomicU64 {
-        assert!(off & 7 == 0 && off + 8 <= self.size, "ring word offset {off} out of range");
+        assert!(
+            off & 7 == 0 && off + 8 <= self.size,
+            "ring word offset {off} out of range"
+        );
         // SAFETY: checked just above: `off` is 8-aligned (the data area is page aligned) and
         // the word lies inside the data area of the mapping, which lives as long as `self`.
         // The data area is only ever accessed through AtomicU64 (by every process), so this
@@ -744,7 +807,10 @@ impl Ring {
                 h.dropped_full[k].fetch_add(1, Relaxed);
                 return Err(WriteError::Full);
             };
-            match h.producer_pos.compare_exchange_weak(p, res.end, AcqRel, Acquire) {
+            match h
+                .producer_pos
+                .compare_exchange_weak(p, res.end, AcqRel, Acquire)
+            {
                 Ok(_) => break res,
                 Err(actual) => p = actual,
             }
@@ -754,7 +820,19 @@ impl Ring {
             stall();
             return self.finish_write(h, k, p, res, payload, pid, None::<fn()>);
         }
-        self.finish_write(h, k, p, res, payload, pid, if at == Some(StallPoint::AfterReserved) { Some(stall) } else { None })
+        self.finish_write(
+            h,
+            k,
+            p,
+            res,
+            payload,
+            pid,
+            if at == Some(StallPoint::AfterReserved) {
+                Some(stall)
+            } else {
+                None
+            },
+        )
     }
 
     #[inline(always)]
@@ -773,12 +851,14 @@ impl Ring {
         let pid_word = (pid as u64) << 32;
         if res.pad > 0 {
             let off = p % size;
-            self.word(off + 8).store(pid_word | (res.pad - REC_HDR), Relaxed);
+            self.word(off + 8)
+                .store(pid_word | (res.pad - REC_HDR), Relaxed);
             self.word(off).store(tag(p, STATE_PADDING), Release);
         }
         let q = res.start;
         let off = q % size;
-        self.word(off + 8).store(pid_word | payload.len() as u64, Relaxed);
+        self.word(off + 8)
+            .store(pid_word | payload.len() as u64, Relaxed);
         // Release: word1 is visible to whoever sees "reserved".
         self.word(off).store(tag(q, STATE_RESERVED), Release);
         if let Some(stall) = stall_after_reserved {
@@ -868,7 +948,9 @@ impl Ring {
                 let i = slots
                     .iter()
                     .position(|s| s.id.load(Acquire) == 0)
-                    .ok_or_else(|| format!("all {CURSOR_SLOTS} sink cursor slots of the ring are taken"))?;
+                    .ok_or_else(|| {
+                        format!("all {CURSOR_SLOTS} sink cursor slots of the ring are taken")
+                    })?;
                 let s = &slots[i];
                 s.pos.store(self.consumer_pos(), Release);
                 let mut bytes = [0u8; CURSOR_NAME_MAX];
@@ -914,7 +996,11 @@ impl Ring {
 
     fn cursor_name(&self, slot: usize) -> String {
         let s = &self.header().cursors[slot];
-        let bytes: Vec<u8> = s.name.iter().flat_map(|w| w.load(Relaxed).to_le_bytes()).collect();
+        let bytes: Vec<u8> = s
+            .name
+            .iter()
+            .flat_map(|w| w.load(Relaxed).to_le_bytes())
+            .collect();
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         String::from_utf8_lossy(&bytes[..end]).into_owned()
     }
@@ -969,7 +1055,9 @@ impl<'r> Cursor<'r> {
     /// producer cursor), then moves the ring's consumer cursor to the slowest sink's position.
     pub fn commit(&self, pos: u64) {
         let pos = pos.min(self.ring.producer_pos());
-        self.ring.header().cursors[self.slot].pos.fetch_max(pos, AcqRel);
+        self.ring.header().cursors[self.slot]
+            .pos
+            .fetch_max(pos, AcqRel);
         self.ring.commit_to_slowest_cursor();
     }
 
@@ -986,7 +1074,11 @@ impl<'r> Cursor<'r> {
 /// One record as read: `pos` where it starts, `end` the position after it (what to commit),
 /// and the payload, copied out of the ring.
 #[derive(Debug, PartialEq)]
-pub struct Record { pub pos: u64, pub end: u64, pub payload: Vec<u8> }
+pub struct Record {
+    pub pos: u64,
+    pub end: u64,
+    pub payload: Vec<u8>,
+}
 
 /// What the reader found at its position.
 #[derive(Debug, PartialEq)]
@@ -995,16 +1087,25 @@ pub enum Read {
     /// Nothing committed yet at this position (caught up, or a writer still writing).
     Empty,
     /// Records of dead writers skipped from `from` to `to` (counted in `abandoned`).
-    Skipped { from: u64, to: u64 },
+    Skipped {
+        from: u64,
+        to: u64,
+    },
     /// The header's cursors break the ring's invariant (`consumer_pos <= producer_pos <=
     /// consumer_pos + data_size`, both multiples of 16 below 2^62): a torn or overwritten
     /// header, never a normal state. Reported once per bad value, with the values seen; the
     /// reader then goes on as docs/ring.md says (bounded: it never scans more than a lap).
-    Corrupt { producer: u64, consumer: u64 },
+    Corrupt {
+        producer: u64,
+        consumer: u64,
+    },
     /// After a `Corrupt` producer cursor that jumped more than a lap ahead: nothing was found
     /// from `from` on (a full lap scanned, a `stale_after` wait), so the reader gave up
     /// `[from, to)` and goes on at `to`, the producer cursor. Not counted in `abandoned`.
-    Resynced { from: u64, to: u64 },
+    Resynced {
+        from: u64,
+        to: u64,
+    },
 }
 
 /// What is wrong with the cursors the reader loaded (see [`Read::Corrupt`]).
@@ -1054,7 +1155,14 @@ impl<'r> Reader<'r> {
     /// Starts at `pos`, a record boundary at or after the consumer cursor (a sink's
     /// [`Cursor::position`]).
     pub fn at(ring: &'r Ring, pos: u64) -> Reader<'r> {
-        Reader { ring, pos, stale_after: DEFAULT_STALE_AFTER, stuck: None, count_skips: true, reported: None }
+        Reader {
+            ring,
+            pos,
+            stale_after: DEFAULT_STALE_AFTER,
+            stuck: None,
+            count_skips: true,
+            reported: None,
+        }
     }
 
     /// Whether skipped records are counted in the header's `abandoned` (default yes). When
@@ -1103,7 +1211,10 @@ impl<'r> Reader<'r> {
             } else if self.reported != Some(state) {
                 // Once per episode (per kind of damage), not once per call.
                 self.reported = Some(state);
-                return Read::Corrupt { producer: pp, consumer: c };
+                return Read::Corrupt {
+                    producer: pp,
+                    consumer: c,
+                };
             } else if state == Cursors::Unusable {
                 self.stuck = None;
                 return Read::Empty;
@@ -1159,7 +1270,12 @@ impl<'r> Reader<'r> {
         match &self.stuck {
             Some(s) if s.pos == pos && s.word0 == w0 => s.since.elapsed(),
             _ => {
-                self.stuck = Some(Stuck { pos, word0: w0, since: Instant::now(), producer: pp });
+                self.stuck = Some(Stuck {
+                    pos,
+                    word0: w0,
+                    since: Instant::now(),
+                    producer: pp,
+                });
                 Duration::ZERO
             }
         }
@@ -1195,7 +1311,9 @@ impl<'r> Reader<'r> {
             }
             q += REC_HDR;
         }
-        let Some(stuck) = self.stuck.as_mut() else { return Read::Empty };
+        let Some(stuck) = self.stuck.as_mut() else {
+            return Read::Empty;
+        };
         if pp == stuck.producer {
             if pp - pos > ring.size {
                 // Only a producer cursor that jumped ahead (Corrupt) leaves more than a lap
@@ -1268,39 +1386,94 @@ mod tests {
         assert_eq!(record_need(0, size), Some(16));
         assert_eq!(record_need(1, size), Some(32));
         assert_eq!(record_need(16, size), Some(32));
-        assert_eq!(record_need(MAX_PAYLOAD, size), Some(16 + MAX_PAYLOAD as u64));
+        assert_eq!(
+            record_need(MAX_PAYLOAD, size),
+            Some(16 + MAX_PAYLOAD as u64)
+        );
         assert_eq!(record_need(MAX_PAYLOAD + 1, size), None);
         // A quarter of the data area at most.
         let small = MIN_DATA_SIZE;
-        assert_eq!(record_need((small / 4 - 16) as usize, small), Some(small / 4));
+        assert_eq!(
+            record_need((small / 4 - 16) as usize, small),
+            Some(small / 4)
+        );
         assert_eq!(record_need((small / 4 - 15) as usize, small), None);
     }
 
     #[test]
     fn plan_without_padding() {
-        assert_eq!(plan(0, 0, 4096, 32), Some(Reservation { pad: 0, start: 0, end: 32 }));
+        assert_eq!(
+            plan(0, 0, 4096, 32),
+            Some(Reservation {
+                pad: 0,
+                start: 0,
+                end: 32
+            })
+        );
         // Exactly to the end of the data area: no padding.
-        assert_eq!(plan(4064, 4064, 4096, 32), Some(Reservation { pad: 0, start: 4064, end: 4096 }));
+        assert_eq!(
+            plan(4064, 4064, 4096, 32),
+            Some(Reservation {
+                pad: 0,
+                start: 4064,
+                end: 4096
+            })
+        );
         // Later lap.
-        assert_eq!(plan(3 * 4096 + 16, 3 * 4096, 4096, 32), Some(Reservation { pad: 0, start: 12304, end: 12336 }));
+        assert_eq!(
+            plan(3 * 4096 + 16, 3 * 4096, 4096, 32),
+            Some(Reservation {
+                pad: 0,
+                start: 12304,
+                end: 12336
+            })
+        );
     }
 
     #[test]
     fn plan_with_padding() {
         // 4080 + 32 > 4096: pad 16, record at the next lap's offset 0.
-        assert_eq!(plan(4080, 4080, 4096, 32), Some(Reservation { pad: 16, start: 4096, end: 4128 }));
-        assert_eq!(plan(8192 + 4000, 8192 + 4000, 4096, 112), Some(Reservation { pad: 96, start: 12288, end: 12400 }));
+        assert_eq!(
+            plan(4080, 4080, 4096, 32),
+            Some(Reservation {
+                pad: 16,
+                start: 4096,
+                end: 4128
+            })
+        );
+        assert_eq!(
+            plan(8192 + 4000, 8192 + 4000, 4096, 112),
+            Some(Reservation {
+                pad: 96,
+                start: 12288,
+                end: 12400
+            })
+        );
     }
 
     #[test]
     fn plan_full() {
         // Exactly full fits; one more byte does not.
-        assert_eq!(plan(4064, 0, 4096, 32), Some(Reservation { pad: 0, start: 4064, end: 4096 }));
+        assert_eq!(
+            plan(4064, 0, 4096, 32),
+            Some(Reservation {
+                pad: 0,
+                start: 4064,
+                end: 4096
+            })
+        );
         assert_eq!(plan(4080, 0, 4096, 32), None);
         assert_eq!(plan(4096, 0, 4096, 16), None);
         // Padding counts against the space.
         assert_eq!(plan(4080, 16, 4096, 32), None);
-        assert_eq!(plan(4080, 32, 4096, 32), Some(Reservation { pad: 16, start: 4096, end: 4128 }));
+        assert_eq!(
+            plan(4080, 32, 4096, 32),
+            Some(Reservation {
+                pad: 16,
+                start: 4096,
+                end: 4128
+            })
+        );
         // A consumer cursor ahead of a stale producer cursor does not underflow.
         assert!(plan(0, 64, 4096, 32).is_some());
     }
@@ -1376,7 +1549,13 @@ mod tests {
         tear_producer(ring, bad);
         assert_eq!(ring.write(1, b"refused", 1), Err(WriteError::Full));
         let mut r = Reader::new(ring).with_stale_after(Duration::from_millis(30));
-        assert_eq!(r.next(), Read::Corrupt { producer: bad, consumer: 0 });
+        assert_eq!(
+            r.next(),
+            Read::Corrupt {
+                producer: bad,
+                consumer: 0
+            }
+        );
         // The records still in the lap are read, each once; the report is not repeated.
         let reads = read_all(&mut r, ring);
         let payloads: Vec<Vec<u8>> = reads
@@ -1391,7 +1570,13 @@ mod tests {
         // After stale_after, one scan of at most a lap, then a jump to the producer cursor.
         std::thread::sleep(Duration::from_millis(40));
         let t = Instant::now();
-        assert_eq!(r.next(), Read::Resynced { from: real, to: bad });
+        assert_eq!(
+            r.next(),
+            Read::Resynced {
+                from: real,
+                to: bad
+            }
+        );
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         assert_eq!(ring.stats().abandoned, 0, "not a dead writer");
         // Once the caller commits, the ring is sane again and producers write at `bad`.
@@ -1399,7 +1584,9 @@ mod tests {
         assert_eq!(ring.consumer_pos(), bad);
         assert_eq!(ring.write(2, b"after", 1), Ok(bad));
         match r.next() {
-            Read::Record(rec) => assert_eq!((rec.pos, rec.payload.as_slice()), (bad, &b"after"[..])),
+            Read::Record(rec) => {
+                assert_eq!((rec.pos, rec.payload.as_slice()), (bad, &b"after"[..]))
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(r.next(), Read::Empty);
@@ -1417,7 +1604,13 @@ mod tests {
         let mut r = Reader::new(ring).with_stale_after(Duration::ZERO);
         assert!(matches!(r.next(), Read::Corrupt { .. }));
         assert!(matches!(r.next(), Read::Record(_)));
-        assert_eq!(r.next(), Read::Resynced { from: real, to: real + size + 4096 });
+        assert_eq!(
+            r.next(),
+            Read::Resynced {
+                from: real,
+                to: real + size + 4096
+            }
+        );
         assert_eq!(r.next(), Read::Empty);
     }
 
@@ -1432,17 +1625,34 @@ mod tests {
         ring.commit(c);
         tear_producer(ring, 0);
         let mut r = Reader::new(ring).with_stale_after(Duration::ZERO);
-        assert_eq!(r.next(), Read::Corrupt { producer: 0, consumer: c });
+        assert_eq!(
+            r.next(),
+            Read::Corrupt {
+                producer: 0,
+                consumer: c
+            }
+        );
         assert_eq!(r.next(), Read::Empty);
         // Producers write from 0 again: behind the consumer, never read (lost), no report
         // per write.
         while ring.producer_pos() <= c + 64 {
             ring.write(0, &payload(9), 1).unwrap();
-            assert!(matches!(r.next(), Read::Empty | Read::Skipped { .. } | Read::Record(_)), "no second report");
+            assert!(
+                matches!(
+                    r.next(),
+                    Read::Empty | Read::Skipped { .. } | Read::Record(_)
+                ),
+                "no second report"
+            );
         }
         // Past the consumer the reader finds its way (into a record: a bounded resync).
         let reads = read_all(&mut r, ring);
-        assert!(reads.iter().all(|x| matches!(x, Read::Record(_) | Read::Skipped { .. })), "{reads:?}");
+        assert!(
+            reads
+                .iter()
+                .all(|x| matches!(x, Read::Record(_) | Read::Skipped { .. })),
+            "{reads:?}"
+        );
         assert_eq!(r.position(), ring.producer_pos());
         ring.write(3, b"next", 1).unwrap();
         assert!(matches!(r.next(), Read::Record(rec) if rec.payload == b"next"));
@@ -1456,7 +1666,14 @@ mod tests {
             ring.write(0, &payload(1), 1).unwrap();
             tear_producer(ring, bad);
             let mut r = Reader::new(ring).with_stale_after(Duration::ZERO);
-            assert_eq!(r.next(), Read::Corrupt { producer: bad, consumer: 0 }, "{bad}");
+            assert_eq!(
+                r.next(),
+                Read::Corrupt {
+                    producer: bad,
+                    consumer: 0
+                },
+                "{bad}"
+            );
             for _ in 0..3 {
                 assert_eq!(r.next(), Read::Empty, "{bad}");
             }
@@ -1497,7 +1714,10 @@ mod tests {
         assert_eq!(classify(8, 16, s, never), Cursors::ConsumerUnaligned);
         assert_eq!(classify(0, 24, s, never), Cursors::Unusable);
         assert_eq!(classify(0, MAX_POS, s, never), Cursors::Unusable);
-        assert_eq!(classify(u64::MAX - 15, MAX_POS - 16, s, never), Cursors::Behind);
+        assert_eq!(
+            classify(u64::MAX - 15, MAX_POS - 16, s, never),
+            Cursors::Behind
+        );
         assert_eq!(classify(0, MAX_POS - 16, s, || u64::MAX), Cursors::Sane);
     }
 
@@ -1505,7 +1725,7 @@ mod tests {
     fn pid_alive_checks() {
         assert!(pid_alive(std::process::id()));
         assert!(pid_alive(0)); // unknown: never "dead"
-        // A child that has exited and been reaped is dead.
+                               // A child that has exited and been reaped is dead.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();

@@ -40,7 +40,10 @@ pub struct Key {
 
 impl Key {
     pub fn new(name: &str, secret: &[u8]) -> Key {
-        Key { name: name.to_string(), secret: secret.to_vec() }
+        Key {
+            name: name.to_string(),
+            secret: secret.to_vec(),
+        }
     }
 }
 
@@ -87,7 +90,9 @@ fn decode_key(text: &str) -> Option<Vec<u8>> {
 fn valid_key_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_KEY_NAME
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 impl Keys {
@@ -111,7 +116,9 @@ impl Keys {
                 return err(format!("invalid key name \"{name}\", it must be 1-{MAX_KEY_NAME} characters of [A-Za-z0-9_.-]"));
             }
             if let Some((_, first)) = keys.iter().find(|(k, _)| k.name == name) {
-                return err(format!("duplicate key name \"{name}\" (first on line {first})"));
+                return err(format!(
+                    "duplicate key name \"{name}\" (first on line {first})"
+                ));
             }
             let Some(secret) = decode_key(b64) else {
                 return err(format!("the key \"{name}\" is not valid base64"));
@@ -122,18 +129,31 @@ impl Keys {
                     secret.len()
                 ));
             }
-            keys.push((Key { name: name.to_string(), secret }, n));
+            keys.push((
+                Key {
+                    name: name.to_string(),
+                    secret,
+                },
+                n,
+            ));
         }
         if keys.is_empty() {
-            return Err(KeyFileError { line: 0, msg: "no key in the file".into() });
+            return Err(KeyFileError {
+                line: 0,
+                msg: "no key in the file".into(),
+            });
         }
-        Ok(Keys { keys: keys.into_iter().map(|(k, _)| k).collect() })
+        Ok(Keys {
+            keys: keys.into_iter().map(|(k, _)| k).collect(),
+        })
     }
 
     /// Reads and parses a key file; errors name the file and the line.
     pub fn load(path: &std::path::Path) -> Result<Keys, String> {
-        let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let text = String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+        let text =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
         Keys::parse(&text).map_err(|e| match e.line {
             0 => format!("{}: {}", path.display(), e.msg),
             n => format!("{}:{n}: {}", path.display(), e.msg),
@@ -205,12 +225,18 @@ fn hmac_of(key: &Key, campaign: &[u8], exp: u64, dims: &[(&[u8], &[u8])]) -> Hma
 /// Whether the values can be signed: the campaign id and the dimension values hold no line
 /// feed (the separator of the canonical string, which would make it ambiguous).
 pub fn signable(campaign: &[u8], dims: &[(&[u8], &[u8])]) -> bool {
-    !campaign.contains(&b'\n') && dims.iter().all(|(n, v)| !n.contains(&b'\n') && !v.contains(&b'\n'))
+    !campaign.contains(&b'\n')
+        && dims
+            .iter()
+            .all(|(n, v)| !n.contains(&b'\n') && !v.contains(&b'\n'))
 }
 
 /// The 32-byte MAC. The values must be [`signable`] for it to mean anything.
 pub fn mac(key: &Key, campaign: &[u8], exp: u64, dims: &[(&[u8], &[u8])]) -> [u8; MAC_LEN] {
-    hmac_of(key, campaign, exp, dims).finalize().into_bytes().into()
+    hmac_of(key, campaign, exp, dims)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// The `sig` argument: base64url without padding of the MAC; None when the values are not
@@ -256,7 +282,9 @@ pub fn parse_exp(text: &[u8]) -> Option<u64> {
     if text.len() > 1 && text[0] == b'0' {
         return None;
     }
-    text.iter().try_fold(0u64, |v, &c| v.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+    text.iter().try_fold(0u64, |v, &c| {
+        v.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+    })
 }
 
 /// Checks a request's `exp`, `kid` and `sig` (raw argument values; None when absent) against
@@ -286,16 +314,26 @@ pub fn verify(
         return Err(Invalid::BadSignature);
     }
     let mut raw = [0u8; 33];
-    let n = URL_SAFE_NO_PAD.decode_slice(sig, &mut raw).map_err(|_| Invalid::BadSignature)?;
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(sig, &mut raw)
+        .map_err(|_| Invalid::BadSignature)?;
     if n != MAC_LEN {
         return Err(Invalid::BadSignature);
     }
-    hmac_of(key, campaign, exp, dims).verify_slice(&raw[..n]).map_err(|_| Invalid::BadSignature)
+    hmac_of(key, campaign, exp, dims)
+        .verify_slice(&raw[..n])
+        .map_err(|_| Invalid::BadSignature)
 }
 
 /// Appends `exp`, `kid` and `sig` (signed with `key`) to a URL's query string, before any
 /// `#fragment`. None when the values are not [`signable`].
-pub fn sign_url(base: &str, key: &Key, campaign: &[u8], exp: u64, dims: &[(&[u8], &[u8])]) -> Option<String> {
+pub fn sign_url(
+    base: &str,
+    key: &Key,
+    campaign: &[u8],
+    exp: u64,
+    dims: &[(&[u8], &[u8])],
+) -> Option<String> {
     let sig = signature(key, campaign, exp, dims)?;
     let (url, fragment) = match base.find('#') {
         Some(i) => base.split_at(i),
@@ -306,7 +344,10 @@ pub fn sign_url(base: &str, key: &Key, campaign: &[u8], exp: u64, dims: &[(&[u8]
         Some(_) if url.ends_with('?') || url.ends_with('&') => "",
         Some(_) => "&",
     };
-    Some(format!("{url}{sep}exp={exp}&kid={}&sig={sig}{fragment}", key.name))
+    Some(format!(
+        "{url}{sep}exp={exp}&kid={}&sig={sig}{fragment}",
+        key.name
+    ))
 }
 
 #[cfg(test)]
@@ -337,7 +378,15 @@ mod tests {
             sign_url("https://t.example.com/c?cid=summer-sale&pub=news&pl=top+banner", keys.newest(), b"summer-sale", 1767225600, DIMS).unwrap(),
             format!("https://t.example.com/c?cid=summer-sale&pub=news&pl=top+banner&exp=1767225600&kid=2026-01&sig={DOC_SIG}")
         );
-        let ok = verify(&keys, b"summer-sale", DIMS, Some(b"1767225600"), Some(b"2026-01"), Some(sig.as_bytes()), 1767225599);
+        let ok = verify(
+            &keys,
+            b"summer-sale",
+            DIMS,
+            Some(b"1767225600"),
+            Some(b"2026-01"),
+            Some(sig.as_bytes()),
+            1767225599,
+        );
         assert_eq!(ok, Ok(()));
     }
 
@@ -353,7 +402,15 @@ mod tests {
         assert!(doc.contains(&format!("canonical string ({} bytes)", canon.len())));
     }
 
-    fn check(keys: &Keys, campaign: &[u8], dims: &[(&[u8], &[u8])], exp: &[u8], kid: &[u8], sig: &[u8], now: u64) -> Result<(), Invalid> {
+    fn check(
+        keys: &Keys,
+        campaign: &[u8],
+        dims: &[(&[u8], &[u8])],
+        exp: &[u8],
+        kid: &[u8],
+        sig: &[u8],
+        now: u64,
+    ) -> Result<(), Invalid> {
         verify(keys, campaign, dims, Some(exp), Some(kid), Some(sig), now)
     }
 
@@ -362,42 +419,117 @@ mod tests {
         let keys = doc_keys();
         let sig = signature(keys.newest(), b"summer-sale", 2000, DIMS).unwrap();
         let sig = sig.as_bytes();
-        assert_eq!(check(&keys, b"summer-sale", DIMS, b"2000", b"2026-01", sig, 1000), Ok(()));
+        assert_eq!(
+            check(&keys, b"summer-sale", DIMS, b"2000", b"2026-01", sig, 1000),
+            Ok(())
+        );
         // campaign
-        assert_eq!(check(&keys, b"summer-salf", DIMS, b"2000", b"2026-01", sig, 1000), Err(Invalid::BadSignature));
+        assert_eq!(
+            check(&keys, b"summer-salf", DIMS, b"2000", b"2026-01", sig, 1000),
+            Err(Invalid::BadSignature)
+        );
         // a dimension's value, its name, their order, one left out
         let other: &[(&[u8], &[u8])] = &[(b"publisher", b"newz"), (b"placement", b"top banner")];
-        assert_eq!(check(&keys, b"summer-sale", other, b"2000", b"2026-01", sig, 1000), Err(Invalid::BadSignature));
+        assert_eq!(
+            check(&keys, b"summer-sale", other, b"2000", b"2026-01", sig, 1000),
+            Err(Invalid::BadSignature)
+        );
         let renamed: &[(&[u8], &[u8])] = &[(b"publishes", b"news"), (b"placement", b"top banner")];
-        assert_eq!(check(&keys, b"summer-sale", renamed, b"2000", b"2026-01", sig, 1000), Err(Invalid::BadSignature));
+        assert_eq!(
+            check(
+                &keys,
+                b"summer-sale",
+                renamed,
+                b"2000",
+                b"2026-01",
+                sig,
+                1000
+            ),
+            Err(Invalid::BadSignature)
+        );
         let swapped: &[(&[u8], &[u8])] = &[DIMS[1], DIMS[0]];
-        assert_eq!(check(&keys, b"summer-sale", swapped, b"2000", b"2026-01", sig, 1000), Err(Invalid::BadSignature));
-        assert_eq!(check(&keys, b"summer-sale", &DIMS[..1], b"2000", b"2026-01", sig, 1000), Err(Invalid::BadSignature));
+        assert_eq!(
+            check(
+                &keys,
+                b"summer-sale",
+                swapped,
+                b"2000",
+                b"2026-01",
+                sig,
+                1000
+            ),
+            Err(Invalid::BadSignature)
+        );
+        assert_eq!(
+            check(
+                &keys,
+                b"summer-sale",
+                &DIMS[..1],
+                b"2000",
+                b"2026-01",
+                sig,
+                1000
+            ),
+            Err(Invalid::BadSignature)
+        );
         // a value moved across the separator
         let moved: &[(&[u8], &[u8])] = &[(b"publisher", b"news\nplacement=top banner")];
-        assert_eq!(canonical(b"summer-sale", 2000, moved), canonical(b"summer-sale", 2000, DIMS));
-        assert_eq!(check(&keys, b"summer-sale", moved, b"2000", b"2026-01", sig, 1000), Err(Invalid::BadSignature));
-        assert_eq!(signature(keys.newest(), b"summer-sale", 2000, moved), None, "a line feed is never signed");
+        assert_eq!(
+            canonical(b"summer-sale", 2000, moved),
+            canonical(b"summer-sale", 2000, DIMS)
+        );
+        assert_eq!(
+            check(&keys, b"summer-sale", moved, b"2000", b"2026-01", sig, 1000),
+            Err(Invalid::BadSignature)
+        );
+        assert_eq!(
+            signature(keys.newest(), b"summer-sale", 2000, moved),
+            None,
+            "a line feed is never signed"
+        );
         assert_eq!(signature(keys.newest(), b"summer\nsale", 2000, &[]), None);
         // expiry moved later
-        assert_eq!(check(&keys, b"summer-sale", DIMS, b"2001", b"2026-01", sig, 1000), Err(Invalid::BadSignature));
+        assert_eq!(
+            check(&keys, b"summer-sale", DIMS, b"2001", b"2026-01", sig, 1000),
+            Err(Invalid::BadSignature)
+        );
         // one character of the signature
         let mut bad = sig.to_vec();
         bad[10] = if bad[10] == b'A' { b'B' } else { b'A' };
-        assert_eq!(check(&keys, b"summer-sale", DIMS, b"2000", b"2026-01", &bad, 1000), Err(Invalid::BadSignature));
+        assert_eq!(
+            check(&keys, b"summer-sale", DIMS, b"2000", b"2026-01", &bad, 1000),
+            Err(Invalid::BadSignature)
+        );
     }
 
     #[test]
     fn wrong_key_is_refused() {
-        let keys = Keys::parse(&format!("a {}\nb {}\n", URL_SAFE_NO_PAD.encode([7u8; 32]), URL_SAFE_NO_PAD.encode([9u8; 32]))).unwrap();
+        let keys = Keys::parse(&format!(
+            "a {}\nb {}\n",
+            URL_SAFE_NO_PAD.encode([7u8; 32]),
+            URL_SAFE_NO_PAD.encode([9u8; 32])
+        ))
+        .unwrap();
         let other = Key::new("b", &[8u8; 32]);
         let sig = signature(&other, b"c", 2000, &[]).unwrap();
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"b", sig.as_bytes(), 1000), Err(Invalid::BadSignature));
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"b", sig.as_bytes(), 1000),
+            Err(Invalid::BadSignature)
+        );
         // signed with a, claimed as b
         let sig = signature(keys.get(b"a").unwrap(), b"c", 2000, &[]).unwrap();
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"b", sig.as_bytes(), 1000), Err(Invalid::BadSignature));
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"a", sig.as_bytes(), 1000), Ok(()));
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"zz", sig.as_bytes(), 1000), Err(Invalid::UnknownKey));
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"b", sig.as_bytes(), 1000),
+            Err(Invalid::BadSignature)
+        );
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"a", sig.as_bytes(), 1000),
+            Ok(())
+        );
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"zz", sig.as_bytes(), 1000),
+            Err(Invalid::UnknownKey)
+        );
     }
 
     #[test]
@@ -405,11 +537,33 @@ mod tests {
         let keys = doc_keys();
         let sig = signature(keys.newest(), b"c", 2000, &[]).unwrap();
         let sig = sig.as_bytes();
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"2026-01", sig, 1999), Ok(()));
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"2026-01", sig, 2000), Err(Invalid::Expired));
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"2026-01", sig, 5000), Err(Invalid::Expired));
-        for bad in [&b"02000"[..], b"-2000", b"+2000", b"2000.0", b"2e3", b" 2000", b"99999999999999999999", b"18446744073709551616"] {
-            assert_eq!(check(&keys, b"c", &[], bad, b"2026-01", sig, 1000), Err(Invalid::BadExpiry), "{bad:?}");
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"2026-01", sig, 1999),
+            Ok(())
+        );
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"2026-01", sig, 2000),
+            Err(Invalid::Expired)
+        );
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"2026-01", sig, 5000),
+            Err(Invalid::Expired)
+        );
+        for bad in [
+            &b"02000"[..],
+            b"-2000",
+            b"+2000",
+            b"2000.0",
+            b"2e3",
+            b" 2000",
+            b"99999999999999999999",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(
+                check(&keys, b"c", &[], bad, b"2026-01", sig, 1000),
+                Err(Invalid::BadExpiry),
+                "{bad:?}"
+            );
         }
         assert_eq!(parse_exp(b"18446744073709551615"), None, "20 digits");
         assert_eq!(parse_exp(b"9999999999999999999"), Some(9999999999999999999));
@@ -425,12 +579,45 @@ mod tests {
         assert_eq!(after.newest().name, "new");
         assert_eq!(after.names().collect::<Vec<_>>(), ["old", "new"]);
         let old_sig = signature(before.newest(), b"c", 2000, DIMS).unwrap();
-        assert_eq!(check(&after, b"c", DIMS, b"2000", b"old", old_sig.as_bytes(), 1000), Ok(()));
+        assert_eq!(
+            check(
+                &after,
+                b"c",
+                DIMS,
+                b"2000",
+                b"old",
+                old_sig.as_bytes(),
+                1000
+            ),
+            Ok(())
+        );
         let new_sig = signature(after.newest(), b"c", 2000, DIMS).unwrap();
         assert_ne!(old_sig, new_sig);
-        assert_eq!(check(&after, b"c", DIMS, b"2000", b"new", new_sig.as_bytes(), 1000), Ok(()));
+        assert_eq!(
+            check(
+                &after,
+                b"c",
+                DIMS,
+                b"2000",
+                b"new",
+                new_sig.as_bytes(),
+                1000
+            ),
+            Ok(())
+        );
         // the old key is gone after the next rotation
-        assert_eq!(check(&before, b"c", DIMS, b"2000", b"new", new_sig.as_bytes(), 1000), Err(Invalid::UnknownKey));
+        assert_eq!(
+            check(
+                &before,
+                b"c",
+                DIMS,
+                b"2000",
+                b"new",
+                new_sig.as_bytes(),
+                1000
+            ),
+            Err(Invalid::UnknownKey)
+        );
     }
 
     #[test]
@@ -446,7 +633,9 @@ mod tests {
             [g, b"="].concat(),
             URL_SAFE_NO_PAD.encode([0u8; 31]).into_bytes(),
             URL_SAFE_NO_PAD.encode([0u8; 33]).into_bytes(),
-            base64::engine::general_purpose::STANDARD.encode(mac(keys.newest(), b"c", 2000, &[])).into_bytes(),
+            base64::engine::general_purpose::STANDARD
+                .encode(mac(keys.newest(), b"c", 2000, &[]))
+                .into_bytes(),
             vec![b'%'; 43],
             vec![0xff; 43],
             vec![b'A'; 43],
@@ -456,9 +645,13 @@ mod tests {
             b"A".repeat(10_000),
         ];
         // the last character carries 2 unused bits: a non-canonical encoding of the same MAC
-        const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        const URL_ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut noncanon = g.to_vec();
-        let idx = URL_ALPHABET.iter().position(|&c| c == noncanon[42]).unwrap();
+        let idx = URL_ALPHABET
+            .iter()
+            .position(|&c| c == noncanon[42])
+            .unwrap();
         assert_eq!(idx & 3, 0);
         noncanon[42] = URL_ALPHABET[idx | 1];
         cases.push(noncanon);
@@ -469,11 +662,34 @@ mod tests {
         for i in 0..good.len() {
             let _ = check(&keys, b"c", &[], b"2000", b"2026-01", &g[..i], 1000);
         }
-        assert_eq!(verify(&keys, b"c", &[], None, Some(b"2026-01"), Some(g), 1000), Err(Invalid::Missing));
-        assert_eq!(verify(&keys, b"c", &[], Some(b"2000"), None, Some(g), 1000), Err(Invalid::Missing));
-        assert_eq!(verify(&keys, b"c", &[], Some(b"2000"), Some(b"2026-01"), None, 1000), Err(Invalid::Missing));
-        assert_eq!(verify(&keys, b"c", &[], Some(b""), Some(b"2026-01"), Some(g), 1000), Err(Invalid::Missing));
-        assert_eq!(check(&keys, b"c", &[], b"2000", b"2026-01", g, 1000), Ok(()));
+        assert_eq!(
+            verify(&keys, b"c", &[], None, Some(b"2026-01"), Some(g), 1000),
+            Err(Invalid::Missing)
+        );
+        assert_eq!(
+            verify(&keys, b"c", &[], Some(b"2000"), None, Some(g), 1000),
+            Err(Invalid::Missing)
+        );
+        assert_eq!(
+            verify(
+                &keys,
+                b"c",
+                &[],
+                Some(b"2000"),
+                Some(b"2026-01"),
+                None,
+                1000
+            ),
+            Err(Invalid::Missing)
+        );
+        assert_eq!(
+            verify(&keys, b"c", &[], Some(b""), Some(b"2026-01"), Some(g), 1000),
+            Err(Invalid::Missing)
+        );
+        assert_eq!(
+            check(&keys, b"c", &[], b"2000", b"2026-01", g, 1000),
+            Ok(())
+        );
     }
 
     /// Random bytes in every argument, and random edits of a valid signed request: never a
@@ -513,7 +729,10 @@ mod tests {
             let camp = field(8, b"c");
             let r = verify(&keys, &camp, DIMS, Some(&exp), Some(&kid), Some(&sig), 1000);
             if r.is_ok() {
-                assert_eq!((&sig[..], &exp[..], &kid[..], &camp[..]), (good.as_bytes(), &b"2000"[..], &b"2026-01"[..], &b"c"[..]));
+                assert_eq!(
+                    (&sig[..], &exp[..], &kid[..], &camp[..]),
+                    (good.as_bytes(), &b"2000"[..], &b"2026-01"[..], &b"c"[..])
+                );
             }
         }
     }
@@ -525,9 +744,27 @@ mod tests {
         let e = |t: &str| Keys::parse(t).unwrap_err();
         assert_eq!(e("").line, 0);
         assert_eq!(e("# only a comment\n\n").line, 0);
-        assert_eq!(e(&format!("a {k32}\nb not*base64\n")), KeyFileError { line: 2, msg: "the key \"b\" is not valid base64".into() });
-        assert_eq!(e(&format!("a {k31}\n")), KeyFileError { line: 1, msg: "the key \"a\" has 31 bytes, at least 32 are needed".into() });
-        assert_eq!(e(&format!("a {k32}\n\na {k32}\n")), KeyFileError { line: 3, msg: "duplicate key name \"a\" (first on line 1)".into() });
+        assert_eq!(
+            e(&format!("a {k32}\nb not*base64\n")),
+            KeyFileError {
+                line: 2,
+                msg: "the key \"b\" is not valid base64".into()
+            }
+        );
+        assert_eq!(
+            e(&format!("a {k31}\n")),
+            KeyFileError {
+                line: 1,
+                msg: "the key \"a\" has 31 bytes, at least 32 are needed".into()
+            }
+        );
+        assert_eq!(
+            e(&format!("a {k32}\n\na {k32}\n")),
+            KeyFileError {
+                line: 3,
+                msg: "duplicate key name \"a\" (first on line 1)".into()
+            }
+        );
         assert_eq!(e("lonely\n").line, 1);
         assert_eq!(e(&format!("a {k32} extra\n")).line, 1);
         assert_eq!(e(&format!("b/d {k32}\n")).line, 1);
@@ -546,17 +783,34 @@ mod tests {
         let e = Keys::load(&p).unwrap_err();
         assert!(e.starts_with(&format!("{}:2: ", p.display())), "{e}");
         std::fs::write(&p, "").unwrap();
-        assert_eq!(Keys::load(&p).unwrap_err(), format!("{}: no key in the file", p.display()));
-        assert!(Keys::load(&dir.path().join("absent")).unwrap_err().starts_with("cannot read"));
+        assert_eq!(
+            Keys::load(&p).unwrap_err(),
+            format!("{}: no key in the file", p.display())
+        );
+        assert!(Keys::load(&dir.path().join("absent"))
+            .unwrap_err()
+            .starts_with("cannot read"));
     }
 
     #[test]
     fn sign_url_joins_the_query() {
         let k = Key::new("k", &[3u8; 32]);
         let s = signature(&k, b"c", 5, &[]).unwrap();
-        assert_eq!(sign_url("https://t/c", &k, b"c", 5, &[]).unwrap(), format!("https://t/c?exp=5&kid=k&sig={s}"));
-        assert_eq!(sign_url("https://t/c?", &k, b"c", 5, &[]).unwrap(), format!("https://t/c?exp=5&kid=k&sig={s}"));
-        assert_eq!(sign_url("https://t/c?cid=c&", &k, b"c", 5, &[]).unwrap(), format!("https://t/c?cid=c&exp=5&kid=k&sig={s}"));
-        assert_eq!(sign_url("https://t/c?cid=c#x", &k, b"c", 5, &[]).unwrap(), format!("https://t/c?cid=c&exp=5&kid=k&sig={s}#x"));
+        assert_eq!(
+            sign_url("https://t/c", &k, b"c", 5, &[]).unwrap(),
+            format!("https://t/c?exp=5&kid=k&sig={s}")
+        );
+        assert_eq!(
+            sign_url("https://t/c?", &k, b"c", 5, &[]).unwrap(),
+            format!("https://t/c?exp=5&kid=k&sig={s}")
+        );
+        assert_eq!(
+            sign_url("https://t/c?cid=c&", &k, b"c", 5, &[]).unwrap(),
+            format!("https://t/c?cid=c&exp=5&kid=k&sig={s}")
+        );
+        assert_eq!(
+            sign_url("https://t/c?cid=c#x", &k, b"c", 5, &[]).unwrap(),
+            format!("https://t/c?cid=c&exp=5&kid=k&sig={s}#x")
+        );
     }
 }

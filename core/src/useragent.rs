@@ -42,11 +42,22 @@ use crate::bots;
 pub const MAX_UA_LEN: usize = 512;
 
 /// Browser families ([`Class::browser`]).
-pub const BROWSERS: &[&str] =
-    &["chrome", "edge", "firefox", "safari", "opera", "samsung", "yandex", "vivaldi", "ie", "webview", "other"];
+pub const BROWSERS: &[&str] = &[
+    "chrome", "edge", "firefox", "safari", "opera", "samsung", "yandex", "vivaldi", "ie",
+    "webview", "other",
+];
 
 /// OS families ([`Class::os`]).
-pub const OSES: &[&str] = &["windows", "macos", "ios", "android", "linux", "chromeos", "windows_phone", "other"];
+pub const OSES: &[&str] = &[
+    "windows",
+    "macos",
+    "ios",
+    "android",
+    "linux",
+    "chromeos",
+    "windows_phone",
+    "other",
+];
 
 /// The device class of a User-Agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,7 +72,13 @@ pub enum Device {
 }
 
 impl Device {
-    pub const ALL: [Device; 5] = [Device::Desktop, Device::Mobile, Device::Tablet, Device::Bot, Device::Other];
+    pub const ALL: [Device; 5] = [
+        Device::Desktop,
+        Device::Mobile,
+        Device::Tablet,
+        Device::Bot,
+        Device::Other,
+    ];
 
     /// The schema's name: `desktop`, `mobile`, `tablet`, `bot` or `other`.
     pub fn as_str(self) -> &'static str {
@@ -90,7 +107,12 @@ pub struct Class {
 
 impl Class {
     /// What an empty or absent User-Agent is: a bot of unknown kind.
-    pub const EMPTY: Class = Class { browser: "other", os: "other", device: Device::Bot, crawler: true };
+    pub const EMPTY: Class = Class {
+        browser: "other",
+        os: "other",
+        device: Device::Bot,
+        crawler: true,
+    };
 }
 
 fn browser_family(name: &str) -> &'static str {
@@ -123,14 +145,27 @@ fn os_family(os: &str) -> &'static str {
 }
 
 /// Substrings (ASCII case-insensitive) of TV User-Agents: device `other`, not desktop/tablet.
-const TV_MARKERS: &[&[u8]] = &[b"smart-tv", b"smarttv", b"hbbtv", b"googletv", b"android tv", b"crkey", b"web0s", b"netcast", b"appletv"];
+const TV_MARKERS: &[&[u8]] = &[
+    b"smart-tv",
+    b"smarttv",
+    b"hbbtv",
+    b"googletv",
+    b"android tv",
+    b"crkey",
+    b"web0s",
+    b"netcast",
+    b"appletv",
+];
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.len() >= needle.len() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.len() >= needle.len() && haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    haystack.len() >= needle.len()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Classifies a User-Agent without a cache (runs the parser: about 2 µs). Only the first
@@ -150,7 +185,11 @@ pub fn classify(ua: &[u8]) -> Class {
     };
     let crate_crawler = category == "crawler";
     let crawler = crate_crawler || our_bot;
-    let browser = if crate_crawler { "other" } else { browser_family(name) };
+    let browser = if crate_crawler {
+        "other"
+    } else {
+        browser_family(name)
+    };
     let os = os_family(os);
     let device = if crawler {
         Device::Bot
@@ -175,7 +214,12 @@ pub fn classify(ua: &[u8]) -> Class {
             _ => Device::Other,
         }
     };
-    Class { browser, os, device, crawler }
+    Class {
+        browser,
+        os,
+        device,
+        crawler,
+    }
 }
 
 /// One slot of the cache.
@@ -228,8 +272,19 @@ impl Cache {
     /// As [`Cache::new`] with a given hash seed (tests, reproducible benchmarks).
     pub fn with_seed(slots: usize, seed: u64) -> Cache {
         let n = slots.clamp(2, 1 << 20).next_power_of_two();
-        let empty = Entry { hash: 0, ua: Vec::new(), class: Class::EMPTY, filled: false };
-        Cache { slots: vec![empty; n].into_boxed_slice(), mask: n - 1, seed, hits: 0, misses: 0 }
+        let empty = Entry {
+            hash: 0,
+            ua: Vec::new(),
+            class: Class::EMPTY,
+            filled: false,
+        };
+        Cache {
+            slots: vec![empty; n].into_boxed_slice(),
+            mask: n - 1,
+            seed,
+            hits: 0,
+            misses: 0,
+        }
     }
 
     /// Number of slots.
@@ -309,7 +364,16 @@ mod tests {
 
     fn check(ua: &str, browser: &str, os: &str, device: Device, crawler: bool) {
         let got = c(ua);
-        assert_eq!(got, Class { browser: BROWSERS.iter().find(|b| **b == browser).unwrap(), os: OSES.iter().find(|o| **o == os).unwrap(), device, crawler }, "{ua}");
+        assert_eq!(
+            got,
+            Class {
+                browser: BROWSERS.iter().find(|b| **b == browser).unwrap(),
+                os: OSES.iter().find(|o| **o == os).unwrap(),
+                device,
+                crawler
+            },
+            "{ua}"
+        );
     }
 
     #[test]
@@ -319,12 +383,30 @@ mod tests {
         check("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "chrome", "macos", Desktop, false);
         check("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "chrome", "linux", Desktop, false);
         check("Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "chrome", "chromeos", Desktop, false);
-        check("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0", "firefox", "windows", Desktop, false);
-        check("Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0", "firefox", "linux", Desktop, false);
+        check(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
+            "firefox",
+            "windows",
+            Desktop,
+            false,
+        );
+        check(
+            "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+            "firefox",
+            "linux",
+            Desktop,
+            false,
+        );
         check("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 Safari/605.1.15", "safari", "macos", Desktop, false);
         check("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51", "edge", "windows", Desktop, false);
         check("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 OPR/109.0.0.0", "opera", "windows", Desktop, false);
-        check("Mozilla/5.0 (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko", "ie", "windows", Desktop, false);
+        check(
+            "Mozilla/5.0 (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko",
+            "ie",
+            "windows",
+            Desktop,
+            false,
+        );
         check("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 YaBrowser/24.4.0.0 Safari/537.36", "yandex", "windows", Desktop, false);
     }
 
@@ -337,7 +419,13 @@ mod tests {
         check("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/460.0.0.40.106;FBBV/590000000;FBDV/iPhone15,2;FBMD/iPhone;FBSN/iOS;FBSV/17.4;FBSS/3;FBCR/;FBID/phone;FBLC/en_US;FBOP/5]", "webview", "ios", Mobile, false);
         check("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.82 Mobile Safari/537.36", "chrome", "android", Mobile, false);
         check("Mozilla/5.0 (Linux; Android 14; SAMSUNG SM-S921B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36", "samsung", "android", Mobile, false);
-        check("Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0", "firefox", "android", Mobile, false);
+        check(
+            "Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0",
+            "firefox",
+            "android",
+            Mobile,
+            false,
+        );
         check("Mozilla/5.0 (Linux; Android 12; M2101K6G) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36 OPR/81.0.4292.78856", "opera", "android", Mobile, false);
         check("Mozilla/5.0 (Linux; Android 13; Pixel 7 Build/TQ3A.230805.001; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/124.0.6367.82 Mobile Safari/537.36", "webview", "android", Mobile, false);
     }
@@ -349,7 +437,13 @@ mod tests {
         check("Mozilla/5.0 (iPad; CPU OS 16_7 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1", "chrome", "ios", Tablet, false);
         check("Mozilla/5.0 (Linux; Android 14; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "chrome", "android", Tablet, false);
         check("Mozilla/5.0 (Linux; Android 13; SAMSUNG SM-X200) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/24.0 Chrome/117.0.0.0 Safari/537.36", "samsung", "android", Tablet, false);
-        check("Mozilla/5.0 (Android 14; Tablet; rv:125.0) Gecko/125.0 Firefox/125.0", "firefox", "android", Tablet, false);
+        check(
+            "Mozilla/5.0 (Android 14; Tablet; rv:125.0) Gecko/125.0 Firefox/125.0",
+            "firefox",
+            "android",
+            Tablet,
+            false,
+        );
         check("Mozilla/5.0 (Linux; U; Android 4.4.2; en-us; KFTHWI Build/KOT49H) AppleWebKit/537.36 (KHTML, like Gecko) Silk/3.68 like Chrome/39.0.2171.93 Safari/537.36", "chrome", "android", Tablet, false);
     }
 
@@ -358,25 +452,73 @@ mod tests {
         use Device::Other;
         check("Mozilla/5.0 (SMART-TV; Linux; Tizen 6.0) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/4.0 Chrome/76.0.3809.146 TV Safari/537.36", "samsung", "linux", Other, false);
         check("Mozilla/5.0 (PlayStation; PlayStation 5/2.26) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/13.0 Safari/605.1.15", "safari", "other", Other, false);
-        check("something entirely unknown/1.0", "other", "other", Other, false);
+        check(
+            "something entirely unknown/1.0",
+            "other",
+            "other",
+            Other,
+            false,
+        );
     }
 
     #[test]
     fn crawlers() {
         use Device::Bot;
         // Named by woothee and by our matcher.
-        check("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "other", "other", Bot, true);
+        check(
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "other",
+            "other",
+            Bot,
+            true,
+        );
         check("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.91 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "other", "other", Bot, true);
-        check("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "other", "other", Bot, true);
-        check("Mozilla/5.0 (compatible; Baiduspider/2.0; +http://www.baidu.com/search/spider.html)", "other", "other", Bot, true);
-        check("Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)", "other", "other", Bot, true);
-        check("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)", "other", "other", Bot, true);
+        check(
+            "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+            "other",
+            "other",
+            Bot,
+            true,
+        );
+        check(
+            "Mozilla/5.0 (compatible; Baiduspider/2.0; +http://www.baidu.com/search/spider.html)",
+            "other",
+            "other",
+            Bot,
+            true,
+        );
+        check(
+            "Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)",
+            "other",
+            "other",
+            Bot,
+            true,
+        );
+        check(
+            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+            "other",
+            "other",
+            Bot,
+            true,
+        );
         check("Twitterbot/1.0", "other", "other", Bot, true);
-        check("Mozilla/5.0 (compatible; GPTBot/1.0; +https://openai.com/gptbot)", "other", "other", Bot, true);
+        check(
+            "Mozilla/5.0 (compatible; GPTBot/1.0; +https://openai.com/gptbot)",
+            "other",
+            "other",
+            Bot,
+            true,
+        );
         // Only our matcher: woothee sees the browser it imitates, or nothing.
         check("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/124.0.6367.60 Safari/537.36", "chrome", "linux", Bot, true);
         check("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_10_1) AppleWebKit/600.2.5 (KHTML, like Gecko) Version/8.0.2 Safari/600.2.5 (Applebot/0.1; +http://www.apple.com/go/applebot)", "safari", "macos", Bot, true);
-        for ua in ["curl/8.5.0", "Wget/1.21.4", "python-requests/2.31.0", "Go-http-client/1.1", "okhttp/4.12.0"] {
+        for ua in [
+            "curl/8.5.0",
+            "Wget/1.21.4",
+            "python-requests/2.31.0",
+            "Go-http-client/1.1",
+            "okhttp/4.12.0",
+        ] {
             check(ua, "other", "other", Bot, true);
         }
         // Only woothee: a named crawler without a marker of ours.
@@ -384,7 +526,15 @@ mod tests {
         assert!(c(trend).crawler);
         let preview = "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/537.36 (KHTML, like Gecko; Google Web Preview) Chrome/27.0.1453 Safari/537.36";
         assert!(!bots::is_bot(Some(preview.as_bytes())));
-        assert_eq!(c(preview), Class { browser: "other", os: "other", device: Bot, crawler: true });
+        assert_eq!(
+            c(preview),
+            Class {
+                browser: "other",
+                os: "other",
+                device: Bot,
+                crawler: true
+            }
+        );
         // Empty and blank are bots, as for bots::is_bot.
         for ua in ["", "   ", "\t"] {
             assert_eq!(c(ua), Class::EMPTY, "{ua:?}");
@@ -399,7 +549,10 @@ mod tests {
                 assert!(class.crawler, "{ua}");
             }
             assert_eq!(class.device == Device::Bot, class.crawler, "{ua}");
-            assert!(BROWSERS.contains(&class.browser) && OSES.contains(&class.os), "{ua}");
+            assert!(
+                BROWSERS.contains(&class.browser) && OSES.contains(&class.os),
+                "{ua}"
+            );
         }
     }
 
@@ -413,7 +566,29 @@ mod tests {
             x
         };
         let mut cache = Cache::with_seed(8, 1);
-        let pieces: &[&[u8]] = &[b"Mozilla/5.0 (", b"iPhone; ", b"Android ", b"Mobile", b"Windows NT ", b"; rv:", b")", b"Chrome/", b"bot", b"\xff", b"\xc3", b"\xe2\x82", b"\0", b"MSIE ", b"Version/", b"Opera", b"DoCoMo/", b"KDDI-", b"FOMA;", b"/", b"."];
+        let pieces: &[&[u8]] = &[
+            b"Mozilla/5.0 (",
+            b"iPhone; ",
+            b"Android ",
+            b"Mobile",
+            b"Windows NT ",
+            b"; rv:",
+            b")",
+            b"Chrome/",
+            b"bot",
+            b"\xff",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\0",
+            b"MSIE ",
+            b"Version/",
+            b"Opera",
+            b"DoCoMo/",
+            b"KDDI-",
+            b"FOMA;",
+            b"/",
+            b".",
+        ];
         for _ in 0..20_000 {
             let mut ua = Vec::new();
             for _ in 0..next() % 40 {
@@ -434,8 +609,18 @@ mod tests {
         long.extend(std::iter::repeat(0xffu8).take(100_000));
         let class = *cache.classify(&long);
         assert_eq!(class.browser, "chrome");
-        assert_eq!(class, classify(&long[..MAX_UA_LEN]), "only the first MAX_UA_LEN bytes count");
-        for ua in [&b"\xff\xfe\xfd"[..], b"\0\0\0", &[0x80; 600], b"-", b"Mozilla/5.0 (\xff; Android \xff) Mobile"] {
+        assert_eq!(
+            class,
+            classify(&long[..MAX_UA_LEN]),
+            "only the first MAX_UA_LEN bytes count"
+        );
+        for ua in [
+            &b"\xff\xfe\xfd"[..],
+            b"\0\0\0",
+            &[0x80; 600],
+            b"-",
+            b"Mozilla/5.0 (\xff; Android \xff) Mobile",
+        ] {
             let _ = cache.classify(ua);
         }
     }

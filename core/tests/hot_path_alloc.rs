@@ -7,8 +7,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use tracker_core::event::{encode, flags, EventRef};
+use tracker_core::input::{
+    client_ip, percent_decode, valid_campaign_id, ArgIndex, IpMode, IP_TEXT_MAX,
+};
 use tracker_core::landing::expand;
-use tracker_core::input::{client_ip, percent_decode, valid_campaign_id, ArgIndex, IpMode, IP_TEXT_MAX};
 
 struct Counting;
 
@@ -43,9 +45,23 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn request_input_does_not_allocate() {
-    let many: Vec<u8> = (0..100).map(|i| format!("p{i}={i}&")).collect::<String>().into_bytes();
-    let args: &[&[u8]] = &[b"cid=summer-sale&pub=site12&plc=top&n=1000123", b"CID=a%20b&pub=x+y", b"", &many];
-    let addrs: &[&[u8]] = &[b"192.0.2.33", b"2001:db8:1:2:3:4:5:6", b"::ffff:192.0.2.33", b"[fe80::1%eth0]", b"bad"];
+    let many: Vec<u8> = (0..100)
+        .map(|i| format!("p{i}={i}&"))
+        .collect::<String>()
+        .into_bytes();
+    let args: &[&[u8]] = &[
+        b"cid=summer-sale&pub=site12&plc=top&n=1000123",
+        b"CID=a%20b&pub=x+y",
+        b"",
+        &many,
+    ];
+    let addrs: &[&[u8]] = &[
+        b"192.0.2.33",
+        b"2001:db8:1:2:3:4:5:6",
+        b"::ffff:192.0.2.33",
+        b"[fe80::1%eth0]",
+        b"bad",
+    ];
     let mut text = Vec::with_capacity(4096);
     let mut ip = [0u8; IP_TEXT_MAX];
     let mut seen = 0usize;
@@ -72,8 +88,14 @@ fn request_input_does_not_allocate() {
             seen += tracker_core::privacy::hash_ip(&key, a, &mut ip).map_or(0, <[u8]>::len);
         }
         seen += usize::from(tracker_core::privacy::is_opt_out_header(b"Sec-GPC", b"1"));
-        seen += tracker_core::privacy::cookie_value(b"a=1; tid=0123456789abcdef0123456789abcdef", b"tid").map_or(0, <[u8]>::len);
-        seen += usize::from(tracker_core::privacy::valid_visitor_id(&visitors.next_hex()));
+        seen += tracker_core::privacy::cookie_value(
+            b"a=1; tid=0123456789abcdef0123456789abcdef",
+            b"tid",
+        )
+        .map_or(0, <[u8]>::len);
+        seen += usize::from(tracker_core::privacy::valid_visitor_id(
+            &visitors.next_hex(),
+        ));
     }
     let after = allocs();
     assert_eq!(after - before, 0, "allocations on the request path");
@@ -84,12 +106,19 @@ fn request_input_does_not_allocate() {
     assert_eq!(ix.get(b"cid"), Some(&b"summer-sale"[..]));
     assert_eq!(ix.get(b"click_id"), None);
     assert_eq!(ArgIndex::new(&many).get(b"p99"), Some(&b"99"[..]));
-    assert_eq!(client_ip(IpMode::Anonymize, b"192.0.2.33", &mut ip), Some(&b"192.0.2.0"[..]));
+    assert_eq!(
+        client_ip(IpMode::Anonymize, b"192.0.2.33", &mut ip),
+        Some(&b"192.0.2.0"[..])
+    );
 }
 
 #[test]
 fn encode_and_expand_do_not_allocate() {
-    let dims: &[(&[u8], &[u8])] = &[(b"publisher", b"caf\xc3\xa9 \xff bad"), (b"n", b"1"), (b"p\xfe", b"")];
+    let dims: &[(&[u8], &[u8])] = &[
+        (b"publisher", b"caf\xc3\xa9 \xff bad"),
+        (b"n", b"1"),
+        (b"p\xfe", b""),
+    ];
     let ev = EventRef {
         id: [0x42; 16],
         ts_us: 1_714_566_896_789_012,
@@ -136,7 +165,10 @@ fn encode_and_expand_do_not_allocate() {
 
 #[test]
 fn user_agent_cache_hit_does_not_allocate() {
-    let uas: Vec<&[u8]> = include_str!("data/user_agents.txt").lines().map(str::as_bytes).collect();
+    let uas: Vec<&[u8]> = include_str!("data/user_agents.txt")
+        .lines()
+        .map(str::as_bytes)
+        .collect();
     // A seed under which these User-Agents fill distinct slots (a slot collision would be a
     // miss, which runs the parser, which may allocate).
     let mut seed = 0;

@@ -3,10 +3,10 @@
 //! Deterministic (fixed seeds), so failures reproduce.
 
 use tracker_core::campaign::parse_file;
-use tracker_core::record::{encode as encode_record, RecordView};
 use tracker_core::event::{decode, encode, EventRef};
 use tracker_core::input::{apply_ip_mode, parse_number, percent_decode, valid_campaign_id, IpMode};
 use tracker_core::landing::{expand, Template};
+use tracker_core::record::{encode as encode_record, RecordView};
 
 struct Rng(u64);
 
@@ -23,7 +23,15 @@ impl Rng {
     }
     fn bytes(&mut self, max: usize, alphabet: &[u8]) -> Vec<u8> {
         let n = self.below(max + 1);
-        (0..n).map(|_| if alphabet.is_empty() { self.next() as u8 } else { alphabet[self.below(alphabet.len())] }).collect()
+        (0..n)
+            .map(|_| {
+                if alphabet.is_empty() {
+                    self.next() as u8
+                } else {
+                    alphabet[self.below(alphabet.len())]
+                }
+            })
+            .collect()
     }
 }
 
@@ -32,8 +40,12 @@ fn sample_events(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
     let alphabet: &[u8] = b"ab \xff\xc3\xa9%{}\x00";
     for _ in 0..n {
         let strs: Vec<Vec<u8>> = (0..12).map(|_| rng.bytes(20, alphabet)).collect();
-        let dims: Vec<(&[u8], &[u8])> = (0..rng.below(4)).map(|i| (&strs[i][..], &strs[i + 4][..])).collect();
-        let opt = |rng: &mut Rng, s: &[u8]| -> Option<Vec<u8>> { (rng.next() & 1 == 0).then(|| s.to_vec()) };
+        let dims: Vec<(&[u8], &[u8])> = (0..rng.below(4))
+            .map(|i| (&strs[i][..], &strs[i + 4][..]))
+            .collect();
+        let opt = |rng: &mut Rng, s: &[u8]| -> Option<Vec<u8>> {
+            (rng.next() & 1 == 0).then(|| s.to_vec())
+        };
         let click = opt(rng, &strs[8]);
         let ip = opt(rng, &strs[9]);
         let video = opt(rng, &strs[10]);
@@ -118,7 +130,11 @@ fn templates_never_panic_and_expansions_stay_in_place() {
     let alphabet: &[u8] = b"htps:/{}.ab@\\?#%[]1 dim.click_idcampaign\xff";
     let mut accepted = 0;
     for _ in 0..200_000 {
-        let mut url = if rng.next() & 1 == 0 { b"https://a.example/".to_vec() } else { Vec::new() };
+        let mut url = if rng.next() & 1 == 0 {
+            b"https://a.example/".to_vec()
+        } else {
+            Vec::new()
+        };
         url.extend(rng.bytes(40, alphabet));
         let value = rng.bytes(12, &[]);
         let dims: &[(&[u8], &[u8])] = &[(b"a", &value), (b"x", b"/")];
@@ -129,7 +145,8 @@ fn templates_never_panic_and_expansions_stay_in_place() {
                 accepted += 1;
                 assert_eq!(t.as_str(), s);
                 // The expansion is again a valid template with the same delimiters.
-                let o = std::str::from_utf8(&out).expect("expansion of a checked template is UTF-8");
+                let o =
+                    std::str::from_utf8(&out).expect("expansion of a checked template is UTF-8");
                 let again = Template::parse(o);
                 assert!(again.is_ok() || o.len() > 2048, "{s:?} -> {o:?}: {again:?}");
                 for c in ['/', '?', '#', '@', ':'] {
@@ -194,7 +211,10 @@ fn campaign_files_never_panic() {
                         assert_eq!(&RecordView::new(&rec).unwrap().to_campaign(), c);
                     }
                 }
-                Err(e) => assert!(e.line >= 1 && e.line <= text.lines().count().max(1) + 1, "{e:?}"),
+                Err(e) => assert!(
+                    e.line >= 1 && e.line <= text.lines().count().max(1) + 1,
+                    "{e:?}"
+                ),
             }
         }
     }
@@ -209,7 +229,9 @@ fn large_campaign_file_is_fast_and_lines_are_right() {
         }
         text.push_str(&format!("  {{\"id\": \"c{i}\", \"status\": \"active\",\n   \"landing_url\": \"https://x.example/{{click_id}}\"}}"));
     }
-    text.push_str(",\n  {\"id\": \"c77\", \"status\": \"active\", \"landing_url\": \"https://x/\"}\n]\n");
+    text.push_str(
+        ",\n  {\"id\": \"c77\", \"status\": \"active\", \"landing_url\": \"https://x/\"}\n]\n",
+    );
     let t0 = std::time::Instant::now();
     let e = parse_file(&text).unwrap_err();
     assert_eq!(e.line, 2 + 2 * 100_000, "{e}");

@@ -39,10 +39,19 @@ fn ring_roundtrip_single() {
 
     let got = records(drain(&mut reader, ring));
     assert_eq!(got.len(), 4);
-    assert_eq!((got[0].pos, got[0].end, &got[0].payload[..]), (0, 32, &b"hello"[..]));
+    assert_eq!(
+        (got[0].pos, got[0].end, &got[0].payload[..]),
+        (0, 32, &b"hello"[..])
+    );
     assert_eq!((got[1].pos, got[1].end, got[1].payload.len()), (32, 48, 0));
-    assert_eq!((got[2].pos, got[2].end, &got[2].payload[..]), (48, 80, &[7u8; 16][..]));
-    assert_eq!((got[3].pos, got[3].end, &got[3].payload[..]), (80, 128, &[9u8; 17][..]));
+    assert_eq!(
+        (got[2].pos, got[2].end, &got[2].payload[..]),
+        (48, 80, &[7u8; 16][..])
+    );
+    assert_eq!(
+        (got[3].pos, got[3].end, &got[3].payload[..]),
+        (80, 128, &[9u8; 17][..])
+    );
     assert_eq!(reader.position(), 128);
     assert_eq!(ring.consumer_pos(), 128);
     assert_eq!(reader.next(), Read::Empty);
@@ -171,7 +180,10 @@ fn ring_full_and_commit_frees_space() {
     for i in 0..n {
         assert_eq!(ring.write(2, &payload(1, i as u32, 1008), PID), Ok(i * rec));
     }
-    assert_eq!(ring.write(2, &payload(1, 999, 1008), PID), Err(WriteError::Full));
+    assert_eq!(
+        ring.write(2, &payload(1, 999, 1008), PID),
+        Err(WriteError::Full)
+    );
     assert_eq!(ring.write(3, b"x", PID), Err(WriteError::Full));
     // Reading does not free space; committing does.
     let mut reader = Reader::new(ring);
@@ -179,7 +191,10 @@ fn ring_full_and_commit_frees_space() {
         Read::Record(r) => r,
         other => panic!("{other:?}"),
     };
-    assert_eq!(ring.write(2, &payload(1, 999, 1008), PID), Err(WriteError::Full));
+    assert_eq!(
+        ring.write(2, &payload(1, 999, 1008), PID),
+        Err(WriteError::Full)
+    );
     ring.commit(first.end);
     assert_eq!(ring.write(2, &payload(1, n as u32, 1008), PID), Ok(n * rec));
     assert_eq!(ring.write(2, b"x", PID), Err(WriteError::Full));
@@ -209,11 +224,16 @@ fn ring_full_when_padding_does_not_fit() {
     assert_eq!(ring.producer_pos(), size - 16);
     // Consume one 1024-byte record.
     let mut reader = Reader::new(ring);
-    let Read::Record(r) = reader.next() else { panic!() };
+    let Read::Record(r) = reader.next() else {
+        panic!()
+    };
     ring.commit(r.end);
     // 1040 bytes are free: a 1040-byte record needs 16 (pad) + 1040 and does not fit; a
     // 1024-byte one does.
-    assert_eq!(ring.write(0, &payload(1, 0, 1009), PID), Err(WriteError::Full));
+    assert_eq!(
+        ring.write(0, &payload(1, 0, 1009), PID),
+        Err(WriteError::Full)
+    );
     assert_eq!(ring.write(0, &payload(1, 5, 1000), PID), Ok(size));
     assert_eq!(ring.producer_pos(), size + 1024);
     let got = records(drain(&mut reader, ring));
@@ -227,14 +247,23 @@ fn ring_too_large() {
     let (_p, rf) = new_ring(&dir, MIN_DATA_SIZE);
     let ring = rf.ring();
     let quarter = (MIN_DATA_SIZE / 4) as usize;
-    assert_eq!(ring.write(1, &vec![1u8; quarter - 15], PID), Err(WriteError::TooLarge));
+    assert_eq!(
+        ring.write(1, &vec![1u8; quarter - 15], PID),
+        Err(WriteError::TooLarge)
+    );
     assert!(ring.write(1, &vec![1u8; quarter - 16], PID).is_ok());
-    assert_eq!(ring.write(4, &vec![1u8; MAX_PAYLOAD + 1], PID), Err(WriteError::TooLarge));
+    assert_eq!(
+        ring.write(4, &vec![1u8; MAX_PAYLOAD + 1], PID),
+        Err(WriteError::TooLarge)
+    );
     // In a large ring MAX_PAYLOAD is the limit.
     let dir2 = tempfile::tempdir().unwrap();
     let (_p2, big) = new_ring(&dir2, 1 << 20);
     let big = big.ring();
-    assert_eq!(big.write(4, &vec![2u8; MAX_PAYLOAD + 1], PID), Err(WriteError::TooLarge));
+    assert_eq!(
+        big.write(4, &vec![2u8; MAX_PAYLOAD + 1], PID),
+        Err(WriteError::TooLarge)
+    );
     let pos = big.write(4, &vec![2u8; MAX_PAYLOAD], PID).unwrap();
     let mut reader = Reader::new(big);
     match reader.next() {
@@ -283,7 +312,9 @@ fn ring_positions_survive_reopen() {
         let mut reader = Reader::new(ring);
         for i in 0..2000u32 {
             ring.write(0, &payload(1, i, 200), PID).unwrap();
-            let Read::Record(r) = reader.next() else { panic!() };
+            let Read::Record(r) = reader.next() else {
+                panic!()
+            };
             ring.commit(r.end);
         }
         for i in 0..100u32 {
@@ -291,7 +322,9 @@ fn ring_positions_survive_reopen() {
         }
         let mut last_end = 0;
         for _ in 0..40 {
-            let Read::Record(r) = reader.next() else { panic!() };
+            let Read::Record(r) = reader.next() else {
+                panic!()
+            };
             last_end = r.end;
         }
         ring.commit(last_end);
@@ -385,10 +418,16 @@ fn ring_resize_empty() {
     };
     let (rf, o) = RingFile::open_or_create(&path, 2 * MIN_DATA_SIZE).unwrap();
     assert_eq!(o, Opened::Resized);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER_SIZE as u64 + 2 * MIN_DATA_SIZE);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        HEADER_SIZE as u64 + 2 * MIN_DATA_SIZE
+    );
     let ring = rf.ring();
     let s = ring.stats();
-    assert_eq!((s.data_size, s.producer_pos, s.consumer_pos), (2 * MIN_DATA_SIZE, end, end));
+    assert_eq!(
+        (s.data_size, s.producer_pos, s.consumer_pos),
+        (2 * MIN_DATA_SIZE, end, end)
+    );
     assert_eq!(s.written[0], 300); // counters kept
     let mut reader = Reader::new(ring);
     assert_eq!(reader.next(), Read::Empty);
@@ -402,7 +441,10 @@ fn ring_resize_empty() {
     let (rf, o) = RingFile::open_or_create(&path, MIN_DATA_SIZE).unwrap();
     assert_eq!(o, Opened::Resized);
     assert_eq!(rf.ring().data_size(), MIN_DATA_SIZE);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER_SIZE as u64 + MIN_DATA_SIZE);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        HEADER_SIZE as u64 + MIN_DATA_SIZE
+    );
 }
 
 #[test]
@@ -455,7 +497,10 @@ fn ring_refuses_foreign_files() {
     let path = dir.path().join("not-a-ring");
     std::fs::write(&path, b"hello world\n").unwrap();
     let m = format_err(RingFile::open_or_create(&path, MIN_DATA_SIZE));
-    assert!(m.contains(&path.display().to_string()) && m.contains("not a tracker ring"), "{m}");
+    assert!(
+        m.contains(&path.display().to_string()) && m.contains("not a tracker ring"),
+        "{m}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), b"hello world\n");
 
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 + 1).collect();
@@ -506,7 +551,10 @@ fn ring_initializes_blank_files() {
     let (b, o) = RingFile::open_or_create(&zeros, MIN_DATA_SIZE).unwrap();
     assert_eq!(o, Opened::Created);
     assert_eq!(b.ring().producer_pos(), 0);
-    assert_eq!(std::fs::metadata(&zeros).unwrap().len(), HEADER_SIZE as u64 + MIN_DATA_SIZE);
+    assert_eq!(
+        std::fs::metadata(&zeros).unwrap().len(),
+        HEADER_SIZE as u64 + MIN_DATA_SIZE
+    );
 }
 
 #[test]
@@ -521,7 +569,10 @@ fn ring_open_existing_errors() {
     std::fs::write(&empty, b"").unwrap();
     let e = existing_err(&empty);
     assert!(matches!(e, RingError::Format(_)), "{e:?}");
-    assert!(e.to_string().contains("not an initialized tracker ring"), "{e}");
+    assert!(
+        e.to_string().contains("not an initialized tracker ring"),
+        "{e}"
+    );
     // open_existing never initializes.
     assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
 }

@@ -42,8 +42,14 @@ fn write_rate(ring: &Ring, writers: u64) -> (f64, u64) {
         elapsed
     });
     let after = ring.stats();
-    assert_eq!(after.written[0] - before.written[0] + after.dropped_full[0] - before.dropped_full[0], writers * PER_THREAD);
-    (writers as f64 * PER_THREAD as f64 / elapsed, after.dropped_full[0] - before.dropped_full[0])
+    assert_eq!(
+        after.written[0] - before.written[0] + after.dropped_full[0] - before.dropped_full[0],
+        writers * PER_THREAD
+    );
+    (
+        writers as f64 * PER_THREAD as f64 / elapsed,
+        after.dropped_full[0] - before.dropped_full[0],
+    )
 }
 
 /// Fills the ring, then times a Reader draining it (commit every 64 records). Returns reads/s.
@@ -78,8 +84,12 @@ fn read_rate(ring: &Ring) -> f64 {
 #[test]
 #[ignore]
 fn ring_bench() {
-    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
-        .unwrap();
+    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    })
+    .unwrap();
     let (rf, _) = RingFile::open_or_create(&dir.path().join("bench.ring"), 64 << 20).unwrap();
     let ring = rf.ring();
     println!("ring_bench: {PAYLOAD}-byte payloads, 64 MiB ring, {PER_THREAD} writes per thread");
@@ -92,5 +102,8 @@ fn ring_bench() {
         );
     }
     let rate = read_rate(ring);
-    println!("ring_bench: read (Reader, payload copied to a Vec): {:.1} M records/s", rate / 1e6);
+    println!(
+        "ring_bench: read (Reader, payload copied to a Vec): {:.1} M records/s",
+        rate / 1e6
+    );
 }

@@ -16,7 +16,9 @@ use tracker_core::ring::{Read, Reader, RingFile, StallPoint, WriteError};
 /// Not a test by itself: the body of child processes (does nothing without `RING_CHILD`).
 #[test]
 fn ring_child() {
-    let Ok(role) = std::env::var("RING_CHILD") else { return };
+    let Ok(role) = std::env::var("RING_CHILD") else {
+        return;
+    };
     let path = std::env::var("RING_PATH").unwrap();
     let id: u32 = std::env::var("RING_ID").unwrap().parse().unwrap();
     let n: u32 = std::env::var("RING_N").unwrap().parse().unwrap();
@@ -44,7 +46,11 @@ fn ring_child() {
         "writer" => write_all(0, n),
         "stall_reserved" | "stall_cas" => {
             write_all(0, n);
-            let at = if role == "stall_cas" { StallPoint::AfterCas } else { StallPoint::AfterReserved };
+            let at = if role == "stall_cas" {
+                StallPoint::AfterCas
+            } else {
+                StallPoint::AfterReserved
+            };
             let p = payload(id, n, 100);
             let _ = ring.write_stalled(0, &p, pid, at, || {
                 println!("RING-CHILD-STALLED");
@@ -81,15 +87,17 @@ impl std::ops::DerefMut for Proc {
 }
 
 fn spawn(role: &str, path: &Path, id: u32, n: u32) -> Proc {
-    Proc(Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "ring_child", "--nocapture", "--test-threads=1"])
-        .env("RING_CHILD", role)
-        .env("RING_PATH", path)
-        .env("RING_ID", id.to_string())
-        .env("RING_N", n.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap())
+    Proc(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "ring_child", "--nocapture", "--test-threads=1"])
+            .env("RING_CHILD", role)
+            .env("RING_PATH", path)
+            .env("RING_ID", id.to_string())
+            .env("RING_N", n.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn wait_for_stalled(child: &mut Proc) {
@@ -114,8 +122,16 @@ struct Consumed {
     skips: Vec<(u64, u64, Instant)>,
 }
 
-fn consume(reader: &mut Reader, ring: &tracker_core::ring::Ring, expected: usize, ids: usize) -> Consumed {
-    let mut c = Consumed { seqs: vec![Vec::new(); ids], skips: Vec::new() };
+fn consume(
+    reader: &mut Reader,
+    ring: &tracker_core::ring::Ring,
+    expected: usize,
+    ids: usize,
+) -> Consumed {
+    let mut c = Consumed {
+        seqs: vec![Vec::new(); ids],
+        skips: Vec::new(),
+    };
     let mut n = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while n < expected {
@@ -149,7 +165,11 @@ fn ring_procs_many_writers_exactly_once() {
         wait_ok(ch);
     }
     for id in 0..3 {
-        assert!(c.seqs[id] == (0..N).collect::<Vec<_>>(), "producer {id}: {} records", c.seqs[id].len());
+        assert!(
+            c.seqs[id] == (0..N).collect::<Vec<_>>(),
+            "producer {id}: {} records",
+            c.seqs[id].len()
+        );
     }
     assert!(c.skips.is_empty());
     assert_eq!(reader.next(), Read::Empty);
@@ -177,7 +197,7 @@ fn ring_procs_writer_killed_after_reserve() {
     thread::sleep(Duration::from_millis(100));
     staller.kill().unwrap();
     staller.wait().unwrap(); // reaped: kill(pid, 0) now fails with ESRCH
-    // A long stale_after: only the dead-pid check can skip the record quickly.
+                             // A long stale_after: only the dead-pid check can skip the record quickly.
     let mut reader = Reader::new(ring).with_stale_after(Duration::from_secs(30));
     let t0 = Instant::now();
     let c = consume(&mut reader, ring, (PRE + 2 * N) as usize, 4);
@@ -187,7 +207,11 @@ fn ring_procs_writer_killed_after_reserve() {
     assert_eq!(c.skips.len(), 1, "{:?}", c.skips);
     let (from, to, when) = c.skips[0];
     assert_eq!((from, to), (stalled_at, stalled_at + 16 + 112));
-    assert!(when - t0 < Duration::from_secs(2), "skipped after {:?}", when - t0);
+    assert!(
+        when - t0 < Duration::from_secs(2),
+        "skipped after {:?}",
+        when - t0
+    );
     assert_eq!(c.seqs[3], (0..PRE).collect::<Vec<_>>());
     for id in 1..3 {
         assert!(c.seqs[id] == (0..N).collect::<Vec<_>>(), "producer {id}");
@@ -210,7 +234,8 @@ fn ring_procs_writer_killed_after_cas() {
         let mut reader = Reader::new(ring);
         let mut seq = 0;
         while ring.producer_pos() < 3 * ring.data_size() + 1000 {
-            ring.write(0, &payload(0, seq, len_for(0, seq, 200)), 1).unwrap();
+            ring.write(0, &payload(0, seq, len_for(0, seq, 200)), 1)
+                .unwrap();
             seq += 1;
             while let Read::Record(r) = reader.next() {
                 ring.commit(r.end);
@@ -237,7 +262,11 @@ fn ring_procs_writer_killed_after_cas() {
     let (from, to, when) = c.skips[0];
     assert_eq!((from, to), (stalled_at, stalled_at + 16 + 112));
     assert!(when - t0 >= stale_after);
-    assert!(when - t0 < Duration::from_secs(3), "skipped after {:?}", when - t0);
+    assert!(
+        when - t0 < Duration::from_secs(3),
+        "skipped after {:?}",
+        when - t0
+    );
     assert_eq!(c.seqs[3], (0..PRE).collect::<Vec<_>>());
     for id in 1..3 {
         assert!(c.seqs[id] == (0..N).collect::<Vec<_>>(), "producer {id}");

@@ -94,7 +94,12 @@ fn ring_threads_exactly_once_in_order() {
     for id in 0..PRODUCERS as usize {
         let expected: Vec<u32> = (0..PER).filter(|&s| oks[id][s as usize]).collect();
         // Exactly once and in order: the sequence read equals the sequence written.
-        assert!(got[id] == expected, "producer {id}: read {} records, wrote {}", got[id].len(), expected.len());
+        assert!(
+            got[id] == expected,
+            "producer {id}: read {} records, wrote {}",
+            got[id].len(),
+            expected.len()
+        );
         total_ok += expected.len() as u64;
     }
     let s = ring.stats();
@@ -139,7 +144,9 @@ fn ring_threads_live_writer_stalled_after_reserve_is_skipped_after_stale_after()
             ring.write(0, &payload(1, i, 50), me).unwrap();
         }
         let mut reader = Reader::new(ring).with_stale_after(Duration::from_millis(100));
-        let Read::Record(r) = reader.next() else { panic!() };
+        let Read::Record(r) = reader.next() else {
+            panic!()
+        };
         assert_eq!(check(&r.payload), (1, 0));
         let stuck_at = reader.position();
         let t0 = Instant::now();
@@ -152,10 +159,15 @@ fn ring_threads_live_writer_stalled_after_reserve_is_skipped_after_stale_after()
             assert!(t0.elapsed() < Duration::from_secs(5), "not skipped");
         };
         let waited = t0.elapsed();
-        assert!(waited >= Duration::from_millis(100), "skipped a live writer after {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(100),
+            "skipped a live writer after {waited:?}"
+        );
         assert_eq!(skipped, (stuck_at, stuck_at + 16 + 64));
         for i in 1..10 {
-            let Read::Record(r) = reader.next() else { panic!() };
+            let Read::Record(r) = reader.next() else {
+                panic!()
+            };
             assert_eq!(check(&r.payload), (1, i));
         }
         assert_eq!(reader.next(), Read::Empty);
@@ -186,7 +198,9 @@ fn ring_threads_untagged_reservation_at_the_end_is_skipped() {
         });
         stalled_rx.recv().unwrap();
         let mut reader = Reader::new(ring).with_stale_after(Duration::from_millis(100));
-        let Read::Record(_) = reader.next() else { panic!() };
+        let Read::Record(_) = reader.next() else {
+            panic!()
+        };
         let from = reader.position();
         let pp = ring.producer_pos();
         assert_eq!(pp, from + 16 + 304);
@@ -204,7 +218,9 @@ fn ring_threads_untagged_reservation_at_the_end_is_skipped() {
         assert_eq!(ring.stats().abandoned, 1);
         // Later writes are read normally.
         ring.write(0, &payload(1, 1, 50), me).unwrap();
-        let Read::Record(r) = reader.next() else { panic!() };
+        let Read::Record(r) = reader.next() else {
+            panic!()
+        };
         assert_eq!(check(&r.payload), (1, 1));
         release_tx.send(()).unwrap();
         staller.join().unwrap().unwrap();
@@ -260,7 +276,9 @@ fn ring_threads_untagged_reservation_then_records_is_skipped_by_scan() {
         assert!(t0.elapsed() >= Duration::from_millis(100));
         assert_eq!(skipped, (from, from + 16 + 1008));
         for i in 0..20 {
-            let Read::Record(r) = reader.next() else { panic!() };
+            let Read::Record(r) = reader.next() else {
+                panic!()
+            };
             assert_eq!(check(&r.payload), (1, i));
         }
         assert_eq!(reader.next(), Read::Empty);

@@ -81,16 +81,35 @@ fn parse_args() -> Result<Args, String> {
             println!("{USAGE}");
             std::process::exit(0);
         }
-        let mut value = || inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{name} needs a value"));
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
         match name.as_str() {
             "--brokers" => brokers = Some(value()?),
             "--topics" => {
-                topics = Some(value()?.split(',').filter(|t| !t.is_empty()).map(String::from).collect::<Vec<_>>())
+                topics = Some(
+                    value()?
+                        .split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(String::from)
+                        .collect::<Vec<_>>(),
+                )
             }
-            "--expect-idle-ms" => idle_ms = value()?.parse().map_err(|e| format!("--expect-idle-ms: {e}"))?,
-            "--timeout-ms" => timeout_ms = value()?.parse().map_err(|e| format!("--timeout-ms: {e}"))?,
+            "--expect-idle-ms" => {
+                idle_ms = value()?
+                    .parse()
+                    .map_err(|e| format!("--expect-idle-ms: {e}"))?
+            }
+            "--timeout-ms" => {
+                timeout_ms = value()?.parse().map_err(|e| format!("--timeout-ms: {e}"))?
+            }
             "--create-topics" => {
-                let n: i32 = value()?.parse().map_err(|e| format!("--create-topics: {e}"))?;
+                let n: i32 = value()?
+                    .parse()
+                    .map_err(|e| format!("--create-topics: {e}"))?;
                 if n < 1 {
                     return Err("--create-topics needs at least 1 partition".into());
                 }
@@ -100,7 +119,9 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let brokers = brokers.ok_or("--brokers is required")?;
-    let topics = topics.filter(|t| !t.is_empty()).ok_or("--topics is required")?;
+    let topics = topics
+        .filter(|t| !t.is_empty())
+        .ok_or("--topics is required")?;
     Ok(Args {
         brokers,
         topics,
@@ -125,7 +146,9 @@ impl log::Log for StderrLog {
 /// The librdkafka `debug` setting from KAFKA_DUMP_DEBUG, if any (then logging to stderr).
 fn debug_contexts() -> Option<String> {
     static LOGGER: StderrLog = StderrLog;
-    let contexts = std::env::var("KAFKA_DUMP_DEBUG").ok().filter(|v| !v.is_empty())?;
+    let contexts = std::env::var("KAFKA_DUMP_DEBUG")
+        .ok()
+        .filter(|v| !v.is_empty())?;
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Debug);
     }
@@ -188,19 +211,29 @@ fn create_topics(args: &Args, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = client_config(&args.brokers)
         .create()
         .map_err(|e| format!("admin client: {e}"))?;
-    let new: Vec<NewTopic> =
-        args.topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic> = args
+        .topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = block_on(admin.create_topics(new.iter(), &opts)).map_err(|e| format!("create topics: {e}"))?;
+    let results = block_on(admin.create_topics(new.iter(), &opts))
+        .map_err(|e| format!("create topics: {e}"))?;
     let mut failed = Vec::new();
     for r in results {
         match r {
             Ok(topic) => eprintln!("kafka_dump: created {topic} ({partitions} partitions)"),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => eprintln!("kafka_dump: {topic} exists already"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                eprintln!("kafka_dump: {topic} exists already")
+            }
             Err((topic, code)) => failed.push(format!("{topic}: {code}")),
         }
     }
-    if failed.is_empty() { Ok(()) } else { Err(format!("create topics: {}", failed.join(", "))) }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("create topics: {}", failed.join(", ")))
+    }
 }
 
 fn new_consumer(brokers: &str) -> Result<BaseConsumer, String> {
@@ -246,14 +279,24 @@ fn dump(args: &Args) -> Result<(), String> {
             continue;
         };
         if let Some(err) = t.error() {
-            eprintln!("kafka_dump: warning: topic {topic}: {:?}; read as empty", RDKafkaErrorCode::from(err));
+            eprintln!(
+                "kafka_dump: warning: topic {topic}: {:?}; read as empty",
+                RDKafkaErrorCode::from(err)
+            );
             continue;
         }
         for p in t.partitions() {
             let (low, high) = probe
                 .fetch_watermarks(topic, p.id(), meta_timeout)
                 .map_err(|e| format!("watermarks of {topic}/{}: {e}", p.id()))?;
-            parts.insert((topic.clone(), p.id()), Part { high, next: low, messages: 0 });
+            parts.insert(
+                (topic.clone(), p.id()),
+                Part {
+                    high,
+                    next: low,
+                    messages: 0,
+                },
+            );
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                 .map_err(|e| format!("assign {topic}/{}: {e}", p.id()))?;
         }
@@ -279,11 +322,17 @@ fn dump(args: &Args) -> Result<(), String> {
                 line.insert("topic".into(), json!(m.topic()));
                 line.insert("partition".into(), json!(m.partition()));
                 line.insert("offset".into(), json!(m.offset()));
-                line.insert("key".into(), m.key().map_or(Value::Null, |k| json!(String::from_utf8_lossy(k))));
+                line.insert(
+                    "key".into(),
+                    m.key()
+                        .map_or(Value::Null, |k| json!(String::from_utf8_lossy(k))),
+                );
                 let mut headers = Map::new();
                 if let Some(hs) = m.headers() {
                     for h in hs.iter() {
-                        let v = h.value.map_or(Value::Null, |v| json!(String::from_utf8_lossy(v)));
+                        let v = h
+                            .value
+                            .map_or(Value::Null, |v| json!(String::from_utf8_lossy(v)));
                         headers.insert(h.key.to_string(), v);
                     }
                 }
@@ -292,7 +341,8 @@ fn dump(args: &Args) -> Result<(), String> {
                 line.insert("value_len".into(), json!(payload.len()));
                 match decode_value(payload) {
                     Ok((format, ev)) => {
-                        let v = serde_json::to_value(&ev).map_err(|e| format!("event to JSON: {e}"))?;
+                        let v =
+                            serde_json::to_value(&ev).map_err(|e| format!("event to JSON: {e}"))?;
                         line.insert("format".into(), json!(format));
                         line.insert("event".into(), v);
                     }
@@ -301,7 +351,8 @@ fn dump(args: &Args) -> Result<(), String> {
                         line.insert("undecodable".into(), json!(e));
                     }
                 }
-                serde_json::to_writer(&mut out, &Value::Object(line)).map_err(|e| format!("stdout: {e}"))?;
+                serde_json::to_writer(&mut out, &Value::Object(line))
+                    .map_err(|e| format!("stdout: {e}"))?;
                 out.write_all(b"\n").map_err(|e| format!("stdout: {e}"))?;
                 if let Some(p) = parts.get_mut(&(m.topic().to_string(), m.partition())) {
                     p.next = p.next.max(m.offset() + 1);
@@ -312,7 +363,8 @@ fn dump(args: &Args) -> Result<(), String> {
             Some(Err(e)) => eprintln!("kafka_dump: warning: {e}"),
             None => {}
         }
-        if last_message.elapsed() >= args.idle && last_check.elapsed() >= Duration::from_millis(500) {
+        if last_message.elapsed() >= args.idle && last_check.elapsed() >= Duration::from_millis(500)
+        {
             last_check = Instant::now();
             if caught_up(&consumer, &probe, &mut parts)? {
                 break;
@@ -321,7 +373,10 @@ fn dump(args: &Args) -> Result<(), String> {
         if started.elapsed() >= args.timeout {
             let _ = out.flush();
             summary(&parts, total, undecodable, started);
-            return Err(format!("timeout after {:?}: not every partition was read up to its high watermark", args.timeout));
+            return Err(format!(
+                "timeout after {:?}: not every partition was read up to its high watermark",
+                args.timeout
+            ));
         }
     }
     out.flush().map_err(|e| format!("stdout: {e}"))?;
@@ -362,7 +417,12 @@ fn caught_up(
             .fetch_watermarks(topic, *partition, Duration::from_secs(10))
             .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))?;
         p.high = high;
-        let at = p.next.max(position.get(&(topic.clone(), *partition)).copied().unwrap_or(0));
+        let at = p.next.max(
+            position
+                .get(&(topic.clone(), *partition))
+                .copied()
+                .unwrap_or(0),
+        );
         if at < high {
             return Ok(false);
         }

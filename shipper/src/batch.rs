@@ -95,7 +95,14 @@ impl Summary {
     }
 
     /// Logs the summary if SUMMARY_EVERY has passed (or `force`) and something happened.
-    fn maybe_log(&mut self, cursor: &Cursor<'_>, name: &str, now: &Totals, warnings: &WarnLimiter, force: bool) {
+    fn maybe_log(
+        &mut self,
+        cursor: &Cursor<'_>,
+        name: &str,
+        now: &Totals,
+        warnings: &WarnLimiter,
+        force: bool,
+    ) {
         let ring = cursor.ring();
         let elapsed = self.at.elapsed();
         if !force && elapsed < SUMMARY_EVERY {
@@ -187,7 +194,9 @@ impl Writer<'_> {
         let Some(end) = chunk.end else { return Ok(()) };
         self.totals.skipped += chunk.skipped;
         self.totals.skipped_bytes += chunk.skipped_bytes;
-        self.metrics.skipped.fetch_add(chunk.skipped, Ordering::Relaxed);
+        self.metrics
+            .skipped
+            .fetch_add(chunk.skipped, Ordering::Relaxed);
         SinkMetrics::add(&self.metrics.read, &chunk.by_kind);
         for (b, n) in self.batch.by_kind.iter_mut().zip(chunk.by_kind) {
             *b += n;
@@ -209,14 +218,18 @@ impl Writer<'_> {
             self.totals.add(&c);
             // Counted once committed (a failed batch is read, and counted, again).
             self.totals.malformed += self.batch.malformed;
-            self.metrics.malformed.fetch_add(self.batch.malformed, Ordering::Relaxed);
+            self.metrics
+                .malformed
+                .fetch_add(self.batch.malformed, Ordering::Relaxed);
             self.metrics.commits.fetch_add(1, Ordering::Relaxed);
             if self.sink.counts_acks_itself() {
                 // The sink counted its acknowledgements as they came.
             } else {
                 SinkMetrics::add(&self.metrics.written, &self.batch.by_kind);
                 SinkMetrics::add(&self.metrics.acked, &self.batch.by_kind);
-                self.metrics.dead_letters.fetch_add(c.dead_letters, Ordering::Relaxed);
+                self.metrics
+                    .dead_letters
+                    .fetch_add(c.dead_letters, Ordering::Relaxed);
             }
         }
         self.batch = Batch::default();
@@ -310,7 +323,10 @@ pub fn run(
                     let _ = abort(w.cursor, w.sink, signals);
                     return Ok(());
                 }
-                error!("{} sink error: {e}; the batch is dropped and read again from the ring", w.metrics.name);
+                error!(
+                    "{} sink error: {e}; the batch is dropped and read again from the ring",
+                    w.metrics.name
+                );
                 w.metrics.batch_errors.fetch_add(1, Ordering::Relaxed);
                 abort(w.cursor, w.sink, signals)?;
                 w.batch = Batch::default();

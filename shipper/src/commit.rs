@@ -270,7 +270,12 @@ pub fn advance_ring(cursor: &Cursor<'_>, end: u64) -> bool {
 
 /// Steps 2 to 4 for a durable manifest `m` (also the recovery of a manifest found at startup,
 /// with `recovering`: a missing tmp is then expected, if its final exists).
-pub fn apply(dir: &Path, m: &Manifest, cursor: &Cursor<'_>, recovering: bool) -> io::Result<Applied> {
+pub fn apply(
+    dir: &Path,
+    m: &Manifest,
+    cursor: &Cursor<'_>,
+    recovering: bool,
+) -> io::Result<Applied> {
     let mut out = Applied::default();
     let mut dirs = BTreeSet::new();
     let mut reasons = Vec::new();
@@ -498,7 +503,10 @@ mod tests {
         assert!(!out.join(format!("{p}/.stray.tmp")).exists());
         // Idempotent: again, nothing.
         write_manifest(&out, &m).unwrap();
-        let a = recover(&out, &ring.cursor("file").unwrap()).unwrap().manifest.unwrap();
+        let a = recover(&out, &ring.cursor("file").unwrap())
+            .unwrap()
+            .manifest
+            .unwrap();
         assert_eq!((a.renamed, a.already, a.ring_committed), (0, 2, false));
     }
 
@@ -508,7 +516,10 @@ mod tests {
         let (rf, ends) = ring_with(t.path(), 2);
         let m = Manifest::new(ends[1] + 4096, vec![]);
         write_manifest(&out, &m).unwrap();
-        let a = recover(&out, &rf.ring().cursor("file").unwrap()).unwrap().manifest.unwrap();
+        let a = recover(&out, &rf.ring().cursor("file").unwrap())
+            .unwrap()
+            .manifest
+            .unwrap();
         assert!(!a.ring_committed);
         assert_eq!(rf.ring().consumer_pos(), 0);
     }

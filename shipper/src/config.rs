@@ -238,7 +238,12 @@ pub struct SignUrlArgs {
     #[arg(long, value_name = "ID")]
     pub campaign: String,
     /// Seconds from now until the URL expires.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "expires_at", required_unless_present = "expires_at")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        conflicts_with = "expires_at",
+        required_unless_present = "expires_at"
+    )]
     pub expires_in: Option<u64>,
     /// When the URL expires, in unix seconds.
     #[arg(long, value_name = "UNIX_SECONDS")]
@@ -421,7 +426,16 @@ pub fn load_file(path: &Path) -> Result<FileConfig, String> {
         fc.max_open_files = t.max_open_files.or(fc.max_open_files);
     }
     let agg_dir = fc.aggregate.as_mut().and_then(|a| a.dir.as_mut());
-    for p in [&mut fc.ring, &mut fc.dir, &mut fc.log_file, &mut fc.dead_letter_dir].into_iter().flatten().chain(agg_dir) {
+    for p in [
+        &mut fc.ring,
+        &mut fc.dir,
+        &mut fc.log_file,
+        &mut fc.dead_letter_dir,
+    ]
+    .into_iter()
+    .flatten()
+    .chain(agg_dir)
+    {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -599,13 +613,15 @@ fn aggregate_config(
     dir: &Path,
     with_file: bool,
 ) -> Result<AggregateConfig, String> {
-    let agg_dir = match cli_dir.or(a.dir) {
-        Some(d) => d,
-        None if !dir.as_os_str().is_empty() => dir.join("_aggregates"),
-        None => {
-            return Err("the aggregate sink needs --aggregate-dir DIR (or --dir, or `dir` in [aggregate])".into())
-        }
-    };
+    let agg_dir =
+        match cli_dir.or(a.dir) {
+            Some(d) => d,
+            None if !dir.as_os_str().is_empty() => dir.join("_aggregates"),
+            None => return Err(
+                "the aggregate sink needs --aggregate-dir DIR (or --dir, or `dir` in [aggregate])"
+                    .into(),
+            ),
+        };
     // Each directory has its own manifest and stray-tmp cleanup: the aggregate directory may be
     // inside the file sink's (recovered first), not the same nor around it.
     if with_file && dir.starts_with(&agg_dir) {
@@ -669,7 +685,8 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
     let check_topic = |what: &str, t: &str| -> Result<(), String> {
         let ok = !t.is_empty()
             && t.len() <= 249
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             && t != "."
             && t != "..";
         if ok {
@@ -710,7 +727,10 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
         brokers,
         format: cli.format.or(k.format).unwrap_or(Format::Msgpack),
         key: cli.key.or(k.key).unwrap_or(KeyField::Campaign),
-        compression: cli.compression.or(k.compression).unwrap_or(Compression::Lz4),
+        compression: cli
+            .compression
+            .or(k.compression)
+            .unwrap_or(Compression::Lz4),
         linger_ms,
         batch_size: k.batch_size,
         max_in_flight,
@@ -800,13 +820,23 @@ mod tests {
         assert!(Cli::try_parse_from(["tracker-shipper", "--sink", "s3"]).is_err());
         let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), None, None).unwrap_err();
         assert!(e.contains("--brokers"), "{e}");
-        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka", "--brokers", "b:1"]), None, None).unwrap_err();
+        let e = Config::resolve(
+            cli(&["--ring", "/r", "--sink", "kafka", "--brokers", "b:1"]),
+            None,
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("--dead-letter-dir"), "{e}");
-        let f: FileConfig = toml::from_str("[kafka]\nbrokers = 'b:1'\nmax_in_flight = 9\n").unwrap();
-        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), Some(f), None).unwrap_err();
+        let f: FileConfig =
+            toml::from_str("[kafka]\nbrokers = 'b:1'\nmax_in_flight = 9\n").unwrap();
+        let e =
+            Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), Some(f), None).unwrap_err();
         assert!(e.contains("max_in_flight"), "{e}");
-        let f: FileConfig = toml::from_str("[kafka]\nbrokers = 'b:1'\n[kafka.topics]\nclick = 'no spaces'\n").unwrap();
-        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), Some(f), None).unwrap_err();
+        let f: FileConfig =
+            toml::from_str("[kafka]\nbrokers = 'b:1'\n[kafka.topics]\nclick = 'no spaces'\n")
+                .unwrap();
+        let e =
+            Config::resolve(cli(&["--ring", "/r", "--sink", "kafka"]), Some(f), None).unwrap_err();
         assert!(e.contains("topics.click"), "{e}");
         assert!(toml::from_str::<FileConfig>("[kafka]\nbrokrs = 'x'\n").is_err());
     }
@@ -838,7 +868,20 @@ mod tests {
 
         // The command line: repeated or comma-separated sinks, --format json for every sink.
         let c = Config::resolve(
-            cli(&["--ring", "/r", "--sink", "kafka,file", "--sink", "kafka", "--brokers", "b:1", "--dir", "/d", "--format", "json"]),
+            cli(&[
+                "--ring",
+                "/r",
+                "--sink",
+                "kafka,file",
+                "--sink",
+                "kafka",
+                "--brokers",
+                "b:1",
+                "--dir",
+                "/d",
+                "--format",
+                "json",
+            ]),
             None,
             None,
         )
@@ -851,9 +894,25 @@ mod tests {
     #[test]
     fn aggregate_sink() {
         // With --dir: DIR/_aggregates, the publisher dimension "publisher".
-        let c = Config::resolve(cli(&["--ring", "/r", "--sink", "kafka,file,aggregate", "--brokers", "b:1", "--dir", "/d"]), None, None)
-            .unwrap();
-        assert_eq!(c.sinks, [SinkKind::Kafka, SinkKind::File, SinkKind::Aggregate]);
+        let c = Config::resolve(
+            cli(&[
+                "--ring",
+                "/r",
+                "--sink",
+                "kafka,file,aggregate",
+                "--brokers",
+                "b:1",
+                "--dir",
+                "/d",
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.sinks,
+            [SinkKind::Kafka, SinkKind::File, SinkKind::Aggregate]
+        );
         assert_eq!(
             c.aggregate,
             Some(AggregateConfig {
@@ -876,27 +935,82 @@ mod tests {
         // A relative [aggregate] dir is relative to the config file.
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("s.toml");
-        std::fs::write(&p, "ring = '/r'\nsink = 'aggregate'\n[aggregate]\ndir = 'agg'\n").unwrap();
+        std::fs::write(
+            &p,
+            "ring = '/r'\nsink = 'aggregate'\n[aggregate]\ndir = 'agg'\n",
+        )
+        .unwrap();
         let c = Config::resolve(cli(&[]), Some(load_file(&p).unwrap()), None).unwrap();
         assert_eq!(c.aggregate.unwrap().dir, d.path().join("agg"));
         // Errors: no directory, the file sink's directory or one around it, msgpack, unknown keys.
-        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "aggregate"]), None, None).unwrap_err();
+        let e =
+            Config::resolve(cli(&["--ring", "/r", "--sink", "aggregate"]), None, None).unwrap_err();
         assert!(e.contains("--aggregate-dir"), "{e}");
         for agg in ["/d", "/"] {
-            let e = Config::resolve(cli(&["--ring", "/r", "--sink", "file,aggregate", "--dir", "/d", "--aggregate-dir", agg]), None, None)
-                .unwrap_err();
+            let e = Config::resolve(
+                cli(&[
+                    "--ring",
+                    "/r",
+                    "--sink",
+                    "file,aggregate",
+                    "--dir",
+                    "/d",
+                    "--aggregate-dir",
+                    agg,
+                ]),
+                None,
+                None,
+            )
+            .unwrap_err();
             assert!(e.contains("must not be the file sink's directory"), "{e}");
         }
-        assert!(Config::resolve(cli(&["--ring", "/r", "--sink", "aggregate", "--dir", "/d", "--aggregate-dir", "/d"]), None, None).is_ok());
+        assert!(Config::resolve(
+            cli(&[
+                "--ring",
+                "/r",
+                "--sink",
+                "aggregate",
+                "--dir",
+                "/d",
+                "--aggregate-dir",
+                "/d"
+            ]),
+            None,
+            None
+        )
+        .is_ok());
         let f: FileConfig = toml::from_str("[aggregate]\nformat = 'msgpack'\n").unwrap();
-        let e = Config::resolve(cli(&["--ring", "/r", "--sink", "aggregate", "--dir", "/d"]), Some(f), None).unwrap_err();
+        let e = Config::resolve(
+            cli(&["--ring", "/r", "--sink", "aggregate", "--dir", "/d"]),
+            Some(f),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("ndjson only"), "{e}");
         assert!(toml::from_str::<FileConfig>("[aggregate]\npublisher = 'x'\n").is_err());
         // Not used: not resolved (and --format msgpack for the other sinks is fine).
-        let c = Config::resolve(cli(&["--ring", "/r", "--dir", "/d", "--format", "msgpack"]), None, None).unwrap();
+        let c = Config::resolve(
+            cli(&["--ring", "/r", "--dir", "/d", "--format", "msgpack"]),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.aggregate, None);
-        let c = Config::resolve(cli(&["--ring", "/r", "--sink", "file,aggregate", "--dir", "/d", "--format", "msgpack"]), None, None)
-            .unwrap();
+        let c = Config::resolve(
+            cli(&[
+                "--ring",
+                "/r",
+                "--sink",
+                "file,aggregate",
+                "--dir",
+                "/d",
+                "--format",
+                "msgpack",
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.format, Format::Msgpack);
         assert!(c.aggregate.is_some());
     }
@@ -920,14 +1034,25 @@ mod tests {
         assert_eq!(c.gzip_level, 3);
         // The example shipped with the systemd unit parses, and so does its Kafka part.
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/shipper.toml.example");
-        let c = Config::resolve(cli(&[]), Some(load_file(Path::new(example)).unwrap()), None).unwrap();
+        let c =
+            Config::resolve(cli(&[]), Some(load_file(Path::new(example)).unwrap()), None).unwrap();
         assert_eq!(c.sinks, [SinkKind::File]);
         let text = std::fs::read_to_string(example).unwrap();
         let uncommented: String = text
             .lines()
             .filter(|l| !l.starts_with("# sinks"))
-            .map(|l| l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l))
-            .map(|l| if l.starts_with("sinks") { "sinks = [\"kafka\", \"file\"]" } else { l })
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.starts_with('[') || r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .map(|l| {
+                if l.starts_with("sinks") {
+                    "sinks = [\"kafka\", \"file\"]"
+                } else {
+                    l
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         std::fs::write(&p, uncommented).unwrap();

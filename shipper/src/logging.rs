@@ -35,7 +35,12 @@ impl log::Log for Logger {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let line = format!("{} {:<5} {}\n", rfc3339_ms(ms), record.level(), record.args());
+        let line = format!(
+            "{} {:<5} {}\n",
+            rfc3339_ms(ms),
+            record.level(),
+            record.args()
+        );
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         match f.as_mut() {
             Some((_, file)) => {
@@ -61,7 +66,9 @@ pub fn init(level: log::LevelFilter, file: Option<&Path>) -> Result<(), String> 
         )),
         None => None,
     };
-    let logger = LOGGER.get_or_init(|| Logger { file: Mutex::new(None) });
+    let logger = LOGGER.get_or_init(|| Logger {
+        file: Mutex::new(None),
+    });
     *logger.file.lock().unwrap_or_else(|p| p.into_inner()) = f;
     if log::set_logger(logger).is_ok() || log::max_level() != level {
         log::set_max_level(level);
@@ -77,9 +84,14 @@ pub fn set_level(level: log::LevelFilter) {
 /// Reopens the log file (SIGHUP): a file moved away by logrotate is replaced by a new one at
 /// the same path. Does nothing when logging to stderr.
 pub fn reopen() -> Result<bool, String> {
-    let Some(logger) = LOGGER.get() else { return Ok(false) };
+    let Some(logger) = LOGGER.get() else {
+        return Ok(false);
+    };
     let mut f = logger.file.lock().unwrap_or_else(|p| p.into_inner());
-    let Some((path, file)) = f.as_mut() else { return Ok(false) };
-    *file = open(path).map_err(|e| format!("cannot reopen the log file {}: {e}", path.display()))?;
+    let Some((path, file)) = f.as_mut() else {
+        return Ok(false);
+    };
+    *file =
+        open(path).map_err(|e| format!("cannot reopen the log file {}: {e}", path.display()))?;
     Ok(true)
 }

@@ -81,7 +81,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_file = if cfg.action == Action::Run { cfg.log_file.as_deref() } else { None };
+    let log_file = if cfg.action == Action::Run {
+        cfg.log_file.as_deref()
+    } else {
+        None
+    };
     if let Err(e) = logging::init(cfg.log_level, log_file) {
         eprintln!("tracker-shipper: {e}");
         return ExitCode::from(2);
@@ -104,15 +108,22 @@ fn sign_url(a: &config::SignUrlArgs) -> Result<String, String> {
     use tracker_core::sign;
     let keys = sign::Keys::load(&a.secret)?;
     let key = match &a.kid {
-        Some(k) => keys.get(k.as_bytes()).ok_or_else(|| format!("no key \"{k}\" in {}", a.secret.display()))?,
+        Some(k) => keys
+            .get(k.as_bytes())
+            .ok_or_else(|| format!("no key \"{k}\" in {}", a.secret.display()))?,
         None => keys.newest(),
     };
     if !tracker_core::input::valid_campaign_id(a.campaign.as_bytes()) {
-        return Err(format!("invalid campaign id {:?}: 1-64 characters of [A-Za-z0-9_.:-]", a.campaign));
+        return Err(format!(
+            "invalid campaign id {:?}: 1-64 characters of [A-Za-z0-9_.:-]",
+            a.campaign
+        ));
     }
     let mut dims = Vec::new();
     for d in &a.dims {
-        let (name, value) = d.split_once('=').ok_or_else(|| format!("--dim {d:?}: expected NAME=VALUE"))?;
+        let (name, value) = d
+            .split_once('=')
+            .ok_or_else(|| format!("--dim {d:?}: expected NAME=VALUE"))?;
         if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
             return Err(format!("--dim {d:?}: invalid dimension name"));
         }
@@ -271,7 +282,10 @@ fn make_sinks(cfg: &Config, signals: &Signals) -> Result<Vec<SinkRun>, String> {
                 )
             }
             SinkKind::Aggregate => {
-                let a = cfg.aggregate.as_ref().expect("resolved with the aggregate sink");
+                let a = cfg
+                    .aggregate
+                    .as_ref()
+                    .expect("resolved with the aggregate sink");
                 // The encoding is Copy (handed to every worker): the dimension name lives for
                 // the process (one string, leaked once).
                 let dim: &'static str = Box::leak(a.publisher_dimension.clone().into_boxed_str());
@@ -284,7 +298,13 @@ fn make_sinks(cfg: &Config, signals: &Signals) -> Result<Vec<SinkRun>, String> {
                 )
             }
         };
-        out.push(SinkRun { kind, sink, metrics, encoding, totals: Totals::default() });
+        out.push(SinkRun {
+            kind,
+            sink,
+            metrics,
+            encoding,
+            totals: Totals::default(),
+        });
     }
     Ok(out)
 }
@@ -303,7 +323,10 @@ fn reload(cfg: &Config, args: &[OsString]) {
                 logging::set_level(new.log_level);
                 info!("SIGHUP: log level now {}", new.log_level);
             }
-            let same_but_level = Config { log_level: cfg.log_level, ..new };
+            let same_but_level = Config {
+                log_level: cfg.log_level,
+                ..new
+            };
             if same_but_level != *cfg {
                 warn!("SIGHUP: the configuration changed beyond the log level: restart the shipper to apply it");
             } else {
@@ -414,7 +437,15 @@ fn run(cfg: &Config, args: &[OsString]) -> Result<(), String> {
                 let h = std::thread::Builder::new()
                     .name(format!("{}-reader", s.kind.name()))
                     .spawn_scoped(scope, move || {
-                        let r = drain::run(c, s.sink.as_mut(), &s.metrics, &opts, signals, replaced, &mut s.totals);
+                        let r = drain::run(
+                            c,
+                            s.sink.as_mut(),
+                            &s.metrics,
+                            &opts,
+                            signals,
+                            replaced,
+                            &mut s.totals,
+                        );
                         if r.is_err() {
                             // One sink failed: stop the others (they commit what they have).
                             signals.stop.store(true, Ordering::Relaxed);
@@ -440,7 +471,10 @@ fn run(cfg: &Config, args: &[OsString]) -> Result<(), String> {
             }
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a sink thread panicked"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("a sink thread panicked")))
+                })
                 .collect::<Vec<_>>()
         });
         let mut all_replaced = true;

@@ -7,8 +7,12 @@ use std::os::unix::net::UnixDatagram;
 /// Sends `state` (e.g. "READY=1") to systemd, if it asked for it. Errors are ignored: the
 /// service works the same without them (systemd then times the start out, which is logged).
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = path.as_encoded_bytes();
     let sent = if let Some(name) = bytes.strip_prefix(b"@") {
         // An abstract socket (Linux).

@@ -57,7 +57,8 @@ fn consume_all(bootstrap: &str, topics: &[&str]) -> Vec<Got> {
                 .fetch_watermarks(t, p.id(), Duration::from_secs(10))
                 .unwrap();
             if high > 0 {
-                tpl.add_partition_offset(t, p.id(), Offset::Beginning).unwrap();
+                tpl.add_partition_offset(t, p.id(), Offset::Beginning)
+                    .unwrap();
                 highs.insert((t.to_string(), p.id()), high);
             }
         }
@@ -188,7 +189,12 @@ impl Drop for Running {
 }
 
 fn spawn(mut c: Command) -> Running {
-    Running(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
+    Running(
+        c.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn free_port() -> u16 {
@@ -203,7 +209,8 @@ fn scrape(port: u16) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
     };
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut r = String::new();
     let _ = s.read_to_string(&mut r);
     r
@@ -217,9 +224,17 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 fn check_message(g: &Got, w: &Written, camp: &str) {
-    assert_eq!(g.topic, topic_of(&w.event_type), "topic of a {}", w.event_type);
+    assert_eq!(
+        g.topic,
+        topic_of(&w.event_type),
+        "topic of a {}",
+        w.event_type
+    );
     assert_eq!(g.key.as_deref(), Some(camp), "key");
-    assert_eq!(g.headers.get("schema_version").map(String::as_str), Some("1"));
+    assert_eq!(
+        g.headers.get("schema_version").map(String::as_str),
+        Some("1")
+    );
     assert_eq!(g.headers.get("event_type"), Some(&w.event_type));
     // The value is the record exactly as nginx wrote it.
     assert_eq!(g.value, w.payload, "value of {}", w.id_hex);
@@ -247,13 +262,19 @@ fn kafka_routes_keys_and_delivers_each_event_once() {
     assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos(), "{log}");
 
     let got = consume_all(&b, &ALL_TOPICS);
-    assert_eq!(got.len(), written.len(), "one message per event, no duplicates");
+    assert_eq!(
+        got.len(),
+        written.len(),
+        "one message per event, no duplicates"
+    );
     let by_id: HashMap<String, &Got> = got
         .iter()
         .map(|g| (hex(&decode(&g.value).unwrap().id), g))
         .collect();
     for (w, camp) in &written {
-        let g = by_id.get(&w.id_hex).unwrap_or_else(|| panic!("event {} missing", w.id_hex));
+        let g = by_id
+            .get(&w.id_hex)
+            .unwrap_or_else(|| panic!("event {} missing", w.id_hex));
         check_message(g, w, camp);
     }
     // One campaign's events stay in order: in its partition, by offset, seq grows.
@@ -262,10 +283,21 @@ fn kafka_routes_keys_and_delivers_each_event_once() {
     sorted.sort_by_key(|g| (g.topic.clone(), g.partition, g.offset));
     for g in &sorted {
         let ev = decode(&g.value).unwrap();
-        let seq: u64 = ev.dims.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap();
+        let seq: u64 = ev
+            .dims
+            .iter()
+            .find(|(k, _)| k == "seq")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
         let k = (g.topic.clone(), ev.campaign.clone());
         if let Some((p, _, s)) = last.get(&k) {
-            assert_eq!(*p, g.partition, "campaign {} spread over partitions", ev.campaign);
+            assert_eq!(
+                *p, g.partition,
+                "campaign {} spread over partitions",
+                ev.campaign
+            );
             assert!(seq > *s, "campaign {} out of order", ev.campaign);
         }
         last.insert(k, (g.partition, g.offset, seq));
@@ -278,11 +310,16 @@ fn kafka_broker_outage_keeps_events_in_the_ring_then_resumes() {
     let b = cluster.bootstrap_servers();
     let f = Fixture::new(4 << 20);
     let port = free_port();
-    let mut child = spawn(kafka_cmd(&f, &b, &["--metrics", &format!("127.0.0.1:{port}")]));
+    let mut child = spawn(kafka_cmd(
+        &f,
+        &b,
+        &["--metrics", &format!("127.0.0.1:{port}")],
+    ));
     let ring = f.ring();
     let mut written = write_mixed(ring, 500, 0);
     assert!(
-        wait_until(Duration::from_secs(30), || ring.consumer_pos() == ring.producer_pos()),
+        wait_until(Duration::from_secs(30), || ring.consumer_pos()
+            == ring.producer_pos()),
         "first events not acknowledged"
     );
     let up = |t: &str| metric(t, "tracker_shipper_destination_up{sink=\"kafka\"}");
@@ -300,18 +337,30 @@ fn kafka_broker_outage_keeps_events_in_the_ring_then_resumes() {
         scrape(port)
     );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(ring.consumer_pos(), before, "acknowledged while the brokers were down");
+    assert_eq!(
+        ring.consumer_pos(),
+        before,
+        "acknowledged while the brokers were down"
+    );
     let m = scrape(port);
     let lag = metric(&m, "tracker_ring_lag_bytes{sink=\"kafka\"}").unwrap();
     assert!(lag > 0.0, "{m}");
-    assert!(metric(&m, "tracker_shipper_events_read_total{sink=\"kafka\",type=\"click\"}").unwrap() >= 100.0);
+    assert!(
+        metric(
+            &m,
+            "tracker_shipper_events_read_total{sink=\"kafka\",type=\"click\"}"
+        )
+        .unwrap()
+            >= 100.0
+    );
 
     // Back: everything is delivered, nothing twice (same producer, idempotent).
     for id in 1..=3 {
         cluster.broker_up(id).unwrap();
     }
     assert!(
-        wait_until(Duration::from_secs(60), || ring.consumer_pos() == ring.producer_pos()),
+        wait_until(Duration::from_secs(60), || ring.consumer_pos()
+            == ring.producer_pos()),
         "not resumed after the outage"
     );
     assert_eq!(up(&scrape(port)), Some(1.0));
@@ -343,12 +392,20 @@ fn kafka_sigterm_during_an_outage_keeps_the_events() {
     let st = wait_timeout(&mut child, Duration::from_secs(20));
     let log = stderr_of(&mut child);
     assert!(st.success(), "{st}: {log}");
-    assert_eq!(ring.consumer_pos(), 0, "acknowledged without a broker: {log}");
+    assert_eq!(
+        ring.consumer_pos(),
+        0,
+        "acknowledged without a broker: {log}"
+    );
 
     // The next run delivers them.
     cluster.broker_up(1).unwrap();
     let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let counts = id_counts(&consume_all(&b, &ALL_TOPICS));
     for (w, _) in &written {
         assert!(counts.contains_key(&w.id_hex), "event {} lost", w.id_hex);
@@ -388,7 +445,8 @@ fn kafka_refused_messages_go_to_the_dead_letters_and_transient_errors_are_retrie
         w.id_hex = hex(&ev.id);
         w
     };
-    ring.write(Kind::Click.index(), &big.payload, std::process::id()).unwrap();
+    ring.write(Kind::Click.index(), &big.payload, std::process::id())
+        .unwrap();
     written.extend(write_mixed(ring, 300, 300));
     let mut c = kafka_cmd(&f, &b, &["--once"]);
     // Over the config kafka_cmd wrote: a producer limit below the big event's size.
@@ -409,11 +467,21 @@ fn kafka_refused_messages_go_to_the_dead_letters_and_transient_errors_are_retrie
         .collect();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let text = std::fs::read_to_string(&dead[0]).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1, "{text}");
     assert_eq!(lines[0]["topic"], "tracker.click");
     assert_eq!(lines[0]["key"], "camp-big");
-    assert!(lines[0]["reason"].as_str().unwrap().to_lowercase().contains("too large"), "{text}");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("too large"),
+        "{text}"
+    );
     let hex_value: String = big.payload.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(lines[0]["value_hex"], hex_value.as_str());
 
@@ -439,8 +507,14 @@ fn kafka_sigkill_after_the_ack_resends_at_least_once() {
     let pos = ring.consumer_pos();
     assert!(pos > 0 && pos < ring.producer_pos(), "cursor {pos}");
 
-    let out = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(ring.consumer_pos(), ring.producer_pos());
 
     let got = consume_all(&b, &ALL_TOPICS);
@@ -472,19 +546,29 @@ fn two_sinks_have_their_own_cursors() {
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
     assert!(
-        wait_until(Duration::from_secs(30), || stats()["sinks"]["file"]["lag_bytes"] == 0),
+        wait_until(Duration::from_secs(30), || stats()["sinks"]["file"]
+            ["lag_bytes"]
+            == 0),
         "file sink did not catch up: {}",
         stats()
     );
     let s = stats();
-    assert!(s["sinks"]["kafka"]["lag_bytes"].as_u64().unwrap() > 0, "{s}");
-    assert_eq!(ring.consumer_pos(), 0, "the ring moved past events Kafka does not have");
+    assert!(
+        s["sinks"]["kafka"]["lag_bytes"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    assert_eq!(
+        ring.consumer_pos(),
+        0,
+        "the ring moved past events Kafka does not have"
+    );
     let only: Vec<Written> = written.iter().map(|(w, _)| w.clone()).collect();
     check_exactly_once(&f.out, &only);
 
     cluster.broker_up(1).unwrap();
     assert!(
-        wait_until(Duration::from_secs(60), || ring.consumer_pos() == ring.producer_pos()),
+        wait_until(Duration::from_secs(60), || ring.consumer_pos()
+            == ring.producer_pos()),
         "kafka did not catch up: {}",
         stats()
     );
@@ -503,10 +587,16 @@ fn kafka_unknown_topic_and_denied_topic_are_dead_letters_not_silence() {
     let cluster = mock(1);
     let b = cluster.bootstrap_servers();
     cluster
-        .topic_error("tracker.video", RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+        .topic_error(
+            "tracker.video",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
         .unwrap();
     cluster
-        .topic_error("tracker.conversion", RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        .topic_error(
+            "tracker.conversion",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
         .unwrap();
     let f = Fixture::new(4 << 20);
     let written = write_mixed(f.ring(), 100, 0);
@@ -527,15 +617,20 @@ fn kafka_unknown_topic_and_denied_topic_are_dead_letters_not_silence() {
             dead.push(serde_json::from_str::<serde_json::Value>(l).unwrap());
         }
     }
-    let dead_topics: std::collections::BTreeSet<String> =
-        dead.iter().map(|d| d["topic"].as_str().unwrap().to_string()).collect();
+    let dead_topics: std::collections::BTreeSet<String> = dead
+        .iter()
+        .map(|d| d["topic"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         dead_topics.into_iter().collect::<Vec<_>>(),
         ["tracker.conversion", "tracker.video"],
         "{dead:?}"
     );
     assert_eq!(dead.len(), 40, "every video and conversion event: {dead:?}");
-    let counts = id_counts(&consume_all(&b, &["tracker.impression", "tracker.click", "signups"]));
+    let counts = id_counts(&consume_all(
+        &b,
+        &["tracker.impression", "tracker.click", "signups"],
+    ));
     for (w, _) in &written {
         let delivered = counts.get(&w.id_hex).copied().unwrap_or(0);
         let expect = usize::from(w.event_type != "video" && w.event_type != "conversion");
@@ -558,13 +653,21 @@ fn kafka_drain_rate() {
     let t = Instant::now();
     let written = write_mixed(f.ring(), n, 0);
     let bytes: usize = written.iter().map(|(w, _)| w.payload.len()).sum();
-    eprintln!("wrote {n} events ({} bytes each) in {:?}", bytes / n, t.elapsed());
+    eprintln!(
+        "wrote {n} events ({} bytes each) in {:?}",
+        bytes / n,
+        t.elapsed()
+    );
     for (format, compression) in [("msgpack", "lz4"), ("json", "lz4"), ("msgpack", "zstd")] {
         let start = f.ring().consumer_pos();
         let t = Instant::now();
-        let o = kafka_cmd(&f, &b, &["--once", "--format", format, "--compression", compression])
-            .output()
-            .unwrap();
+        let o = kafka_cmd(
+            &f,
+            &b,
+            &["--once", "--format", format, "--compression", compression],
+        )
+        .output()
+        .unwrap();
         let el = t.elapsed();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
@@ -587,7 +690,11 @@ fn kafka_json_values_and_click_id_keys() {
     let out = kafka_cmd(&f, &b, &["--once", "--format", "json", "--key", "click_id"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = consume_all(&b, &ALL_TOPICS);
     assert_eq!(got.len(), written.len());
     let by_id: HashMap<String, &Got> = got
@@ -604,10 +711,18 @@ fn kafka_json_values_and_click_id_keys() {
         let ev = decode(&w.payload).unwrap();
         let mut line = Vec::new();
         ev.to_json_line(&mut line);
-        assert_eq!(j, serde_json::from_slice::<serde_json::Value>(&line).unwrap());
+        assert_eq!(
+            j,
+            serde_json::from_slice::<serde_json::Value>(&line).unwrap()
+        );
         assert_eq!(g.topic, topic_of(&w.event_type));
         let want_key = ev.click_id.clone().unwrap_or_else(|| camp.clone());
-        assert_eq!(g.key.as_deref(), Some(want_key.as_str()), "key of a {}", w.event_type);
+        assert_eq!(
+            g.key.as_deref(),
+            Some(want_key.as_str()),
+            "key of a {}",
+            w.event_type
+        );
     }
 }
 
@@ -618,24 +733,43 @@ fn kafka_unknown_broker_errors_are_retried_not_dead_lettered() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let cluster = mock(1);
     let b = cluster.bootstrap_servers();
-    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 3]);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 3],
+    );
     let f = Fixture::new(1 << 20);
     let written = write_mixed(f.ring(), 200, 0);
     let port = free_port();
-    let mut child = spawn(kafka_cmd(&f, &b, &["--metrics", &format!("127.0.0.1:{port}")]));
+    let mut child = spawn(kafka_cmd(
+        &f,
+        &b,
+        &["--metrics", &format!("127.0.0.1:{port}")],
+    ));
     let ring = f.ring();
     assert!(
-        wait_until(Duration::from_secs(60), || ring.consumer_pos() == ring.producer_pos()),
+        wait_until(Duration::from_secs(60), || ring.consumer_pos()
+            == ring.producer_pos()),
         "not delivered after the errors"
     );
     let m = scrape(port);
     signal(&child, libc::SIGTERM);
     assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
     let log = stderr_of(&mut child);
-    assert!(!f.tmp.path().join("dead").read_dir().unwrap().any(|_| true), "dead letters: {log}");
-    assert_eq!(metric(&m, "tracker_shipper_dead_letters_total{sink=\"kafka\"}"), Some(0.0), "{m}");
+    assert!(
+        !f.tmp.path().join("dead").read_dir().unwrap().any(|_| true),
+        "dead letters: {log}"
+    );
+    assert_eq!(
+        metric(&m, "tracker_shipper_dead_letters_total{sink=\"kafka\"}"),
+        Some(0.0),
+        "{m}"
+    );
     let counts = id_counts(&consume_all(&b, &ALL_TOPICS));
     for (w, _) in &written {
-        assert!(counts.contains_key(&w.id_hex), "event {} lost: {log}", w.id_hex);
+        assert!(
+            counts.contains_key(&w.id_hex),
+            "event {} lost: {log}",
+            w.id_hex
+        );
     }
 }

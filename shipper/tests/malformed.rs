@@ -47,8 +47,9 @@ fn malformed_records_are_skipped_counted_and_reported_and_the_shipper_keeps_runn
 
     let mut child = f.spawn(&["--metrics", &addr, "--flush-interval-ms", "50"]);
     assert!(
-        wait_until(Duration::from_secs(15), || get_metrics(&addr)
-            .contains("tracker_shipper_malformed_records_total{sink=\"file\"} 2")),
+        wait_until(Duration::from_secs(15), || get_metrics(&addr).contains(
+            "tracker_shipper_malformed_records_total{sink=\"file\"} 2"
+        )),
         "{}",
         get_metrics(&addr)
     );
@@ -71,7 +72,9 @@ fn malformed_records_are_skipped_counted_and_reported_and_the_shipper_keeps_runn
         wait_until(Duration::from_secs(15), || {
             let m = get_metrics(&addr);
             m.contains("tracker_shipper_malformed_records_total{sink=\"file\"} 3")
-                && m.contains("tracker_shipper_events_acked_total{sink=\"file\",type=\"impression\"} 10")
+                && m.contains(
+                    "tracker_shipper_events_acked_total{sink=\"file\",type=\"impression\"} 10",
+                )
         }),
         "{}",
         get_metrics(&addr)
@@ -91,7 +94,10 @@ fn malformed_records_are_skipped_counted_and_reported_and_the_shipper_keeps_runn
     check_clean(&f.out);
     let dl = f.out.join("_dead_letter");
     assert_eq!(fs::read(dl.join(format!("{pos1}.bin"))).unwrap(), garbage);
-    assert_eq!(fs::read(dl.join(format!("{pos2}.bin"))).unwrap(), not_an_event);
+    assert_eq!(
+        fs::read(dl.join(format!("{pos2}.bin"))).unwrap(),
+        not_an_event
+    );
     assert_eq!(fs::read(dl.join(format!("{pos3}.bin"))).unwrap(), b"");
     let reasons = fs::read_to_string(dl.join("reasons.log")).unwrap();
     assert_eq!(reasons.lines().count(), 3, "{reasons}");
@@ -105,10 +111,16 @@ fn a_producer_cursor_torn_far_ahead_is_reported_and_resynced() {
     let mut good = write_events(f.ring(), 20, &["impression", "click"], 1000);
     // A stray write over the header: the producer cursor (offset 64) far ahead, 2^60.
     let bad: u64 = 1 << 60;
-    let file = fs::OpenOptions::new().write(true).open(&f.ring_path).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&f.ring_path)
+        .unwrap();
     file.write_all_at(&bad.to_ne_bytes(), 64).unwrap();
     assert_eq!(f.ring().producer_pos(), bad);
-    assert!(f.ring().write(0, b"x", 1).is_err(), "the ring looks full to nginx");
+    assert!(
+        f.ring().write(0, b"x", 1).is_err(),
+        "the ring looks full to nginx"
+    );
 
     let mut child = f.spawn(&[
         "--metrics",
@@ -133,8 +145,9 @@ fn a_producer_cursor_torn_far_ahead_is_reported_and_resynced() {
     let more = write_events(f.ring(), 10, &["signup"], 1000);
     good.extend(more);
     assert!(
-        wait_until(Duration::from_secs(15), || get_metrics(&addr)
-            .contains("tracker_shipper_events_acked_total{sink=\"file\",type=\"custom\"} 10")),
+        wait_until(Duration::from_secs(15), || get_metrics(&addr).contains(
+            "tracker_shipper_events_acked_total{sink=\"file\",type=\"custom\"} 10"
+        )),
         "{}",
         get_metrics(&addr)
     );
@@ -143,11 +156,17 @@ fn a_producer_cursor_torn_far_ahead_is_reported_and_resynced() {
     assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
     let stderr = stderr_of(&mut child);
     assert!(
-        stderr.contains(&format!("the ring header is corrupt (torn or overwritten): producer cursor {bad}")),
+        stderr.contains(&format!(
+            "the ring header is corrupt (torn or overwritten): producer cursor {bad}"
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("ring resynchronized"), "{stderr}");
-    assert_eq!(stderr.matches("the ring header is corrupt").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("the ring header is corrupt").count(),
+        1,
+        "{stderr}"
+    );
     check_exactly_once(&f.out, &good);
     check_clean(&f.out);
     assert_eq!(f.ring().stats().abandoned, 0);

@@ -58,7 +58,10 @@ fn ndjson_lines_carry_the_event() {
     assert_eq!(l.json["dims"]["t"], "shipper-test");
     assert_eq!(l.json["time"], "2024-02-29T22:00:00.000000Z");
     // The User-Agent families (tracker_core::useragent) come through.
-    assert_eq!((&l.json["browser"], &l.json["os"], &l.json["device"]), (&"chrome".into(), &"linux".into(), &"desktop".into()));
+    assert_eq!(
+        (&l.json["browser"], &l.json["os"], &l.json["device"]),
+        (&"chrome".into(), &"linux".into(), &"desktop".into())
+    );
     assert_eq!(
         l.file,
         format!(
@@ -570,13 +573,21 @@ fn sighup_reopens_the_log_file_and_applies_a_new_log_level() {
     let conf = f.tmp.path().join("s.toml");
     std::fs::write(&conf, "log_level = 'info'\n").unwrap();
     let mut child = f
-        .cmd(&["--config", conf.to_str().unwrap(), "--log-file", log.to_str().unwrap(), "--flush-interval-ms", "50"])
+        .cmd(&[
+            "--config",
+            conf.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+            "--flush-interval-ms",
+            "50",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
-        .is_ok_and(|t| t.contains("started"))));
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("started"))
+    }));
     // logrotate: move the file away, then SIGHUP; and ask for debug lines meanwhile.
     let rotated = f.tmp.path().join("shipper.log.1");
     std::fs::rename(&log, &rotated).unwrap();
@@ -589,18 +600,23 @@ fn sighup_reopens_the_log_file_and_applies_a_new_log_level() {
     );
     let events = write_events(f.ring(), 10, &["click"], 1000);
     // At debug level, one line per commit.
-    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
-        .is_ok_and(|t| t.contains("committed 10 events"))));
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("committed 10 events"))
+    }));
     // A change that needs a restart is said so, not half-applied.
     std::fs::write(&conf, "log_level = 'debug'\ngzip_level = 9\n").unwrap();
     signal(&child, libc::SIGHUP);
-    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
-        .is_ok_and(|t| t.contains("restart the shipper to apply it"))));
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("restart the shipper to apply it"))
+    }));
     signal(&child, libc::SIGTERM);
     assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains("started") && !old.contains("SIGHUP"), "{old}");
-    assert!(stderr_of(&mut child).is_empty(), "the log went to the file only");
+    assert!(
+        stderr_of(&mut child).is_empty(),
+        "the log went to the file only"
+    );
     check_exactly_once(&f.out, &events);
 }
 
@@ -608,20 +624,28 @@ fn sighup_reopens_the_log_file_and_applies_a_new_log_level() {
 fn metrics_endpoint_serves_prometheus_text() {
     use std::io::{Read, Write};
     let f = Fixture::new(1 << 20);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let events = write_events(f.ring(), 30, &["impression", "click", "signup"], 1000);
     f.ring().count_rejected(0);
     let mut child = f.spawn(&["--metrics", &addr, "--flush-interval-ms", "50"]);
     let get = |path: &str| -> String {
-        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return String::new() };
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return String::new();
+        };
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut r = String::new();
         let _ = s.read_to_string(&mut r);
         r
     };
     assert!(wait_until(Duration::from_secs(10), || get("/metrics")
-        .contains("tracker_shipper_events_acked_total{sink=\"file\",type=\"custom\"} 10")));
+        .contains(
+            "tracker_shipper_events_acked_total{sink=\"file\",type=\"custom\"} 10"
+        )));
     let m = get("/metrics");
     assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
     assert!(m.contains("Content-Type: text/plain; version=0.0.4"), "{m}");
@@ -639,7 +663,13 @@ fn metrics_endpoint_serves_prometheus_text() {
         assert!(m.contains(line), "missing {line:?} in\n{m}");
     }
     // Every sample line is `name{labels} number` or `name number`.
-    for l in m.split("\r\n\r\n").nth(1).unwrap().lines().filter(|l| !l.starts_with('#')) {
+    for l in m
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
         let (_, v) = l.rsplit_once(' ').unwrap();
         assert!(v.parse::<f64>().is_ok(), "bad sample {l:?}");
     }

@@ -32,7 +32,11 @@ pub fn check(p: &[u8]) -> (u32, u32) {
     let id = u32::from_le_bytes(p[0..4].try_into().unwrap());
     let seq = u32::from_le_bytes(p[4..8].try_into().unwrap());
     for (i, &b) in p.iter().enumerate().skip(8) {
-        assert_eq!(b, fill(id, seq, i), "corrupt payload of producer {id} seq {seq} at byte {i}");
+        assert_eq!(
+            b,
+            fill(id, seq, i),
+            "corrupt payload of producer {id} seq {seq} at byte {i}"
+        );
     }
     (id, seq)
 }
@@ -47,7 +51,9 @@ pub fn drain(reader: &mut Reader, ring: &tracker_core::ring::Ring) -> Vec<Read> 
                 ring.commit(r.end);
                 out.push(Read::Record(r));
             }
-            s @ (Read::Skipped { .. } | Read::Corrupt { .. } | Read::Resynced { .. }) => out.push(s),
+            s @ (Read::Skipped { .. } | Read::Corrupt { .. } | Read::Resynced { .. }) => {
+                out.push(s)
+            }
         }
     }
 }

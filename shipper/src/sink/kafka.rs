@@ -94,11 +94,17 @@ impl Context {
 
     /// Marks the broker reachable; logs the end of an outage once.
     fn up(&self) {
-        let since = *self.metrics.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        let since = *self
+            .metrics
+            .down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if self.metrics.set_up(true) == 0 {
             info!(
                 "kafka: brokers reachable again{}; sending the events that waited in the ring",
-                since.map(|t| format!(" after {:.0}s", t.elapsed().as_secs_f64())).unwrap_or_default()
+                since
+                    .map(|t| format!(" after {:.0}s", t.elapsed().as_secs_f64()))
+                    .unwrap_or_default()
             );
         }
     }
@@ -211,7 +217,10 @@ fn client_config(cfg: &KafkaConfig, max_queue: usize) -> ClientConfig {
         .set("client.id", "nginx-tracker-shipper")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", cfg.max_in_flight.to_string())
+        .set(
+            "max.in.flight.requests.per.connection",
+            cfg.max_in_flight.to_string(),
+        )
         .set("compression.type", cfg.compression.name())
         .set("linger.ms", cfg.linger_ms.to_string())
         .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
@@ -240,8 +249,12 @@ impl KafkaSink {
     ) -> Result<KafkaSink, String> {
         let max_queue = (max_batch_events + 1024).clamp(1024, 10_000_000);
         let producer = Self::producer(&cfg, max_queue, &metrics)?;
-        fs::create_dir_all(&dead_dir)
-            .map_err(|e| format!("cannot create the dead-letter directory {}: {e}", dead_dir.display()))?;
+        fs::create_dir_all(&dead_dir).map_err(|e| {
+            format!(
+                "cannot create the dead-letter directory {}: {e}",
+                dead_dir.display()
+            )
+        })?;
         Ok(KafkaSink {
             cfg,
             producer,
@@ -256,7 +269,11 @@ impl KafkaSink {
         })
     }
 
-    fn producer(cfg: &KafkaConfig, max_queue: usize, metrics: &Arc<SinkMetrics>) -> Result<BaseProducer<Context>, String> {
+    fn producer(
+        cfg: &KafkaConfig,
+        max_queue: usize,
+        metrics: &Arc<SinkMetrics>,
+    ) -> Result<BaseProducer<Context>, String> {
         let ctx = Context {
             metrics: metrics.clone(),
             d: Mutex::new(Deliveries::default()),
@@ -301,7 +318,8 @@ impl KafkaSink {
             .append(true)
             .open(&path)
             .map_err(|e| ctx("cannot create", &path, e))?;
-        f.write_all(&out).map_err(|e| ctx("cannot write", &path, e))?;
+        f.write_all(&out)
+            .map_err(|e| ctx("cannot write", &path, e))?;
         f.sync_data().map_err(|e| ctx("cannot fsync", &path, e))?;
         fsync_dir(&self.dead_dir)
     }
@@ -354,7 +372,10 @@ impl Sink for KafkaSink {
                 key: None,
                 value: d.raw,
                 code: None,
-                reason: format!("undecodable ring record at position {}: {}", d.pos, d.reason),
+                reason: format!(
+                    "undecodable ring record at position {}: {}",
+                    d.pos, d.reason
+                ),
                 permanent: true,
             });
         }
@@ -435,7 +456,9 @@ impl Sink for KafkaSink {
             if self.stop.load(Relaxed) {
                 return Err(self.stopping());
             }
-            let quiet = last.map_or(waiting_since.elapsed(), |t| t.elapsed().min(waiting_since.elapsed()));
+            let quiet = last.map_or(waiting_since.elapsed(), |t| {
+                t.elapsed().min(waiting_since.elapsed())
+            });
             if quiet >= NO_PROGRESS_DOWN {
                 self.producer.context().down(&format!(
                     "no acknowledgement for {}s, {outstanding} events waiting",
@@ -470,7 +493,9 @@ impl Sink for KafkaSink {
                 };
                 self.metrics.delivery_error(&reason);
             }
-            self.metrics.dead_letters.fetch_add(refused.len() as u64, Relaxed);
+            self.metrics
+                .dead_letters
+                .fetch_add(refused.len() as u64, Relaxed);
             error!(
                 "kafka: {} events refused for good, written to {}: first: topic {}: {}",
                 refused.len(),
@@ -499,7 +524,8 @@ impl Sink for KafkaSink {
     fn abort(&mut self, _cursor: &Cursor<'_>) -> io::Result<()> {
         // Drop the producer and what it holds (the batch is read again from the cursor) and
         // start a new one: this also clears a fatal idempotence state.
-        let fresh = Self::producer(&self.cfg, self.max_queue, &self.metrics).map_err(io::Error::other)?;
+        let fresh =
+            Self::producer(&self.cfg, self.max_queue, &self.metrics).map_err(io::Error::other)?;
         let old = std::mem::replace(&mut self.producer, fresh);
         old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         drop(old);

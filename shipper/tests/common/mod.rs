@@ -115,7 +115,13 @@ pub fn event(event_type: &str, ts: u64, seq: u64) -> Written {
 }
 
 /// Encodes one event of `campaign`, with a click id.
-pub fn event_for(event_type: &str, ts: u64, seq: u64, campaign: &str, click_id: Option<&str>) -> Written {
+pub fn event_for(
+    event_type: &str,
+    ts: u64,
+    seq: u64,
+    campaign: &str,
+    click_id: Option<&str>,
+) -> Written {
     let id = new_id();
     let seq_s = seq.to_string();
     let dims: [(&[u8], &[u8]); 2] = [(b"t", b"shipper-test"), (b"seq", seq_s.as_bytes())];

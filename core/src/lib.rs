@@ -7,6 +7,7 @@
 //! - [`campaign`]: the campaigns file and the shared-memory campaign table;
 //! - [`banker`]: per-campaign counters and budget caps, charged atomically across workers;
 //! - [`record`]: one campaign's bytes in shared memory and the index over them;
+//! - [`store`]: the campaign store's concurrency (index publication, reader pins, retirement), see `docs/campaign-store.md`;
 //! - [`landing`]: landing-URL macros (`{click_id}`, `{campaign}`, `{dim.NAME}`);
 //! - [`limits`]: hard limits on request input (`tracker_limits`) and the reasons a request is refused;
 //! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
@@ -30,4 +31,5 @@ pub mod privacy;
 pub mod record;
 pub mod ring;
 pub mod sign;
+pub mod store;
 pub mod useragent;

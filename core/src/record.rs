@@ -19,7 +19,7 @@
 //! ```
 
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::Acquire;
+use std::sync::atomic::Ordering::SeqCst;
 
 use crate::campaign::{Campaign, Caps, Pricing, Status};
 
@@ -274,7 +274,7 @@ pub fn find<'r>(
     let mask = index.len().checked_sub(1)?;
     let mut i = hash(id) as usize & mask;
     for _ in 0..index.len() {
-        let v = index[i].load(Acquire);
+        let v = index[i].load(SeqCst);
         if v == EMPTY {
             return None;
         }
@@ -304,7 +304,7 @@ pub fn slot_for<'r>(
     let mask = index.len().checked_sub(1).ok_or(IndexFull)?;
     let mut i = hash(id) as usize & mask;
     for _ in 0..index.len() {
-        let v = index[i].load(Acquire);
+        let v = index[i].load(SeqCst);
         if v == EMPTY || v == DELETED {
             return Ok((i, None));
         }

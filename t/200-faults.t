@@ -11,7 +11,12 @@
 # - the ring file truncated, or replaced by another file, behind nginx's back: the next reload
 #   fails saying so; once it is removed, a reload creates a new ring;
 # - the campaigns file removed, or replaced by a directory, then a reload: the old campaigns
-#   keep serving.
+#   keep serving;
+# - permission bits (nginx as root without CAP_DAC_OVERRIDE): a ring in another user's
+#   directory, the campaigns file and the ring made unreadable before a reload;
+# - the duplicates zone overflowed: evictions counted, every request answered;
+# - the shipper's output filesystem full while it runs (it retries, then stores every event
+#   once), and full when it starts (it exits non-zero saying why; the events wait in the ring).
 # The tmpfs mounts need root and CAP_SYS_ADMIN; where mounting is not permitted those parts
 # are skipped with the reason printed.
 use strict;
@@ -237,6 +242,44 @@ subtest 'campaigns file removed or unreadable, then a reload' => sub {
     $ngx->stop;
 };
 
+# --- permissions: root without CAP_DAC_OVERRIDE, so that permission bits apply ----------------
+# The tests run as root, which reads and writes any file; nginx started under setpriv with
+# CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of its bounding set meets permission bits as a
+# non-root master would.
+my @NO_DAC = ('setpriv', '--bounding-set', '-dac_override,-dac_read_search', '--');
+my $NO_DAC_ERROR = `@NO_DAC true 2>&1`;
+$NO_DAC_ERROR = $? == 0 ? undef : ($NO_DAC_ERROR || "setpriv exited with status " . ($? >> 8));
+
+subtest 'permissions: a directory of another user, an unreadable campaigns file and ring' => sub {
+    plan skip_all => "cannot drop CAP_DAC_OVERRIDE with setpriv: $NO_DAC_ERROR" if $NO_DAC_ERROR;
+    my $other = "$WORK/other-user";
+    make_path($other);
+    my ($uid, $gid) = (getpwnam('nobody'))[2, 3];
+    chown $uid, $gid, $other or die "chown $other: $!";
+    chmod 0700, $other or die "chmod $other: $!";
+
+    my $ngx = TrackerTest::Nginx->new(http => http_conf("$other/r.ring", '1m'), workers => 2, wrap => \@NO_DAC);
+    my ($rc, $out) = $ngx->test_conf;
+    isnt($rc, 0, "a ring in another user's directory: nginx -t fails");
+    like($out, qr{\[emerg\].*"tracker_ring" "\Q$other\E/r\.ring".*Permission denied}, 'naming the path and why');
+
+    my $ring = "$WORK/perm.ring";
+    $ngx->write_conf(http => http_conf($ring, '1m'));
+    $ngx->start;
+    serves($ngx, 'a ring of its own', 'perm');
+    my $file = $ENV{TEST_NGINX_CAMPAIGNS};
+    chmod 0000, $file or die "chmod $file: $!";
+    failed_reload($ngx, 'campaigns file unreadable', qr{\[emerg\].*tracker_campaigns.*\Q$file\E.*Permission denied});
+    serves($ngx, 'campaigns file unreadable', 'perm-campaigns');
+    chmod 0644, $file or die "chmod $file: $!";
+
+    chmod 0000, $ring or die "chmod $ring: $!";
+    failed_reload($ngx, 'ring file unreadable', qr{\[emerg\].*"tracker_ring" "\Q$ring\E".*Permission denied});
+    serves($ngx, 'ring file unreadable', 'perm-ring');
+    chmod 0660, $ring or die "chmod $ring: $!";
+    $ngx->stop;
+};
+
 # --- the shipper's output filesystem full -----------------------------------------------------
 subtest "shipper's output filesystem full, then space again" => sub {
     my $out = tmpfs('shipper-out', 'size=256k,mode=0755');
@@ -290,6 +333,63 @@ subtest "shipper's output filesystem full, then space again" => sub {
     is(scalar(grep { $_ != 1 } values %n), 0, 'each exactly once');
     my @tmp = grep { /\.tmp$/ } split /\n/, `find '$out' -type f`;
     is(scalar @tmp, 0, 'no temporary file left') or diag "@tmp";
+    $ngx->stop;
+};
+
+# --- the duplicates zone full --------------------------------------------------------------------
+subtest 'duplicates zone full' => sub {
+    # 64k holds about 8,000 entries: 12,000 distinct conversions overflow it. A full bucket
+    # pushes out its oldest entry and counts it; nothing fails, every request is answered.
+    my $ngx = TrackerTest::Nginx->new(workers => 2, http => <<'HTTP');
+    tracker_ring      @WORK@/dz.ring 8m;
+    tracker_campaigns @CAMPAIGNS@ zone=campaigns:1m;
+    tracker_duplicates_zone 64k window=1h;
+    server {
+        listen @LISTEN@;
+        keepalive_requests 100000;
+        tracker_dimension t $arg_t;
+        location = /cv { tracker conversion response=empty; tracker_duplicates flag; }
+        location = /stats { tracker_stats; }
+        location = /plain { return 200 "plain\n"; }
+    }
+HTTP
+    $ngx->start;
+    my $client = $ngx->client;
+    my $n = 12_000;
+    my $answered = grep { $client->get("/cv?cid=a&t=dz&click_id=k$_")->{status} == 204 } 1 .. $n;
+    is($answered, $n, "$n distinct conversions answered");
+    is($client->get("/cv?cid=a&t=dz-again&click_id=k$n")->{status}, 204, 'the last one again');
+    $client->close;
+    my $p = $ngx->get('/stats?format=prometheus')->{body};
+    my ($evicted) = $p =~ /^tracker_duplicate_evictions_total (\d+)$/m;
+    cmp_ok($evicted // 0, '>=', $n - 8192, 'the overflow is counted as evictions') or diag $p;
+    like($p, qr/^tracker_ring_events_duplicate_total\{type="conversion"\} 1$/m,
+         'the last key is still known: its repeat is the one duplicate');
+    is($ngx->get('/plain')->{body}, "plain\n", 'a non-tracking location serves');
+    unlike($ngx->error_log_text, qr/\[(alert|crit|emerg)\]/, 'no alert, crit or emerg');
+    $ngx->stop;
+};
+
+# --- the shipper's own files on a full filesystem -----------------------------------------------
+subtest "shipper started on a full filesystem" => sub {
+    my $full = tmpfs('shipper-full', 'size=64k,mode=0755');
+    plan skip_all => "cannot mount a tmpfs: $MOUNT_ERROR" unless $full;
+    system("dd if=/dev/zero of='$full/filler' bs=4k count=64 2>/dev/null");    # fills it: dd stops at ENOSPC
+    my $ring = "$WORK/sf.ring";
+    my $ngx = TrackerTest::Nginx->new(http => http_conf($ring, '1m'), workers => 1);
+    $ngx->start;
+    is($ngx->get("/i?cid=a&t=sf")->{status}, 200, 'an event in the ring');
+    my ($rc, $out) = TrackerTest::run_cmd($ENV{TEST_NGINX_SHIPPER}, '--ring', $ring, '--sink', 'file',
+                                          '--dir', "$full/events", '--once');
+    isnt($rc, 0, 'the shipper exits non-zero');
+    like($out, qr/No space left on device/, 'saying why');
+    my $h = ring_header($ring);
+    cmp_ok($h->{consumer_pos}, '<', $h->{producer_pos}, 'the event stays in the ring');
+    unlink "$full/filler";
+    ($rc, $out) = TrackerTest::run_cmd($ENV{TEST_NGINX_SHIPPER}, '--ring', $ring, '--sink', 'file',
+                                       '--dir', "$full/events", '--once');
+    is($rc, 0, 'with space again, it ships') or diag $out;
+    is(scalar @{ events_tagged(TrackerTest::read_events("$full/events"), 'sf') }, 1, 'the event, once');
     $ngx->stop;
 };
 

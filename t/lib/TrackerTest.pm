@@ -559,10 +559,11 @@ CONF
     TrackerTest::write_file($self->conf_file, $conf);
 }
 
+# `wrap => [COMMAND...]` (new) runs nginx under that command (e.g. setpriv).
 sub nginx_cmd {
     my ($self, @args) = @_;
-    return ($ENV{TEST_NGINX_BINARY}, '-p', "$self->{prefix}/", '-c', $self->conf_file,
-            '-e', $self->error_log, @args);
+    return (@{ $self->{wrap} || [] }, $ENV{TEST_NGINX_BINARY}, '-p', "$self->{prefix}/", '-c',
+            $self->conf_file, '-e', $self->error_log, @args);
 }
 
 # nginx -t: (exit code, output).

@@ -2,7 +2,8 @@
 //! brokers that can be taken down and errors that can be injected), driving the real shipper
 //! binary: routing, keys, headers and values; exactly once without crashes (idempotent
 //! producer); broker outages with the events kept in the ring; dead letters; a SIGKILL after
-//! the broker's acknowledgement (at-least-once); two sinks with their own cursors.
+//! the broker's acknowledgement or before it, a producer reset, a tail from an older ring, empty
+//! topics: exactly once (the partitions' tails read back); two sinks with their own cursors.
 
 mod common;
 
@@ -223,7 +224,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn check_message(g: &Got, w: &Written, camp: &str) {
+fn check_message(g: &Got, w: &Written, camp: &str, ring: &Ring) {
     assert_eq!(
         g.topic,
         topic_of(&w.event_type),
@@ -236,6 +237,16 @@ fn check_message(g: &Got, w: &Written, camp: &str) {
         Some("1")
     );
     assert_eq!(g.headers.get("event_type"), Some(&w.event_type));
+    assert_eq!(
+        g.headers.get("ring_id"),
+        Some(&format!("{:032x}", ring.id())),
+        "ring_id header"
+    );
+    let pos: u64 = g.headers["ring_pos"].parse().expect("a decimal ring_pos");
+    assert!(
+        pos < ring.producer_pos() && pos.is_multiple_of(16),
+        "ring_pos {pos}"
+    );
     // The value is the record exactly as nginx wrote it.
     assert_eq!(g.value, w.payload, "value of {}", w.id_hex);
 }
@@ -275,8 +286,12 @@ fn kafka_routes_keys_and_delivers_each_event_once() {
         let g = by_id
             .get(&w.id_hex)
             .unwrap_or_else(|| panic!("event {} missing", w.id_hex));
-        check_message(g, w, camp);
+        check_message(g, w, camp, f.ring());
     }
+    // ring_pos names one event.
+    let positions: std::collections::HashSet<&String> =
+        got.iter().map(|g| &g.headers["ring_pos"]).collect();
+    assert_eq!(positions.len(), got.len(), "ring_pos repeated");
     // One campaign's events stay in order: in its partition, by offset, seq grows.
     let mut last: HashMap<(String, String), (i32, i64, u64)> = HashMap::new();
     let mut sorted = got.clone();
@@ -492,8 +507,25 @@ fn kafka_refused_messages_go_to_the_dead_letters_and_transient_errors_are_retrie
     }
 }
 
+/// Every event exactly once, and how many were read back from the tails (the shipper's log).
+fn assert_exactly_once(got: &[Got], written: &[(Written, String)], log: &str) {
+    let counts = id_counts(got);
+    let lost = written
+        .iter()
+        .filter(|(w, _)| !counts.contains_key(&w.id_hex))
+        .count();
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    assert_eq!(
+        (lost, duplicates),
+        (0, 0),
+        "(lost, duplicates) of {} events: {log}",
+        written.len()
+    );
+    assert_eq!(got.len(), written.len(), "{log}");
+}
+
 #[test]
-fn kafka_sigkill_after_the_ack_resends_at_least_once() {
+fn kafka_sigkill_after_the_ack_sends_nothing_twice() {
     let cluster = mock(1);
     let b = cluster.bootstrap_servers();
     let f = Fixture::new(4 << 20);
@@ -510,22 +542,145 @@ fn kafka_sigkill_after_the_ack_resends_at_least_once() {
     let out = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
     assert_eq!(ring.consumer_pos(), ring.producer_pos());
+    // The second batch was acknowledged but not committed: read back from the tails, it is
+    // not sent again.
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+    assert!(
+        log.contains("500 events of this ring from position"),
+        "{log}"
+    );
+}
 
+/// Killed while the broker has the messages but its acknowledgements are on their way (a
+/// slow network): some are stored, none acknowledged, the cursor has not moved.
+#[test]
+fn kafka_sigkill_before_the_ack_sends_nothing_twice() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let mut written = write_mixed(ring, 500, 0);
+    let mut child = spawn(kafka_cmd(&f, &b, &["--max-batch-events", "500"]));
+    assert!(
+        wait_until(Duration::from_secs(30), || ring.consumer_pos()
+            == ring.producer_pos()),
+        "first events not acknowledged"
+    );
+    let acked = ring.consumer_pos();
+    // From now on the broker stores what it gets but answers 4 s later.
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(4))
+        .unwrap();
+    written.extend(write_mixed(ring, 1500, 500));
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(ring.consumer_pos(), acked, "acknowledged already");
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(0))
+        .unwrap();
+    let stored = consume_all(&b, &ALL_TOPICS).len();
+    assert!(
+        stored > 500,
+        "the broker got nothing after the first batch before the kill: the test proves nothing"
+    );
+
+    let out = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(ring.consumer_pos(), ring.producer_pos());
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+    assert!(
+        log.contains(&format!(
+            "{} events of this ring from position {acked}",
+            stored - 500
+        )),
+        "{stored} stored before the kill: {log}"
+    );
+}
+
+/// The topics hold events of an older ring (the file was removed and nginx made a new one) at
+/// the very positions this ring's events have: they are not this ring's, nothing is skipped.
+#[test]
+fn kafka_tail_of_an_older_ring_is_not_taken_for_this_one() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let old = Fixture::new(4 << 20);
+    let old_written = write_mixed(old.ring(), 600, 0);
+    let out = kafka_cmd(&old, &b, &["--once"]).output().unwrap();
+    assert!(out.status.success());
+
+    let f = Fixture::new(4 << 20);
+    assert_ne!(f.ring().id(), old.ring().id());
+    // Same sizes, so the same positions as the old ring's events.
+    let written = write_mixed(f.ring(), 600, 0);
+    assert_eq!(f.ring().producer_pos(), old.ring().producer_pos());
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
     let got = consume_all(&b, &ALL_TOPICS);
-    let counts = id_counts(&got);
-    for (w, _) in &written {
-        assert!(counts.contains_key(&w.id_hex), "event {} lost", w.id_hex);
+    let mut all = old_written;
+    all.extend(written);
+    assert_exactly_once(&got, &all, &log);
+}
+
+/// Topics that exist with 12 partitions each and nothing in them, and topics that do not exist
+/// yet: nothing to skip, everything sent once; the tails read quickly.
+#[test]
+fn kafka_empty_topics_send_everything() {
+    let cluster = mock(3);
+    let b = cluster.bootstrap_servers();
+    for t in &ALL_TOPICS[..4] {
+        cluster.create_topic(t, 12, 1).unwrap();
     }
-    let dups = counts.values().filter(|&&n| n > 1).count();
-    // The second batch was acknowledged but not committed: it is sent again, whole.
-    assert_eq!(dups, 500, "duplicates after one crash");
-    assert_eq!(got.len(), written.len() + 500);
+    let f = Fixture::new(4 << 20);
+    let written = write_mixed(f.ring(), 1000, 0);
+    let out = kafka_cmd(&f, &b, &["--once"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("read the tails of 48 partitions (0 messages)"),
+        "{log}"
+    );
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+}
+
+/// A producer reset in the middle of a run (a delivery error the sink cannot leave to
+/// librdkafka: the batch is read again from the ring with a new producer) after part of the
+/// batch was stored: the rest is sent, what was stored is not sent again.
+#[test]
+fn kafka_producer_reset_sends_nothing_twice() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster.create_topic("tracker.click", 1, 1).unwrap();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let written = write_mixed(ring, 1000, 0);
+    // The first produce requests succeed, then one fails for good (not retriable, not a
+    // reason to give up on its events): the batch is sent again.
+    let mut errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR; 3];
+    errors.push(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN);
+    cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+    let mut child = spawn(kafka_cmd(&f, &b, &["--max-batch-events", "1000"]));
+    assert!(
+        wait_until(Duration::from_secs(60), || ring.consumer_pos()
+            == ring.producer_pos()),
+        "not delivered"
+    );
+    signal(&child, libc::SIGTERM);
+    assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
+    let log = stderr_of(&mut child);
+    assert!(log.contains("the batch is sent again"), "no reset: {log}");
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
 }
 
 #[test]

@@ -32,7 +32,8 @@
 //! producer error (the idempotent producer lost its sequence) drops the producer: the batch is
 //! read again from the ring with a new producer (at-least-once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -49,6 +50,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use tracker_core::event::SCHEMA_VERSION;
 use tracker_core::ring::{Cursor, COUNTER_KINDS};
 
+use super::kafka_tail::{self, Scan, HEADER_RING_ID, HEADER_RING_POS};
 use super::{Committed, Sink};
 use crate::commit::{ctx, fsync_dir};
 use crate::config::{Format, KafkaConfig};
@@ -59,6 +61,8 @@ use crate::metrics::SinkMetrics;
 const NO_PROGRESS_DOWN: Duration = Duration::from_secs(10);
 /// How long one `poll` of the producer blocks while waiting.
 const POLL: Duration = Duration::from_millis(50);
+/// Between two attempts to read the partitions' tails.
+const TAIL_RETRY: Duration = Duration::from_secs(2);
 
 /// A message librdkafka refused for good.
 struct Refused {
@@ -209,6 +213,18 @@ pub struct KafkaSink {
     max_queue: usize,
     /// The `schema_version` header.
     schema: String,
+    /// The `ring_id` header (set by `recover`).
+    ring_id: String,
+    /// The `ring_pos` header of the message being produced.
+    pos_text: String,
+    /// Positions at or after the cursor already stored in Kafka (read from the partitions'
+    /// tails): not sent again.
+    stored: HashSet<u64>,
+    /// The cursor position from which the tails must be read before the next event is sent
+    /// (after a producer reset).
+    scan_pending: Option<u64>,
+    /// Events of the batch skipped because Kafka has them, by type.
+    skipped_by_kind: [u64; COUNTER_KINDS],
 }
 
 fn client_config(cfg: &KafkaConfig, max_queue: usize) -> ClientConfig {
@@ -225,6 +241,9 @@ fn client_config(cfg: &KafkaConfig, max_queue: usize) -> ClientConfig {
         .set("linger.ms", cfg.linger_ms.to_string())
         .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
         .set("queue.buffering.max.messages", max_queue.to_string())
+        // The Java client's partitioner: a key's partition is murmur2(key) % partitions, the
+        // same from every client (a null key: a random partition).
+        .set("partitioner", "murmur2_random")
         // Reconnect quickly after an outage, without hammering a broker that is away.
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000")
@@ -232,6 +251,21 @@ fn client_config(cfg: &KafkaConfig, max_queue: usize) -> ClientConfig {
     if let Some(b) = cfg.batch_size {
         c.set("batch.size", b.to_string());
     }
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The tail reader's settings: the brokers and the user's properties (security...), none of
+/// the producer's.
+fn tail_reader_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", "nginx-tracker-shipper")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
@@ -266,6 +300,11 @@ impl KafkaSink {
             refused_now: Vec::new(),
             max_queue,
             schema: SCHEMA_VERSION.to_string(),
+            ring_id: String::new(),
+            pos_text: String::new(),
+            stored: HashSet::new(),
+            scan_pending: None,
+            skipped_by_kind: [0; COUNTER_KINDS],
         })
     }
 
@@ -289,6 +328,79 @@ impl KafkaSink {
             self.topics.insert(event_type.to_string(), t);
         }
         &self.topics[event_type]
+    }
+
+    /// Reads the partitions' tails back (see [`kafka_tail`]) into `self.stored`, waiting
+    /// while they cannot be read: never guesses. Returns Interrupted when stopped meanwhile.
+    fn read_tails(&mut self, cursor: u64) -> io::Result<()> {
+        self.stored.clear();
+        if !self.cfg.exactly_once {
+            return Ok(());
+        }
+        let topics = self.cfg.all_topics();
+        let t0 = Instant::now();
+        let mut failures = 0u32;
+        let tail = loop {
+            let scan = Scan {
+                config: tail_reader_config(&self.cfg),
+                topics: &topics,
+                ring_id: &self.ring_id,
+                cursor,
+                max_per_partition: self.cfg.tail_scan_messages,
+                stop: &self.stop,
+            };
+            match kafka_tail::read_tail(&scan) {
+                Ok(t) => break t,
+                Err(_) if self.stop.load(Relaxed) => return Err(self.stopping()),
+                Err(e) => {
+                    if failures == 0 {
+                        warn!(
+                            "kafka: cannot read the partitions' tails ({e}); nothing is sent until they can be read (they tell which events Kafka already has); retrying every {}s",
+                            TAIL_RETRY.as_secs()
+                        );
+                    }
+                    failures += 1;
+                    self.producer.context().down(&e);
+                    crate::batch::sleep_unless_stopped(TAIL_RETRY, &self.stop_signals());
+                    if self.stop.load(Relaxed) {
+                        return Err(self.stopping());
+                    }
+                }
+            }
+        };
+        if failures > 0 {
+            info!("kafka: read the partitions' tails after {failures} failed attempts");
+        }
+        let level = if tail.stored.is_empty() && tail.cut_short == 0 {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
+            "kafka: read the tails of {} partitions ({} messages) in {} ms: {} events of this ring from position {cursor} on are in Kafka already and are not sent again{}",
+            tail.partitions,
+            tail.messages_read,
+            t0.elapsed().as_millis(),
+            tail.stored.len(),
+            if tail.cut_short > 0 {
+                format!(
+                    "; {} partitions read back only {} messages deep (tail_scan_messages): events deeper are sent again",
+                    tail.cut_short, self.cfg.tail_scan_messages
+                )
+            } else {
+                String::new()
+            }
+        );
+        self.stored = tail.stored;
+        Ok(())
+    }
+
+    fn stop_signals(&self) -> crate::drain::Signals {
+        crate::drain::Signals {
+            stop: self.stop.clone(),
+            ..Default::default()
+        }
     }
 
     fn stopping(&self) -> io::Error {
@@ -358,12 +470,20 @@ impl Sink for KafkaSink {
         true
     }
 
-    fn recover(&mut self, _cursor: &Cursor<'_>) -> io::Result<()> {
-        // Nothing on our side survives a crash: the events after the cursor are sent again.
+    fn recover(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
+        // The events after the cursor are read again; those Kafka already has are skipped.
+        // Read in this sink's own thread before its first event (an unreachable broker must
+        // not hold the other sinks back).
+        self.ring_id = kafka_tail::ring_id_hex(cursor.ring().id());
+        self.scan_pending = Some(cursor.position());
         Ok(())
     }
 
     fn add(&mut self, chunk: EncodedChunk) -> io::Result<()> {
+        if let Some(cursor) = self.scan_pending {
+            self.read_tails(cursor)?;
+            self.scan_pending = None;
+        }
         let mut written = [0u64; COUNTER_KINDS];
         for d in chunk.dead {
             // Not an event (a bug or a torn write): kept with the reason, never sent.
@@ -380,8 +500,15 @@ impl Sink for KafkaSink {
             });
         }
         for m in &chunk.messages {
+            if !self.stored.is_empty() && self.stored.remove(&m.pos) {
+                // Stored by a previous run (or the producer before a reset): not sent again.
+                self.skipped_by_kind[m.kind] += 1;
+                continue;
+            }
             let topic = self.topic(&m.event_type).to_string();
-            let headers = OwnedHeaders::new_with_capacity(2)
+            self.pos_text.clear();
+            let _ = write!(self.pos_text, "{}", m.pos);
+            let headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
                     key: "schema_version",
                     value: Some(self.schema.as_str()),
@@ -389,6 +516,14 @@ impl Sink for KafkaSink {
                 .insert(Header {
                     key: "event_type",
                     value: Some(m.event_type.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_RING_ID,
+                    value: Some(self.ring_id.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_RING_POS,
+                    value: Some(self.pos_text.as_str()),
                 });
             let value = &chunk.buf[m.value.clone()];
             let mut record = BaseRecord::with_opaque_to(&topic, m.kind)
@@ -466,7 +601,7 @@ impl Sink for KafkaSink {
                 ));
             }
         }
-        let (acked, acked_by_kind, mut refused) = {
+        let (mut acked, mut acked_by_kind, mut refused) = {
             let mut d = self.producer.context().lock();
             (
                 std::mem::take(&mut d.acked),
@@ -475,6 +610,12 @@ impl Sink for KafkaSink {
             )
         };
         refused.append(&mut self.refused_now);
+        // Events Kafka had already count as acknowledged: they are delivered.
+        let skipped = std::mem::take(&mut self.skipped_by_kind);
+        for (a, s) in acked_by_kind.iter_mut().zip(skipped) {
+            *a += s;
+        }
+        acked += skipped.iter().sum::<u64>();
         SinkMetrics::add(&self.metrics.acked, &acked_by_kind);
         if let Some(r) = refused.iter().find(|r| !r.permanent) {
             // Not a reason to give up on the event: read the batch again (at-least-once).
@@ -506,6 +647,9 @@ impl Sink for KafkaSink {
         }
         crate::commit::crash_point("kafka-acked");
         cursor.commit(end);
+        if !self.stored.is_empty() {
+            self.stored.retain(|&p| p >= end);
+        }
         let out = Committed {
             events: acked,
             dead_letters: refused.len() as u64,
@@ -521,7 +665,7 @@ impl Sink for KafkaSink {
         Ok(out)
     }
 
-    fn abort(&mut self, _cursor: &Cursor<'_>) -> io::Result<()> {
+    fn abort(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
         // Drop the producer and what it holds (the batch is read again from the cursor) and
         // start a new one: this also clears a fatal idempotence state.
         let fresh =
@@ -531,6 +675,10 @@ impl Sink for KafkaSink {
         drop(old);
         self.refused_now.clear();
         self.batch_written = 0;
+        self.skipped_by_kind = [0; COUNTER_KINDS];
+        // Before anything is sent again, read back what the dropped producer stored.
+        self.stored.clear();
+        self.scan_pending = Some(cursor.position());
         Ok(())
     }
 }

@@ -36,6 +36,7 @@
 pub mod aggregate;
 pub mod file;
 pub mod kafka;
+pub mod kafka_tail;
 
 use std::io;
 

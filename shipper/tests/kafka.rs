@@ -629,6 +629,52 @@ fn kafka_tail_of_an_older_ring_is_not_taken_for_this_one() {
     assert_exactly_once(&got, &all, &log);
 }
 
+/// Kafka's Java client hash (`Utils.murmur2`), for checking the partitioner.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let r = chunks.remainder();
+    if r.len() >= 3 {
+        h ^= u32::from(r[2]) << 16;
+    }
+    if r.len() >= 2 {
+        h ^= u32::from(r[1]) << 8;
+    }
+    if !r.is_empty() {
+        h ^= u32::from(r[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+#[test]
+fn murmur2_is_the_java_clients() {
+    // Kafka's UtilsTest.testMurmur2.
+    for (s, want) in [
+        ("21", -973932308i32),
+        ("foobar", -790332482),
+        ("a-little-bit-long-string", -985981536),
+        ("a-little-bit-longer-string", -1486304829),
+        (
+            "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58897971,
+        ),
+        ("abc", 479470107),
+    ] {
+        assert_eq!(murmur2(s.as_bytes()) as i32, want, "{s}");
+    }
+}
+
 /// Topics that exist with 12 partitions each and nothing in them, and topics that do not exist
 /// yet: nothing to skip, everything sent once; the tails read quickly.
 #[test]
@@ -650,7 +696,20 @@ fn kafka_empty_topics_send_everything() {
         log.contains("read the tails of 48 partitions (0 messages)"),
         "{log}"
     );
-    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+    let got = consume_all(&b, &ALL_TOPICS);
+    assert_exactly_once(&got, &written, &log);
+    // Partitioned as the Java client does: (murmur2(key) & 0x7fffffff) % partitions.
+    let mut used = std::collections::HashSet::new();
+    for g in got
+        .iter()
+        .filter(|g| ALL_TOPICS[..4].contains(&g.topic.as_str()))
+    {
+        let key = g.key.as_deref().expect("keyed by campaign");
+        let want = (murmur2(key.as_bytes()) & 0x7fff_ffff) % 12;
+        assert_eq!(g.partition as u32, want, "{} key {key}", g.topic);
+        used.insert(g.partition);
+    }
+    assert!(used.len() > 3, "10 campaigns on partitions {used:?}");
 }
 
 /// A producer reset in the middle of a run (a delivery error the sink cannot leave to

@@ -2,22 +2,26 @@
 //!
 //! - Topic: one per event type (`tracker.impression`, ...; custom types go to the default
 //!   topic), overridable per type (`[kafka.topics]`). Key: the campaign id (or the click id, or
-//!   none). Value: the event's MessagePack record exactly as nginx wrote it (or one JSON
-//!   object). Headers: `schema_version` and `event_type`.
+//!   none); partition: librdkafka's `murmur2_random`, the Java client's hash. Value: the
+//!   event's MessagePack record exactly as nginx wrote it (or one JSON object). Headers:
+//!   `schema_version`, `event_type`, `ring_id` and `ring_pos` (which ring, which event).
 //! - Producer: `enable.idempotence=true` (so `acks=all`, retries without duplicates or
 //!   reordering, at most 5 requests in flight per connection), lz4 by default,
 //!   `message.timeout.ms=0`: librdkafka never gives up on a message because the broker is
 //!   away; the ring holds the events meanwhile.
 //!
-//! # Delivery guarantee: at-least-once
+//! # Delivery guarantee: exactly once (docs/shipper.md states the conditions)
 //!
 //! `add` produces every event of the batch; `commit` waits until librdkafka has reported every
 //! one of them (acknowledged by all in-sync replicas, or refused for good), writes the refused
 //! ones to the dead letters (fsynced), and only then moves this sink's cursor in the ring to
 //! the end of the batch. So the cursor only ever covers a contiguous prefix of events that
-//! Kafka has (or that are in the dead letters with the reason). A shipper killed between the
-//! broker's acknowledgement and the cursor commit sends those events again when it restarts:
-//! consumers that need exactly-once drop repeats by the event `id` (a UUIDv7, unique).
+//! Kafka has (or that are in the dead letters with the reason): nothing is lost.
+//!
+//! Events after the cursor are read again after a crash or a producer reset; before sending
+//! any, the sink reads the partitions' tails back ([`super::kafka_tail`]) and skips the
+//! events of this ring whose `ring_pos` it found: nothing is sent twice. When the tails cannot
+//! be read it waits, sending nothing.
 //!
 //! While the broker is unreachable `commit` keeps waiting (librdkafka reconnects with backoff),
 //! the sink reports itself down (log line once, `tracker_shipper_destination_up 0`), the ring
@@ -30,7 +34,7 @@
 //! with its topic, key, value and the reason, is counted
 //! (`tracker_shipper_delivery_errors_total{reason=...}`) and logged; the others go on. A fatal
 //! producer error (the idempotent producer lost its sequence) drops the producer: the batch is
-//! read again from the ring with a new producer (at-least-once).
+//! read again from the ring with a new producer, after the tails were read again.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;

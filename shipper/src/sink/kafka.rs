@@ -650,9 +650,20 @@ impl Sink for KafkaSink {
             );
         }
         crate::commit::crash_point("kafka-acked");
-        cursor.commit(end);
         if !self.stored.is_empty() {
             self.stored.retain(|&p| p >= end);
+        }
+        if self.stored.is_empty() {
+            cursor.commit(end);
+        } else {
+            // Events found stored lie beyond `end`: the events of this batch that were sent
+            // again may sit after them in their partitions. The cursor waits until it can pass
+            // them all, so that a tail read never meets this ring's messages below the cursor
+            // after ones at or after it (docs/shipper.md, "Exactly once").
+            debug!(
+                "kafka: cursor kept before {end} until the {} events found stored beyond it are passed",
+                self.stored.len()
+            );
         }
         let out = Committed {
             events: acked,

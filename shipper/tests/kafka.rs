@@ -895,6 +895,76 @@ fn kafka_drain_rate() {
     }
 }
 
+/// CPU time of the waited-for children so far (user + system), in µs.
+fn children_cpu_us() -> u64 {
+    // SAFETY: getrusage fills the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },
+        0
+    );
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+/// The shipper's cost with 12 partitions per topic: start-up (reading the tails back) and CPU
+/// per event with the `ring_id`/`ring_pos` headers. Not a test: a measurement, printed.
+/// `cargo test --release -p tracker-shipper --test kafka -- --ignored --nocapture kafka_cost`;
+/// `KAFKA_BENCH_BROKERS=127.0.0.1:9092` (topics created beforehand) measures against a real
+/// broker, `KAFKA_BENCH_SHIPPER=path` another shipper binary (an older build, to compare).
+#[test]
+#[ignore]
+fn kafka_cost() {
+    let n = 200_000;
+    let cluster = mock(1);
+    let b = std::env::var("KAFKA_BENCH_BROKERS").unwrap_or_else(|_| {
+        for t in &ALL_TOPICS {
+            cluster.create_topic(t, 12, 1).unwrap();
+        }
+        cluster.bootstrap_servers()
+    });
+    let bin = std::env::var("KAFKA_BENCH_SHIPPER").unwrap_or_else(|_| BIN.to_string());
+    let run = |f: &Fixture, what: &str, events: usize| {
+        let c = kafka_cmd(f, &b, &["--once"]);
+        let mut cmd = Command::new(&bin);
+        cmd.args(c.get_args())
+            .env_remove(CRASH_ENV)
+            .env("RUST_LOG", "info");
+        let cpu0 = children_cpu_us();
+        let t = Instant::now();
+        let o = cmd.output().unwrap();
+        let el = t.elapsed();
+        let cpu = children_cpu_us() - cpu0;
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{log}");
+        assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+        let tails = log
+            .lines()
+            .find(|l| l.contains("read the tails"))
+            .unwrap_or("(no tail line at info level)");
+        eprintln!(
+            "{what}: {events} events, wall {el:?}, CPU {:.1} ms = {:.2} µs/event\n  {tails}",
+            cpu as f64 / 1000.0,
+            cpu as f64 / events.max(1) as f64
+        );
+    };
+    let f = Fixture::new(1 << 28);
+    write_mixed(f.ring(), n, 0);
+    run(&f, "drain (tails: empty topics)", n);
+    write_mixed(f.ring(), n, n);
+    run(&f, "drain again (tails: this ring's)", n);
+    write_mixed(f.ring(), 10, 2 * n);
+    run(&f, "start-up with 10 events (tails: this ring's)", 10);
+    // A new ring: the tails hold only another ring's messages, read back to the start.
+    let g = Fixture::new(1 << 20);
+    write_mixed(g.ring(), 10, 0);
+    run(
+        &g,
+        "start-up of a new ring (tails: another ring's 400,000 messages, read to the start)",
+        10,
+    );
+}
+
 #[test]
 fn kafka_json_values_and_click_id_keys() {
     let cluster = mock(1);

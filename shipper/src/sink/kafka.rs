@@ -375,13 +375,7 @@ impl KafkaSink {
         if failures > 0 {
             info!("kafka: read the partitions' tails after {failures} failed attempts");
         }
-        let level = if tail.stored.is_empty() && tail.cut_short == 0 {
-            log::Level::Debug
-        } else {
-            log::Level::Info
-        };
-        log::log!(
-            level,
+        info!(
             "kafka: read the tails of {} partitions ({} messages) in {} ms: {} events of this ring from position {cursor} on are in Kafka already and are not sent again{}",
             tail.partitions,
             tail.messages_read,

@@ -915,7 +915,7 @@ fn children_cpu_us() -> u64 {
 #[test]
 #[ignore]
 fn kafka_cost() {
-    let n = 200_000;
+    let n: usize = std::env::var("KAFKA_BENCH_EVENTS").map_or(200_000, |v| v.parse().unwrap());
     let cluster = mock(1);
     let b = std::env::var("KAFKA_BENCH_BROKERS").unwrap_or_else(|_| {
         for t in &ALL_TOPICS {
@@ -924,15 +924,19 @@ fn kafka_cost() {
         cluster.bootstrap_servers()
     });
     let bin = std::env::var("KAFKA_BENCH_SHIPPER").unwrap_or_else(|_| BIN.to_string());
-    let run = |f: &Fixture, what: &str, events: usize| {
-        let c = kafka_cmd(f, &b, &["--once"]);
+    let shipper = |f: &Fixture| {
+        let c = kafka_cmd(f, &b, &["--once", "--max-batch-events", "5000"]);
         let mut cmd = Command::new(&bin);
         cmd.args(c.get_args())
             .env_remove(CRASH_ENV)
             .env("RUST_LOG", "info");
+        cmd
+    };
+    // Runs the shipper --once, prints its wall and CPU time and its tail-read line.
+    let run = |f: &Fixture, what: &str, events: usize| -> String {
         let cpu0 = children_cpu_us();
         let t = Instant::now();
-        let o = cmd.output().unwrap();
+        let o = shipper(f).output().unwrap();
         let el = t.elapsed();
         let cpu = children_cpu_us() - cpu0;
         let log = String::from_utf8_lossy(&o.stderr);
@@ -941,26 +945,41 @@ fn kafka_cost() {
         let tails = log
             .lines()
             .find(|l| l.contains("read the tails"))
-            .unwrap_or("(no tail line at info level)");
+            .unwrap_or("(no tail line at info level)")
+            .to_string();
         eprintln!(
             "{what}: {events} events, wall {el:?}, CPU {:.1} ms = {:.2} µs/event\n  {tails}",
             cpu as f64 / 1000.0,
             cpu as f64 / events.max(1) as f64
         );
+        tails
     };
     let f = Fixture::new(1 << 28);
-    write_mixed(f.ring(), n, 0);
+    let mut all = write_mixed(f.ring(), n, 0);
     run(&f, "drain (tails: empty topics)", n);
-    write_mixed(f.ring(), n, n);
+    all.extend(write_mixed(f.ring(), n, n));
     run(&f, "drain again (tails: this ring's)", n);
-    write_mixed(f.ring(), 10, 2 * n);
+    all.extend(write_mixed(f.ring(), 10, 2 * n));
     run(&f, "start-up with 10 events (tails: this ring's)", 10);
+    // Killed after the broker acknowledged the second batch (up to 5000 events, or what came
+    // in 100 ms), before the cursor moved.
+    all.extend(write_mixed(f.ring(), 20_000, 2 * n + 10));
+    let mut crash = shipper(&f);
+    crash.env(CRASH_ENV, "kafka-acked:2");
+    assert!(
+        !crash.status().unwrap().success(),
+        "the crash hook did not fire"
+    );
+    let tails = run(&f, "restart after a SIGKILL between ack and commit", 15_000);
+    assert!(!tails.contains(": 0 events of this ring"), "{tails}");
+    // Fresh topics (or the mock cluster): exactly this ring's events, once each.
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &all, &tails);
     // A new ring: the tails hold only another ring's messages, read back to the start.
     let g = Fixture::new(1 << 20);
     write_mixed(g.ring(), 10, 0);
     run(
         &g,
-        "start-up of a new ring (tails: another ring's 400,000 messages, read to the start)",
+        "start-up of a new ring (tails: another ring's messages only, read to the start)",
         10,
     );
 }

@@ -211,6 +211,12 @@ while kill -0 "$wrk_pid" 2>/dev/null; do
         next_kill=$((next_kill + 1))
     fi
 done
+# Kills whose point the load passed too fast (or ended before): now, during the drain.
+while [ "$next_kill" -lt "${#kill_at[@]}" ]; do
+    pause_random
+    kill_shipper "after the load (its point came too late)"
+    next_kill=$((next_kill + 1))
+done
 # wrk's threads stop after their share, but wrk waits out -d: SIGINT makes it print its summary.
 kill -INT "$wrk_pid" 2>/dev/null || true
 wait "$wrk_pid" || true

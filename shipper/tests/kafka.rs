@@ -712,6 +712,34 @@ fn kafka_empty_topics_send_everything() {
     assert!(used.len() > 3, "10 campaigns on partitions {used:?}");
 }
 
+/// The tails cannot be read for a while (the broker refuses the fetches: no right to read):
+/// the sink sends nothing meanwhile, says why, and once it can read them sends each event once.
+#[test]
+fn kafka_unreadable_tails_make_the_sink_wait_not_guess() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let mut written = write_mixed(ring, 100, 0);
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    assert!(out.status.success());
+    written.extend(write_mixed(ring, 100, 100));
+    let before = ring.consumer_pos();
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
+    );
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let waited = log.find("cannot read the partitions' tails").expect(&log);
+    let read = log.find("read the tails of").expect(&log);
+    assert!(waited < read, "{log}");
+    assert!(ring.consumer_pos() > before);
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+}
+
 /// A producer reset in the middle of a run (a delivery error the sink cannot leave to
 /// librdkafka: the batch is read again from the ring with a new producer) after part of the
 /// batch was stored: the rest is sent, what was stored is not sent again.

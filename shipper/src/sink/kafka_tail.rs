@@ -28,8 +28,9 @@ pub const HEADER_RING_ID: &str = "ring_id";
 /// The header holding the event's position in the ring (decimal).
 pub const HEADER_RING_POS: &str = "ring_pos";
 
-/// How long one metadata or watermark request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one metadata or watermark request may take (also how long a SIGTERM may wait
+/// while the brokers are away).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading one round of windows may take.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The first window read back per partition (grows 4x per round).

@@ -472,7 +472,9 @@ impl Sink for KafkaSink {
         // The events after the cursor are read again; those Kafka already has are skipped.
         // Read in this sink's own thread before its first event (an unreachable broker must
         // not hold the other sinks back).
+        // Also called when the ring file was replaced: a new ring, a new identity.
         self.ring_id = kafka_tail::ring_id_hex(cursor.ring().id());
+        self.stored.clear();
         self.scan_pending = Some(cursor.position());
         Ok(())
     }

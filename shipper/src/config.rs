@@ -336,6 +336,8 @@ pub struct KafkaFile {
     pub exactly_once: Option<bool>,
     /// The most messages read back per partition when reading its tail.
     pub tail_scan_messages: Option<u64>,
+    /// Bad rows (refused for good, undecodable) also go to this topic.
+    pub dead_letter_topic: Option<String>,
     pub topic_prefix: Option<String>,
     pub default_topic: Option<String>,
     #[serde(default)]
@@ -364,6 +366,9 @@ pub struct KafkaConfig {
     pub exactly_once: bool,
     /// The most messages read back per partition when reading its tail.
     pub tail_scan_messages: u64,
+    /// Bad rows (refused for good, undecodable) also go to this topic, with the reason in a
+    /// header.
+    pub dead_letter_topic: Option<String>,
     pub topic_prefix: String,
     pub default_topic: String,
     /// Event type -> topic, over the defaults.
@@ -386,7 +391,7 @@ impl KafkaConfig {
     }
 
     /// Every topic the sink may write to (sorted, without repeats): the built-in types',
-    /// the default topic, the overrides.
+    /// the default topic, the overrides, the dead-letter topic.
     pub fn all_topics(&self) -> Vec<String> {
         let mut t: std::collections::BTreeSet<String> = tracker_core::event::Kind::ALL
             .iter()
@@ -394,6 +399,7 @@ impl KafkaConfig {
             .collect();
         t.insert(self.default_topic.clone());
         t.extend(self.topics.values().cloned());
+        t.extend(self.dead_letter_topic.clone());
         t.into_iter().collect()
     }
 }
@@ -739,6 +745,9 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
     for (ty, t) in &k.topics {
         check_topic(&format!("topics.{ty}"), t)?;
     }
+    if let Some(t) = &k.dead_letter_topic {
+        check_topic("dead_letter_topic", t)?;
+    }
     let mut properties = BTreeMap::new();
     for (name, v) in k.properties {
         let v = match v {
@@ -768,6 +777,7 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
         message_timeout_ms: k.message_timeout_ms.unwrap_or(0),
         exactly_once: k.exactly_once.unwrap_or(true),
         tail_scan_messages,
+        dead_letter_topic: k.dead_letter_topic,
         topic_prefix,
         default_topic,
         topics: k.topics,
@@ -914,6 +924,7 @@ mod tests {
         for (text, ok) in [
             ("exactly_once = false\ntail_scan_messages = 10", true),
             ("tail_scan_messages = 0", false),
+            ("dead_letter_topic = 'no spaces'", false),
         ] {
             let f: FileConfig =
                 toml::from_str(&format!("[kafka]\nbrokers = 'b:1'\n{text}\n")).unwrap();

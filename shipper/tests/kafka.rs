@@ -881,6 +881,78 @@ fn kafka_unknown_topic_and_denied_topic_are_dead_letters_not_silence() {
     assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
 }
 
+/// Bad rows as a topic: events refused for good also go to `dead_letter_topic`, value and key
+/// as they were, the reason and where they came from in headers; sent once even when the
+/// shipper is killed after the broker acknowledged them.
+#[test]
+fn kafka_bad_rows_go_to_the_dead_letter_topic_too() {
+    use rdkafka::types::RDKafkaRespErr;
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster
+        .topic_error(
+            "tracker.video",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let f = Fixture::new(4 << 20);
+    let written = write_mixed(f.ring(), 100, 0);
+    let conf = "[kafka]\ndead_letter_topic = 'tracker.bad'\n[kafka.topics]\nsignup = 'signups'\n\
+                [kafka.properties]\n'topic.metadata.propagation.max.ms' = 1000\n";
+    let mut c = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "50"]);
+    std::fs::write(f.tmp.path().join("shipper.toml"), conf).unwrap();
+    // Killed after the second batch's events and bad rows were acknowledged.
+    c.env(CRASH_ENV, "kafka-acked:2");
+    assert!(!c.output().unwrap().status.success(), "no crash");
+    let mut c = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "50"]);
+    std::fs::write(f.tmp.path().join("shipper.toml"), conf).unwrap();
+    let out = c.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+
+    let bad = consume_all(&b, &["tracker.bad"]);
+    let videos: Vec<&Written> = written
+        .iter()
+        .map(|(w, _)| w)
+        .filter(|w| w.event_type == "video")
+        .collect();
+    assert_eq!(
+        bad.len(),
+        videos.len(),
+        "one bad row per video event: {log}"
+    );
+    let counts = id_counts(&bad);
+    for w in &videos {
+        assert_eq!(counts.get(&w.id_hex), Some(&1), "bad row of {}", w.id_hex);
+    }
+    for g in &bad {
+        assert_eq!(g.headers["original_topic"], "tracker.video");
+        assert!(
+            g.headers["reason"].to_lowercase().contains("unknown"),
+            "{:?}",
+            g.headers
+        );
+        assert_eq!(g.headers["ring_id"], format!("{:032x}", f.ring().id()));
+        assert!(g.headers["ring_pos"].parse::<u64>().is_ok());
+    }
+    let good = consume_all(
+        &b,
+        &[
+            "tracker.impression",
+            "tracker.click",
+            "tracker.conversion",
+            "signups",
+        ],
+    );
+    let others: Vec<(Written, String)> = written
+        .iter()
+        .filter(|(w, _)| w.event_type != "video")
+        .cloned()
+        .collect();
+    assert_exactly_once(&good, &others, &log);
+}
+
 /// The kafka sink's drain rate into librdkafka's mock cluster (in this process: the broker side
 /// shares the CPU). Not a test: a measurement, printed.
 /// `cargo test --release -p tracker-shipper --test kafka -- --ignored --nocapture kafka_drain_rate`.

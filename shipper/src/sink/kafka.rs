@@ -65,11 +65,15 @@ use crate::metrics::SinkMetrics;
 const NO_PROGRESS_DOWN: Duration = Duration::from_secs(10);
 /// How long one `poll` of the producer blocks while waiting.
 const POLL: Duration = Duration::from_millis(50);
+/// The delivery opaque of a bad row sent to the dead-letter topic (not an event type).
+const BAD_ROW: usize = usize::MAX;
 /// Between two attempts to read the partitions' tails.
 const TAIL_RETRY: Duration = Duration::from_secs(2);
 
 /// A message librdkafka refused for good.
 struct Refused {
+    /// The event's ring position, when known.
+    pos: Option<u64>,
     topic: String,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
@@ -87,6 +91,10 @@ struct Deliveries {
     acked_by_kind: [u64; COUNTER_KINDS],
     refused: Vec<Refused>,
     last_progress: Option<Instant>,
+    /// Bad rows sent to the dead-letter topic and not reported yet.
+    bad_rows_outstanding: u64,
+    /// Why bad rows could not be written to the dead-letter topic.
+    bad_rows_failed: Vec<String>,
 }
 
 /// The producer's context: delivery reports and client errors, called from `poll`.
@@ -155,6 +163,13 @@ impl ProducerContext for Context {
 
     fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
         let mut d = self.lock();
+        if kind == BAD_ROW {
+            d.bad_rows_outstanding = d.bad_rows_outstanding.saturating_sub(1);
+            if let Err((e, _)) = result {
+                d.bad_rows_failed.push(e.to_string());
+            }
+            return;
+        }
         d.outstanding = d.outstanding.saturating_sub(1);
         d.last_progress = Some(Instant::now());
         match result {
@@ -165,6 +180,7 @@ impl ProducerContext for Context {
                 self.up();
             }
             Err((e, m)) => d.refused.push(Refused {
+                pos: ring_pos_of(m),
                 topic: m.topic().to_string(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
@@ -174,6 +190,13 @@ impl ProducerContext for Context {
             }),
         }
     }
+}
+
+/// The `ring_pos` header of a message the sink produced.
+fn ring_pos_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<u64> {
+    use rdkafka::message::Headers;
+    let h = m.headers()?.iter().find(|h| h.key == HEADER_RING_POS)?;
+    std::str::from_utf8(h.value?).ok()?.parse().ok()
 }
 
 /// Whether a delivery error means the message can never be delivered as it is (dead letter).
@@ -394,6 +417,79 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Also sends the batch's bad rows to the dead-letter topic, if there is one: the value and
+    /// key as they were, headers `reason`, `original_topic`, `ring_id`, `ring_pos`. Waits for
+    /// the broker's answer; a row it refuses for good is logged and counted (it is in the
+    /// dead-letter file already), never a reason to hold the ring.
+    fn send_bad_rows(&mut self, refused: &[Refused]) -> io::Result<()> {
+        let Some(dlt) = self.cfg.dead_letter_topic.clone() else {
+            return Ok(());
+        };
+        for r in refused {
+            let pos = r.pos.map(|p| p.to_string());
+            let mut headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header {
+                    key: "reason",
+                    value: Some(r.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "original_topic",
+                    value: Some(r.topic.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_RING_ID,
+                    value: Some(self.ring_id.as_str()),
+                });
+            if let Some(p) = &pos {
+                headers = headers.insert(Header {
+                    key: HEADER_RING_POS,
+                    value: Some(p.as_str()),
+                });
+            }
+            let mut record = BaseRecord::with_opaque_to(&dlt, BAD_ROW)
+                .payload(&r.value)
+                .headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k);
+            }
+            self.producer.context().lock().bad_rows_outstanding += 1;
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        if self.stop.load(Relaxed) {
+                            return Err(self.stopping());
+                        }
+                        self.producer.poll(POLL);
+                        record = back;
+                    }
+                    Err((e, _)) => {
+                        let mut d = self.producer.context().lock();
+                        d.bad_rows_outstanding -= 1;
+                        d.bad_rows_failed.push(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        while self.producer.context().lock().bad_rows_outstanding > 0 {
+            if self.stop.load(Relaxed) {
+                return Err(self.stopping());
+            }
+            self.producer.poll(POLL);
+        }
+        let failed = std::mem::take(&mut self.producer.context().lock().bad_rows_failed);
+        if let Some(first) = failed.first() {
+            self.metrics.delivery_error("DeadLetterTopic");
+            error!(
+                "kafka: {} bad rows could not be written to the topic {dlt} (they are in the dead-letter \
+                 files): first: {first}",
+                failed.len()
+            );
+        }
+        Ok(())
+    }
+
     fn stop_signals(&self) -> crate::drain::Signals {
         crate::drain::Signals {
             stop: self.stop.clone(),
@@ -414,6 +510,7 @@ impl KafkaSink {
         let mut out = Vec::new();
         for r in refused {
             let line = serde_json::json!({
+                "ring_pos": r.pos,
                 "topic": r.topic,
                 "key": r.key.as_deref().map(String::from_utf8_lossy),
                 "reason": r.reason,
@@ -488,6 +585,7 @@ impl Sink for KafkaSink {
         for d in chunk.dead {
             // Not an event (a bug or a torn write): kept with the reason, never sent.
             self.refused_now.push(Refused {
+                pos: Some(d.pos),
                 topic: String::new(),
                 key: None,
                 value: d.raw,
@@ -554,6 +652,7 @@ impl Sink for KafkaSink {
                         // Refused before it was queued (too large, unknown topic, ...).
                         self.producer.context().lock().outstanding -= 1;
                         self.refused_now.push(Refused {
+                            pos: Some(m.pos),
                             topic: topic.clone(),
                             key: r.key.map(<[u8]>::to_vec),
                             value: value.to_vec(),
@@ -645,6 +744,7 @@ impl Sink for KafkaSink {
                 refused[0].reason
             );
         }
+        self.send_bad_rows(&refused)?;
         crate::commit::crash_point("kafka-acked");
         if !self.stored.is_empty() {
             self.stored.retain(|&p| p >= end);

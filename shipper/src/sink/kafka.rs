@@ -58,7 +58,7 @@ use super::kafka_tail::{self, Scan, HEADER_RING_ID, HEADER_RING_POS};
 use super::{Committed, Sink};
 use crate::commit::{ctx, fsync_dir};
 use crate::config::{Format, KafkaConfig};
-use crate::encode::EncodedChunk;
+use crate::encode::{EncodedChunk, Message};
 use crate::metrics::SinkMetrics;
 
 /// With no acknowledgement for this long while messages wait, the broker counts as down.
@@ -490,6 +490,74 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// An event's headers: `schema_version`, `event_type`, `ring_id`, `ring_pos`.
+    fn event_headers(&mut self, m: &Message) -> OwnedHeaders {
+        self.pos_text.clear();
+        let _ = write!(self.pos_text, "{}", m.pos);
+        OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: "schema_version",
+                value: Some(self.schema.as_str()),
+            })
+            .insert(Header {
+                key: "event_type",
+                value: Some(m.event_type.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_RING_ID,
+                value: Some(self.ring_id.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_RING_POS,
+                value: Some(self.pos_text.as_str()),
+            })
+    }
+
+    /// The batch's rows refused for good: into the dead-letter file (fsynced) and topic,
+    /// counted and logged.
+    fn put_aside(&mut self, refused: &[Refused], end: u64) -> io::Result<()> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        self.dead_letters(refused, end)?;
+        for r in refused {
+            let reason = match r.code {
+                Some(c) => format!("{c:?}"),
+                None if r.topic.is_empty() => "Undecodable".into(),
+                None => "Other".into(),
+            };
+            self.metrics.delivery_error(&reason);
+        }
+        self.metrics
+            .dead_letters
+            .fetch_add(refused.len() as u64, Relaxed);
+        error!(
+            "kafka: {} events refused for good, written to {}: first: topic {}: {}",
+            refused.len(),
+            self.dead_dir.join(format!("kafka-{end}.jsonl")).display(),
+            refused[0].topic,
+            refused[0].reason
+        );
+        self.send_bad_rows(refused)
+    }
+
+    /// Moves the cursor to `end`, the batch being delivered; unless events found stored lie
+    /// beyond `end`: the events of this batch that were sent again may sit after them in their
+    /// partitions, so the cursor waits until it can pass them all, and a tail read never meets
+    /// this ring's messages below the cursor after ones at or after it (docs/shipper.md,
+    /// "Exactly once").
+    fn move_cursor(&mut self, cursor: &Cursor<'_>, end: u64) {
+        self.stored.retain(|&p| p >= end);
+        if self.stored.is_empty() {
+            cursor.commit(end);
+        } else {
+            debug!(
+                "kafka: cursor kept before {end} until the {} events found stored beyond it are passed",
+                self.stored.len()
+            );
+        }
+    }
+
     fn stop_signals(&self) -> crate::drain::Signals {
         crate::drain::Signals {
             stop: self.stop.clone(),
@@ -604,25 +672,7 @@ impl Sink for KafkaSink {
                 continue;
             }
             let topic = self.topic(&m.event_type).to_string();
-            self.pos_text.clear();
-            let _ = write!(self.pos_text, "{}", m.pos);
-            let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header {
-                    key: "schema_version",
-                    value: Some(self.schema.as_str()),
-                })
-                .insert(Header {
-                    key: "event_type",
-                    value: Some(m.event_type.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_RING_ID,
-                    value: Some(self.ring_id.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_RING_POS,
-                    value: Some(self.pos_text.as_str()),
-                });
+            let headers = self.event_headers(m);
             let value = &chunk.buf[m.value.clone()];
             let mut record = BaseRecord::with_opaque_to(&topic, m.kind)
                 .payload(value)
@@ -723,44 +773,9 @@ impl Sink for KafkaSink {
                 r.reason
             )));
         }
-        if !refused.is_empty() {
-            self.dead_letters(&refused, end)?;
-            for r in &refused {
-                let reason = match r.code {
-                    Some(c) => format!("{c:?}"),
-                    None if r.topic.is_empty() => "Undecodable".into(),
-                    None => "Other".into(),
-                };
-                self.metrics.delivery_error(&reason);
-            }
-            self.metrics
-                .dead_letters
-                .fetch_add(refused.len() as u64, Relaxed);
-            error!(
-                "kafka: {} events refused for good, written to {}: first: topic {}: {}",
-                refused.len(),
-                self.dead_dir.join(format!("kafka-{end}.jsonl")).display(),
-                refused[0].topic,
-                refused[0].reason
-            );
-        }
-        self.send_bad_rows(&refused)?;
+        self.put_aside(&refused, end)?;
         crate::commit::crash_point("kafka-acked");
-        if !self.stored.is_empty() {
-            self.stored.retain(|&p| p >= end);
-        }
-        if self.stored.is_empty() {
-            cursor.commit(end);
-        } else {
-            // Events found stored lie beyond `end`: the events of this batch that were sent
-            // again may sit after them in their partitions. The cursor waits until it can pass
-            // them all, so that a tail read never meets this ring's messages below the cursor
-            // after ones at or after it (docs/shipper.md, "Exactly once").
-            debug!(
-                "kafka: cursor kept before {end} until the {} events found stored beyond it are passed",
-                self.stored.len()
-            );
-        }
+        self.move_cursor(cursor, end);
         let out = Committed {
             events: acked,
             dead_letters: refused.len() as u64,

@@ -767,7 +767,7 @@ impl Sink for KafkaSink {
         acked += skipped.iter().sum::<u64>();
         SinkMetrics::add(&self.metrics.acked, &acked_by_kind);
         if let Some(r) = refused.iter().find(|r| !r.permanent) {
-            // Not a reason to give up on the event: read the batch again (at-least-once).
+            // Not a reason to give up on the event: read the batch again (the tails tell what was stored).
             return Err(io::Error::other(format!(
                 "kafka: delivery failed for now ({}); the batch is sent again",
                 r.reason

@@ -137,7 +137,8 @@ struct Header {
     version: AtomicU32,      // 8
     header_size: AtomicU32,  // 12
     data_size: AtomicU64,    // 16
-    _r0: [AtomicU64; 5],     // 24..64
+    ring_id: [AtomicU64; 2], // 24..40: the ring's identity (random); 0: none yet
+    _r0: [AtomicU64; 3],     // 40..64
     producer_pos: AtomicU64, // 64: own cache line
     _r1: [AtomicU64; 7],
     consumer_pos: AtomicU64, // 128: own cache line
@@ -195,6 +196,7 @@ const _: () = {
     assert!(OFF_VERSION == 8);
     assert!(OFF_HEADER_SIZE == 12);
     assert!(OFF_DATA_SIZE == 16);
+    assert!(std::mem::offset_of!(Header, ring_id) == 24);
     assert!(OFF_PRODUCER == 64);
     assert!(OFF_CONSUMER == 128);
     assert!(std::mem::offset_of!(Header, written) == 192);
@@ -685,6 +687,7 @@ impl RingFile {
             data,
             size: data_size,
         };
+        ring.assign_id();
         Ok(RingFile {
             ring,
             map_len,
@@ -1003,6 +1006,28 @@ impl Ring {
             duplicates: load_all(&h.duplicates),
             duplicate_evictions: h.duplicate_evictions.load(Relaxed),
         }
+    }
+
+    /// Gives the ring its identity if it has none yet (a ring created before identities, or
+    /// just created): each of the two words is set by a CAS from 0 to a random non-zero value,
+    /// so of the processes that open the ring at once (nginx's workers, the shipper) exactly
+    /// one value per word wins and all of them read the same identity after this returns.
+    fn assign_id(&self) {
+        for w in &self.header().ring_id {
+            if w.load(Acquire) == 0 {
+                let r = crate::id::os_random_u64().max(1);
+                let _ = w.compare_exchange(0, r, AcqRel, Acquire);
+            }
+        }
+    }
+
+    /// The ring's identity: 128 random bits made when the ring was first opened (kept in its
+    /// header, bytes 24..40), never 0. Two ring files never share one (with 2^-64 odds per
+    /// word); a ring recreated (file removed) gets a new one. The Kafka sink tags every message
+    /// with it (docs/shipper.md).
+    pub fn id(&self) -> u128 {
+        let [hi, lo] = &self.header().ring_id;
+        (u128::from(hi.load(Acquire)) << 64) | u128::from(lo.load(Acquire))
     }
 
     pub fn data_size(&self) -> u64 {

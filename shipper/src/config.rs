@@ -19,6 +19,9 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "tracker.";
 pub const DEFAULT_CUSTOM_TOPIC: &str = "tracker.custom";
 pub const DEFAULT_LINGER_MS: u64 = 5;
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 5;
+/// The most messages the Kafka sink reads back per partition to find what is stored already
+/// (docs/shipper.md, "Exactly once"): a batch of events can be up to `max_batch_events`.
+pub const DEFAULT_TAIL_SCAN_MESSAGES: u64 = 200_000;
 /// The aggregate sink's batches: one file per hour per batch, so fewer, larger batches.
 pub const DEFAULT_AGGREGATE_FLUSH_INTERVAL_MS: u64 = 60_000;
 
@@ -328,6 +331,13 @@ pub struct KafkaFile {
     pub batch_size: Option<u64>,
     pub max_in_flight: Option<u32>,
     pub message_timeout_ms: Option<u64>,
+    /// Read the partitions' tails at start and after a producer reset and skip the events
+    /// already stored (docs/shipper.md, "Exactly once"). Default true.
+    pub exactly_once: Option<bool>,
+    /// The most messages read back per partition when reading its tail.
+    pub tail_scan_messages: Option<u64>,
+    /// Bad rows (refused for good, undecodable) also go to this topic.
+    pub dead_letter_topic: Option<String>,
     pub topic_prefix: Option<String>,
     pub default_topic: Option<String>,
     #[serde(default)]
@@ -352,6 +362,13 @@ pub struct KafkaConfig {
     /// librdkafka `message.timeout.ms`; 0: never give up (the default: events wait in the
     /// ring for the broker, however long it is away).
     pub message_timeout_ms: u64,
+    /// Skip on replay the events the partitions' tails show already stored.
+    pub exactly_once: bool,
+    /// The most messages read back per partition when reading its tail.
+    pub tail_scan_messages: u64,
+    /// Bad rows (refused for good, undecodable) also go to this topic, with the reason in a
+    /// header.
+    pub dead_letter_topic: Option<String>,
     pub topic_prefix: String,
     pub default_topic: String,
     /// Event type -> topic, over the defaults.
@@ -371,6 +388,19 @@ impl KafkaConfig {
         } else {
             self.default_topic.clone()
         }
+    }
+
+    /// Every topic the sink may write to (sorted, without repeats): the built-in types',
+    /// the default topic, the overrides, the dead-letter topic.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut t: std::collections::BTreeSet<String> = tracker_core::event::Kind::ALL
+            .iter()
+            .map(|k| self.topic_for(k.name()))
+            .collect();
+        t.insert(self.default_topic.clone());
+        t.extend(self.topics.values().cloned());
+        t.extend(self.dead_letter_topic.clone());
+        t.into_iter().collect()
     }
 }
 
@@ -682,6 +712,13 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
             "[kafka] max_in_flight must be 1..5 (the idempotent producer keeps order only up to 5), not {max_in_flight}"
         ));
     }
+    let tail_scan_messages = k.tail_scan_messages.unwrap_or(DEFAULT_TAIL_SCAN_MESSAGES);
+    if tail_scan_messages == 0 {
+        return Err(
+            "[kafka] tail_scan_messages must be at least 1 (set exactly_once = false to not read the tails)"
+                .into(),
+        );
+    }
     let check_topic = |what: &str, t: &str| -> Result<(), String> {
         let ok = !t.is_empty()
             && t.len() <= 249
@@ -707,6 +744,9 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
     check_topic("default_topic", &default_topic)?;
     for (ty, t) in &k.topics {
         check_topic(&format!("topics.{ty}"), t)?;
+    }
+    if let Some(t) = &k.dead_letter_topic {
+        check_topic("dead_letter_topic", t)?;
     }
     let mut properties = BTreeMap::new();
     for (name, v) in k.properties {
@@ -735,6 +775,9 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
         batch_size: k.batch_size,
         max_in_flight,
         message_timeout_ms: k.message_timeout_ms.unwrap_or(0),
+        exactly_once: k.exactly_once.unwrap_or(true),
+        tail_scan_messages,
+        dead_letter_topic: k.dead_letter_topic,
         topic_prefix,
         default_topic,
         topics: k.topics,
@@ -865,6 +908,38 @@ mod tests {
         assert_eq!(k.topic_for("newsletter"), "other");
         assert_eq!(k.properties["socket.keepalive.enable"], "true");
         assert_eq!(k.properties["batch.num.messages"], "5000");
+        assert!(k.exactly_once);
+        assert_eq!(k.tail_scan_messages, DEFAULT_TAIL_SCAN_MESSAGES);
+        assert_eq!(
+            k.all_topics(),
+            [
+                "clicks-v2",
+                "other",
+                "signups",
+                "tracker.conversion",
+                "tracker.impression",
+                "tracker.video"
+            ]
+        );
+        for (text, ok) in [
+            ("exactly_once = false\ntail_scan_messages = 10", true),
+            ("tail_scan_messages = 0", false),
+            ("dead_letter_topic = 'no spaces'", false),
+        ] {
+            let f: FileConfig =
+                toml::from_str(&format!("[kafka]\nbrokers = 'b:1'\n{text}\n")).unwrap();
+            let r = Config::resolve(
+                cli(&["--ring", "/r", "--sink", "kafka", "--dead-letter-dir", "/x"]),
+                Some(f),
+                None,
+            );
+            assert_eq!(r.is_ok(), ok, "{text}: {r:?}");
+            if let Ok(c) = r {
+                let k = c.kafka.unwrap();
+                assert!(!k.exactly_once);
+                assert_eq!(k.tail_scan_messages, 10);
+            }
+        }
 
         // The command line: repeated or comma-separated sinks, --format json for every sink.
         let c = Config::resolve(

@@ -61,6 +61,8 @@ pub enum Encoding {
 /// One event as a message: its value is `EncodedChunk::buf[value]`.
 #[derive(Debug)]
 pub struct Message {
+    /// The record's position in the ring (unique in the ring: the Kafka sink's `ring_pos`).
+    pub pos: u64,
     pub event_type: String,
     /// `Kind::index()` of the type (for the per-type counters).
     pub kind: usize,
@@ -173,6 +175,7 @@ pub fn encode_chunk(chunk: Chunk, encoding: Encoding, warnings: &WarnLimiter) ->
                     KeyField::None => None,
                 };
                 out.messages.push(Message {
+                    pos: rec.pos,
                     event_type: ev.event_type,
                     kind,
                     key,

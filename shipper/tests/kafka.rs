@@ -2,7 +2,8 @@
 //! brokers that can be taken down and errors that can be injected), driving the real shipper
 //! binary: routing, keys, headers and values; exactly once without crashes (idempotent
 //! producer); broker outages with the events kept in the ring; dead letters; a SIGKILL after
-//! the broker's acknowledgement (at-least-once); two sinks with their own cursors.
+//! the broker's acknowledgement or before it, a producer reset, a tail from an older ring, empty
+//! topics: exactly once (the partitions' tails read back); two sinks with their own cursors.
 
 mod common;
 
@@ -223,7 +224,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn check_message(g: &Got, w: &Written, camp: &str) {
+fn check_message(g: &Got, w: &Written, camp: &str, ring: &Ring) {
     assert_eq!(
         g.topic,
         topic_of(&w.event_type),
@@ -236,6 +237,16 @@ fn check_message(g: &Got, w: &Written, camp: &str) {
         Some("1")
     );
     assert_eq!(g.headers.get("event_type"), Some(&w.event_type));
+    assert_eq!(
+        g.headers.get("ring_id"),
+        Some(&format!("{:032x}", ring.id())),
+        "ring_id header"
+    );
+    let pos: u64 = g.headers["ring_pos"].parse().expect("a decimal ring_pos");
+    assert!(
+        pos < ring.producer_pos() && pos.is_multiple_of(16),
+        "ring_pos {pos}"
+    );
     // The value is the record exactly as nginx wrote it.
     assert_eq!(g.value, w.payload, "value of {}", w.id_hex);
 }
@@ -275,8 +286,12 @@ fn kafka_routes_keys_and_delivers_each_event_once() {
         let g = by_id
             .get(&w.id_hex)
             .unwrap_or_else(|| panic!("event {} missing", w.id_hex));
-        check_message(g, w, camp);
+        check_message(g, w, camp, f.ring());
     }
+    // ring_pos names one event.
+    let positions: std::collections::HashSet<&String> =
+        got.iter().map(|g| &g.headers["ring_pos"]).collect();
+    assert_eq!(positions.len(), got.len(), "ring_pos repeated");
     // One campaign's events stay in order: in its partition, by offset, seq grows.
     let mut last: HashMap<(String, String), (i32, i64, u64)> = HashMap::new();
     let mut sorted = got.clone();
@@ -492,8 +507,25 @@ fn kafka_refused_messages_go_to_the_dead_letters_and_transient_errors_are_retrie
     }
 }
 
+/// Every event exactly once, and how many were read back from the tails (the shipper's log).
+fn assert_exactly_once(got: &[Got], written: &[(Written, String)], log: &str) {
+    let counts = id_counts(got);
+    let lost = written
+        .iter()
+        .filter(|(w, _)| !counts.contains_key(&w.id_hex))
+        .count();
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    assert_eq!(
+        (lost, duplicates),
+        (0, 0),
+        "(lost, duplicates) of {} events: {log}",
+        written.len()
+    );
+    assert_eq!(got.len(), written.len(), "{log}");
+}
+
 #[test]
-fn kafka_sigkill_after_the_ack_resends_at_least_once() {
+fn kafka_sigkill_after_the_ack_sends_nothing_twice() {
     let cluster = mock(1);
     let b = cluster.bootstrap_servers();
     let f = Fixture::new(4 << 20);
@@ -510,22 +542,232 @@ fn kafka_sigkill_after_the_ack_resends_at_least_once() {
     let out = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
     assert_eq!(ring.consumer_pos(), ring.producer_pos());
+    // The second batch was acknowledged but not committed: read back from the tails, it is
+    // not sent again.
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+    assert!(
+        log.contains("500 events of this ring from position"),
+        "{log}"
+    );
+}
 
+/// Killed while the broker has the messages but its acknowledgements are on their way (a
+/// slow network): some are stored, none acknowledged, the cursor has not moved.
+#[test]
+fn kafka_sigkill_before_the_ack_sends_nothing_twice() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let mut written = write_mixed(ring, 500, 0);
+    let mut child = spawn(kafka_cmd(&f, &b, &["--max-batch-events", "500"]));
+    assert!(
+        wait_until(Duration::from_secs(30), || ring.consumer_pos()
+            == ring.producer_pos()),
+        "first events not acknowledged"
+    );
+    let acked = ring.consumer_pos();
+    // From now on the broker stores what it gets but answers 4 s later.
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(4))
+        .unwrap();
+    written.extend(write_mixed(ring, 1500, 500));
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(ring.consumer_pos(), acked, "acknowledged already");
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(0))
+        .unwrap();
+    let stored = consume_all(&b, &ALL_TOPICS).len();
+    assert!(
+        stored > 500,
+        "the broker got nothing after the first batch before the kill: the test proves nothing"
+    );
+
+    let out = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "500"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(ring.consumer_pos(), ring.producer_pos());
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+    assert!(
+        log.contains(&format!(
+            "{} events of this ring from position {acked}",
+            stored - 500
+        )),
+        "{stored} stored before the kill: {log}"
+    );
+}
+
+/// The topics hold events of an older ring (the file was removed and nginx made a new one) at
+/// the very positions this ring's events have: they are not this ring's, nothing is skipped.
+#[test]
+fn kafka_tail_of_an_older_ring_is_not_taken_for_this_one() {
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let old = Fixture::new(4 << 20);
+    let old_written = write_mixed(old.ring(), 600, 0);
+    let out = kafka_cmd(&old, &b, &["--once"]).output().unwrap();
+    assert!(out.status.success());
+
+    let f = Fixture::new(4 << 20);
+    assert_ne!(f.ring().id(), old.ring().id());
+    // Same sizes, so the same positions as the old ring's events.
+    let written = write_mixed(f.ring(), 600, 0);
+    assert_eq!(f.ring().producer_pos(), old.ring().producer_pos());
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
     let got = consume_all(&b, &ALL_TOPICS);
-    let counts = id_counts(&got);
-    for (w, _) in &written {
-        assert!(counts.contains_key(&w.id_hex), "event {} lost", w.id_hex);
+    let mut all = old_written;
+    all.extend(written);
+    assert_exactly_once(&got, &all, &log);
+}
+
+/// Kafka's Java client hash (`Utils.murmur2`), for checking the partitioner.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
     }
-    let dups = counts.values().filter(|&&n| n > 1).count();
-    // The second batch was acknowledged but not committed: it is sent again, whole.
-    assert_eq!(dups, 500, "duplicates after one crash");
-    assert_eq!(got.len(), written.len() + 500);
+    let r = chunks.remainder();
+    if r.len() >= 3 {
+        h ^= u32::from(r[2]) << 16;
+    }
+    if r.len() >= 2 {
+        h ^= u32::from(r[1]) << 8;
+    }
+    if !r.is_empty() {
+        h ^= u32::from(r[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+#[test]
+fn murmur2_is_the_java_clients() {
+    // Kafka's UtilsTest.testMurmur2.
+    for (s, want) in [
+        ("21", -973932308i32),
+        ("foobar", -790332482),
+        ("a-little-bit-long-string", -985981536),
+        ("a-little-bit-longer-string", -1486304829),
+        (
+            "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58897971,
+        ),
+        ("abc", 479470107),
+    ] {
+        assert_eq!(murmur2(s.as_bytes()) as i32, want, "{s}");
+    }
+}
+
+/// Topics that exist with 12 partitions each and nothing in them, and topics that do not exist
+/// yet: nothing to skip, everything sent once; the tails read quickly.
+#[test]
+fn kafka_empty_topics_send_everything() {
+    let cluster = mock(3);
+    let b = cluster.bootstrap_servers();
+    for t in &ALL_TOPICS[..4] {
+        cluster.create_topic(t, 12, 1).unwrap();
+    }
+    let f = Fixture::new(4 << 20);
+    let written = write_mixed(f.ring(), 1000, 0);
+    let out = kafka_cmd(&f, &b, &["--once"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("read the tails of 48 partitions (0 messages)"),
+        "{log}"
+    );
+    let got = consume_all(&b, &ALL_TOPICS);
+    assert_exactly_once(&got, &written, &log);
+    // Partitioned as the Java client does: (murmur2(key) & 0x7fffffff) % partitions.
+    let mut used = std::collections::HashSet::new();
+    for g in got
+        .iter()
+        .filter(|g| ALL_TOPICS[..4].contains(&g.topic.as_str()))
+    {
+        let key = g.key.as_deref().expect("keyed by campaign");
+        let want = (murmur2(key.as_bytes()) & 0x7fff_ffff) % 12;
+        assert_eq!(g.partition as u32, want, "{} key {key}", g.topic);
+        used.insert(g.partition);
+    }
+    assert!(used.len() > 3, "10 campaigns on partitions {used:?}");
+}
+
+/// The tails cannot be read for a while (the broker refuses the fetches: no right to read):
+/// the sink sends nothing meanwhile, says why, and once it can read them sends each event once.
+#[test]
+fn kafka_unreadable_tails_make_the_sink_wait_not_guess() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let mut written = write_mixed(ring, 100, 0);
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    assert!(out.status.success());
+    written.extend(write_mixed(ring, 100, 100));
+    let before = ring.consumer_pos();
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
+    );
+    let out = kafka_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let waited = log.find("cannot read the partitions' tails").expect(&log);
+    let read = log.find("read the tails of").expect(&log);
+    assert!(waited < read, "{log}");
+    assert!(ring.consumer_pos() > before);
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
+}
+
+/// A producer reset in the middle of a run (a delivery error the sink cannot leave to
+/// librdkafka: the batch is read again from the ring with a new producer) after part of the
+/// batch was stored: the rest is sent, what was stored is not sent again.
+#[test]
+fn kafka_producer_reset_sends_nothing_twice() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster.create_topic("tracker.click", 1, 1).unwrap();
+    let f = Fixture::new(4 << 20);
+    let ring = f.ring();
+    let written = write_mixed(ring, 1000, 0);
+    // The first produce requests succeed, then one fails for good (not retriable, not a
+    // reason to give up on its events): the batch is sent again.
+    let mut errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR; 3];
+    errors.push(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN);
+    cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+    let mut child = spawn(kafka_cmd(&f, &b, &["--max-batch-events", "1000"]));
+    assert!(
+        wait_until(Duration::from_secs(60), || ring.consumer_pos()
+            == ring.producer_pos()),
+        "not delivered"
+    );
+    signal(&child, libc::SIGTERM);
+    assert!(wait_timeout(&mut child, Duration::from_secs(20)).success());
+    let log = stderr_of(&mut child);
+    assert!(log.contains("the batch is sent again"), "no reset: {log}");
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &written, &log);
 }
 
 #[test]
@@ -639,6 +881,78 @@ fn kafka_unknown_topic_and_denied_topic_are_dead_letters_not_silence() {
     assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
 }
 
+/// Bad rows as a topic: events refused for good also go to `dead_letter_topic`, value and key
+/// as they were, the reason and where they came from in headers; sent once even when the
+/// shipper is killed after the broker acknowledged them.
+#[test]
+fn kafka_bad_rows_go_to_the_dead_letter_topic_too() {
+    use rdkafka::types::RDKafkaRespErr;
+    let cluster = mock(1);
+    let b = cluster.bootstrap_servers();
+    cluster
+        .topic_error(
+            "tracker.video",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let f = Fixture::new(4 << 20);
+    let written = write_mixed(f.ring(), 100, 0);
+    let conf = "[kafka]\ndead_letter_topic = 'tracker.bad'\n[kafka.topics]\nsignup = 'signups'\n\
+                [kafka.properties]\n'topic.metadata.propagation.max.ms' = 1000\n";
+    let mut c = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "50"]);
+    std::fs::write(f.tmp.path().join("shipper.toml"), conf).unwrap();
+    // Killed after the second batch's events and bad rows were acknowledged.
+    c.env(CRASH_ENV, "kafka-acked:2");
+    assert!(!c.output().unwrap().status.success(), "no crash");
+    let mut c = kafka_cmd(&f, &b, &["--once", "--max-batch-events", "50"]);
+    std::fs::write(f.tmp.path().join("shipper.toml"), conf).unwrap();
+    let out = c.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+
+    let bad = consume_all(&b, &["tracker.bad"]);
+    let videos: Vec<&Written> = written
+        .iter()
+        .map(|(w, _)| w)
+        .filter(|w| w.event_type == "video")
+        .collect();
+    assert_eq!(
+        bad.len(),
+        videos.len(),
+        "one bad row per video event: {log}"
+    );
+    let counts = id_counts(&bad);
+    for w in &videos {
+        assert_eq!(counts.get(&w.id_hex), Some(&1), "bad row of {}", w.id_hex);
+    }
+    for g in &bad {
+        assert_eq!(g.headers["original_topic"], "tracker.video");
+        assert!(
+            g.headers["reason"].to_lowercase().contains("unknown"),
+            "{:?}",
+            g.headers
+        );
+        assert_eq!(g.headers["ring_id"], format!("{:032x}", f.ring().id()));
+        assert!(g.headers["ring_pos"].parse::<u64>().is_ok());
+    }
+    let good = consume_all(
+        &b,
+        &[
+            "tracker.impression",
+            "tracker.click",
+            "tracker.conversion",
+            "signups",
+        ],
+    );
+    let others: Vec<(Written, String)> = written
+        .iter()
+        .filter(|(w, _)| w.event_type != "video")
+        .cloned()
+        .collect();
+    assert_exactly_once(&good, &others, &log);
+}
+
 /// The kafka sink's drain rate into librdkafka's mock cluster (in this process: the broker side
 /// shares the CPU). Not a test: a measurement, printed.
 /// `cargo test --release -p tracker-shipper --test kafka -- --ignored --nocapture kafka_drain_rate`.
@@ -679,6 +993,95 @@ fn kafka_drain_rate() {
         let _ = start;
         write_mixed(f.ring(), n, n);
     }
+}
+
+/// CPU time of the waited-for children so far (user + system), in µs.
+fn children_cpu_us() -> u64 {
+    // SAFETY: getrusage fills the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },
+        0
+    );
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+/// The shipper's cost with 12 partitions per topic: start-up (reading the tails back) and CPU
+/// per event with the `ring_id`/`ring_pos` headers. Not a test: a measurement, printed.
+/// `cargo test --release -p tracker-shipper --test kafka -- --ignored --nocapture kafka_cost`;
+/// `KAFKA_BENCH_BROKERS=127.0.0.1:9092` (topics created beforehand) measures against a real
+/// broker, `KAFKA_BENCH_SHIPPER=path` another shipper binary (an older build, to compare).
+#[test]
+#[ignore]
+fn kafka_cost() {
+    let n: usize = std::env::var("KAFKA_BENCH_EVENTS").map_or(200_000, |v| v.parse().unwrap());
+    let cluster = mock(1);
+    let b = std::env::var("KAFKA_BENCH_BROKERS").unwrap_or_else(|_| {
+        for t in &ALL_TOPICS {
+            cluster.create_topic(t, 12, 1).unwrap();
+        }
+        cluster.bootstrap_servers()
+    });
+    let bin = std::env::var("KAFKA_BENCH_SHIPPER").unwrap_or_else(|_| BIN.to_string());
+    let shipper = |f: &Fixture| {
+        let c = kafka_cmd(f, &b, &["--once", "--max-batch-events", "5000"]);
+        let mut cmd = Command::new(&bin);
+        cmd.args(c.get_args())
+            .env_remove(CRASH_ENV)
+            .env("RUST_LOG", "info");
+        cmd
+    };
+    // Runs the shipper --once, prints its wall and CPU time and its tail-read line.
+    let run = |f: &Fixture, what: &str, events: usize| -> String {
+        let cpu0 = children_cpu_us();
+        let t = Instant::now();
+        let o = shipper(f).output().unwrap();
+        let el = t.elapsed();
+        let cpu = children_cpu_us() - cpu0;
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{log}");
+        assert_eq!(f.ring().consumer_pos(), f.ring().producer_pos());
+        let tails = log
+            .lines()
+            .find(|l| l.contains("read the tails"))
+            .unwrap_or("(no tail line at info level)")
+            .to_string();
+        eprintln!(
+            "{what}: {events} events, wall {el:?}, CPU {:.1} ms = {:.2} µs/event\n  {tails}",
+            cpu as f64 / 1000.0,
+            cpu as f64 / events.max(1) as f64
+        );
+        tails
+    };
+    let f = Fixture::new(1 << 28);
+    let mut all = write_mixed(f.ring(), n, 0);
+    run(&f, "drain (tails: empty topics)", n);
+    all.extend(write_mixed(f.ring(), n, n));
+    run(&f, "drain again (tails: this ring's)", n);
+    all.extend(write_mixed(f.ring(), 10, 2 * n));
+    run(&f, "start-up with 10 events (tails: this ring's)", 10);
+    // Killed after the broker acknowledged the second batch (up to 5000 events, or what came
+    // in 100 ms), before the cursor moved.
+    all.extend(write_mixed(f.ring(), 20_000, 2 * n + 10));
+    let mut crash = shipper(&f);
+    crash.env(CRASH_ENV, "kafka-acked:2");
+    assert!(
+        !crash.status().unwrap().success(),
+        "the crash hook did not fire"
+    );
+    let tails = run(&f, "restart after a SIGKILL between ack and commit", 15_000);
+    assert!(!tails.contains(": 0 events of this ring"), "{tails}");
+    // Fresh topics (or the mock cluster): exactly this ring's events, once each.
+    assert_exactly_once(&consume_all(&b, &ALL_TOPICS), &all, &tails);
+    // A new ring: the tails hold only another ring's messages, read back to the start.
+    let g = Fixture::new(1 << 20);
+    write_mixed(g.ring(), 10, 0);
+    run(
+        &g,
+        "start-up of a new ring (tails: another ring's messages only, read to the start)",
+        10,
+    );
 }
 
 #[test]

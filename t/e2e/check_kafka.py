@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks what the shipper's Kafka sink produced against nginx's access log: at least once.
+"""Checks what the shipper's Kafka sink produced against nginx's access log: exactly once.
 
 usage: check_kafka.py ACCESS_LOG KAFKA_DUMP_JSONL [EVENTS_DIR]
 
@@ -10,13 +10,14 @@ JSON object per message with topic, partition, offset, key, headers and the deco
 Kafka message must then hold exactly the event the file sink wrote for that id.
 
 Checks:
-- every request nginx logged has its event in Kafka at least once; duplicates (the sink is
-  at-least-once: a shipper killed between the broker's acknowledgement and the ring commit sends
-  the batch again) are counted and listed, and must be identical copies;
+- every request nginx logged has its event in Kafka exactly once: a missing event and a
+  duplicate are errors (docs/shipper.md, "Exactly once"); both are counted and listed;
 - no message is undecodable, none has an id nginx did not log;
 - each message is on the topic of its type (tracker.impression, tracker.click,
   tracker.conversion, tracker.video; any other type on tracker.custom), its key is the campaign
-  id (an event without a campaign may have no key), its headers are schema_version=1 and event_type=<type>;
+  id (an event without a campaign may have no key), its headers are schema_version=1,
+  event_type=<type>, ring_id (32 hex digits, the same on every message: one ring) and ring_pos
+  (decimal, a different one on every message);
 - the event's type, campaign, status and dimensions are those its request implies;
 - the messages of one key are all on one partition of their topic.
 Prints a summary and exits non-zero on any error.
@@ -67,6 +68,8 @@ def main(log_path, dump_path, events_dir=None):
     per_topic = collections.Counter()
     key_partitions = collections.defaultdict(set)  # (topic, key) -> partitions
     messages = 0
+    ring_ids = set()
+    positions = collections.Counter()
     for n, line in enumerate(open(dump_path, encoding="utf-8"), 1):
         if not line.strip():
             continue
@@ -89,6 +92,12 @@ def main(log_path, dump_path, events_dir=None):
         got_headers = {k: m["headers"].get(k) for k in want_headers}
         if got_headers != want_headers:
             problem("wrong headers", f"{where}: {m['headers']}, expected {want_headers}")
+        rid, rpos = m["headers"].get("ring_id"), m["headers"].get("ring_pos")
+        if rid is None or len(rid) != 32 or rpos is None or not rpos.isdigit():
+            problem("no ring_id/ring_pos header", f"{where}: {m['headers']}")
+        else:
+            ring_ids.add(rid)
+            positions[rpos] += 1
         if eid not in served:
             problem("not logged by nginx", f"{where}: event {eid}")
             continue
@@ -111,8 +120,12 @@ def main(log_path, dump_path, events_dir=None):
     dups = {i: c for i, c in copies.items() if len(c) > 1}
     extra_copies = sum(len(c) - 1 for c in dups.values())
     for i, c in dups.items():
-        if any(e != c[0][3] for (_, _, _, e) in c[1:]):
-            problem("duplicates that differ", f"event {i}: {[(t, p, o) for (t, p, o, _) in c]}")
+        problem("duplicated", f"event {i}: {[(t, p, o) for (t, p, o, _) in c]}")
+    if len(ring_ids) > 1:
+        problem("several ring ids", f"{sorted(ring_ids)}")
+    for pos, n in positions.items():
+        if n > 1:
+            problem("ring_pos repeated", f"ring_pos {pos} on {n} messages")
     for (topic, key), parts in key_partitions.items():
         if len(parts) > 1:
             problem("key on several partitions", f"{topic} key {key!r}: partitions {sorted(parts)}")
@@ -125,9 +138,10 @@ def main(log_path, dump_path, events_dir=None):
           f"({', '.join(f'{t} {n}' for t, n in sorted(per_topic.items()))}); "
           f"{len(copies)} distinct events, {len(missing)} missing, "
           f"{len(dups)} events duplicated ({extra_copies} extra copies)")
+    print(f"exactly-once: lost {len(missing)}, duplicates {extra_copies}")
     if dups:
         shown = sorted(dups.items(), key=lambda kv: min(o for (_, _, o, _) in kv[1]))
-        print(f"  duplicates (at-least-once; {len(dups)} events, first 20 shown):")
+        print(f"  duplicates ({len(dups)} events, first 20 shown):")
         for i, c in shown[:20]:
             print(f"    {i}: " + ", ".join(f"{t}/{p}@{o}" for (t, p, o, _) in c))
     for kind, n in sorted(problems.items()):

@@ -3,36 +3,44 @@
 # protocol, SQLite storage; scripts/tansu.sh), nginx with the module (2 workers), and the
 # shipper with both sinks, `--sink kafka --brokers ... --sink file --dir ...`.
 #
-# wrk sends KAFKA_E2E_REQUESTS (20,000) requests of every type (t/e2e/load.lua, paced to about
-# 1,000/s), and during the load
-#   (a) the broker is stopped for KAFKA_E2E_BROKER_DOWN_S (5) seconds, then started again on the
+# wrk sends KAFKA_E2E_REQUESTS (100,000) requests of every type (t/e2e/load.lua, paced by
+# KAFKA_E2E_DELAY_MS), and during the load
+#   (a) the broker is stopped for KAFKA_E2E_BROKER_DOWN_S (6) seconds, then started again on the
 #       same storage, while nginx goes on writing into the ring. It is stopped with SIGKILL
 #       (`scripts/tansu.sh kill`, a broker crash): a SIGTERM makes tansu 0.6.0 fail the Produce
 #       requests in flight, librdkafka's idempotent producer then bumps its epoch, and the next
 #       tansu run panics on that epoch (see scripts/tansu.sh). KAFKA_E2E_BROKER_STOP=stop uses
 #       SIGTERM anyway;
-#   (b) the shipper is killed with SIGKILL and started again.
+#   (b) the shipper is killed with SIGKILL and started again KAFKA_E2E_SHIPPER_KILLS (6) times
+#       at random moments: two while the broker is down (the restarted shipper cannot read the
+#       partitions' tails and must wait), the others at random points of the load, each after a
+#       random 0-700 ms pause (anywhere in the produce / acknowledge / commit cycle). The random
+#       seed is printed (KAFKA_E2E_SEED replays a run's schedule).
 # Then, once the shipper's consumer cursor has reached the ring's producer cursor and the
 # shipper has been stopped with SIGTERM, every topic is read from the beginning
 # (shipper/examples/kafka_dump.rs) and checked against nginx's access log, which records
-# $tracker_event_id for every request (t/e2e/check_kafka.py): every event in Kafka at least
-# once (duplicates are counted and listed: at-least-once), none that nginx did not log, each on
+# $tracker_event_id for every request (t/e2e/check_kafka.py): every event in Kafka exactly
+# once (0 lost, 0 duplicates, printed per run), none that nginx did not log, each on
 # the topic of its type, keyed by its campaign, with its headers, decoding to what its request
 # implies and to exactly what the file sink wrote. The file sink must still have every event
 # exactly once (t/e2e/check_events.py).
 #
 # Knobs: KAFKA_E2E_REQUESTS, KAFKA_E2E_PARTITIONS (3), KAFKA_E2E_BROKER_DOWN_S, KAFKA_E2E_BROKER_STOP,
+# KAFKA_E2E_SHIPPER_KILLS, KAFKA_E2E_SEED,
 # KAFKA_E2E_DRAIN_S (how long the shipper may take to catch up after the load, 180),
-# KAFKA_E2E_DELAY_MS (per-connection pause between requests, 8), KAFKA_E2E_KEEP=1 (keep the
+# KAFKA_E2E_DELAY_MS (per-connection pause between requests, 2), KAFKA_E2E_KEEP=1 (keep the
 # work directory), TANSU_BIN, KAFKA_DUMP (a built kafka_dump; otherwise cargo builds it).
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REQUESTS=${KAFKA_E2E_REQUESTS:-20000}
+REQUESTS=${KAFKA_E2E_REQUESTS:-100000}
 PARTITIONS=${KAFKA_E2E_PARTITIONS:-3}
-BROKER_DOWN_S=${KAFKA_E2E_BROKER_DOWN_S:-5}
-DELAY_MS=${KAFKA_E2E_DELAY_MS:-8}
+BROKER_DOWN_S=${KAFKA_E2E_BROKER_DOWN_S:-6}
+DELAY_MS=${KAFKA_E2E_DELAY_MS:-2}
+SHIPPER_KILLS=${KAFKA_E2E_SHIPPER_KILLS:-6}
+SEED=${KAFKA_E2E_SEED:-$((RANDOM * 32768 + RANDOM))}
+[ "$SHIPPER_KILLS" -ge 2 ] || { echo "KAFKA_E2E_SHIPPER_KILLS must be at least 2 (two during the outage)" >&2; exit 2; }
 BROKER_STOP=${KAFKA_E2E_BROKER_STOP:-kill}
 DRAIN_S=${KAFKA_E2E_DRAIN_S:-180}
 case "$BROKER_STOP" in stop | kill) ;; *) echo "KAFKA_E2E_BROKER_STOP must be stop or kill" >&2; exit 2 ;; esac
@@ -152,35 +160,62 @@ function delay() return $DELAY_MS end
 LUA
 threads=2 connections=8
 t_load=$SECONDS
-TRACKER_REQUESTS_PER_THREAD=$((REQUESTS / threads)) wrk -t$threads -c$connections -d180s \
+TRACKER_REQUESTS_PER_THREAD=$((REQUESTS / threads)) wrk -t$threads -c$connections -d400s \
     -s "$work/load.lua" "http://127.0.0.1:$nginx_port" >"$work/wrk.log" 2>&1 &
 wrk_pid=$!
 
-broker_bounced="" shipper_killed="" deadline=$((SECONDS + 240))
+# The schedule: the served-request counts at which the shipper is killed outside the outage
+# (random, between 5% and 95% of the load), and the count at which the broker goes down.
+RANDOM=$SEED
+kill_at=()
+for _ in $(seq $((SHIPPER_KILLS - 2))); do
+    kill_at+=($((REQUESTS / 20 + (RANDOM * 32768 + RANDOM) % (REQUESTS * 9 / 10))))
+done
+mapfile -t kill_at < <(printf '%s\n' "${kill_at[@]}" | sort -n)
+broker_at=$((REQUESTS / 4 + RANDOM % (REQUESTS / 4)))
+log "seed $SEED: shipper SIGKILLs at ${kill_at[*]} requests served and twice during the broker outage at $broker_at"
+pause_random() { sleep "0.$(printf '%03d' $((RANDOM % 700)))"; }
+kill_shipper() {
+    kill -9 "$shipper_pid"
+    wait "$shipper_pid" 2>/dev/null || true
+    start_shipper
+    shipper_kills=$((shipper_kills + 1))
+    log "$(served) requests served: shipper SIGKILLed $1, restarted (pid $shipper_pid)"
+}
+
+broker_bounced="" shipper_kills=0 next_kill=0 deadline=$((SECONDS + 400))
 while kill -0 "$wrk_pid" 2>/dev/null; do
-    sleep 0.2
+    sleep 0.1
     n=$(served)
     if [ "$n" -ge "$REQUESTS" ] || [ "$SECONDS" -ge "$deadline" ]; then
         break
     fi
-    if [ -z "$broker_bounced" ] && [ "$n" -ge $((REQUESTS / 5)) ]; then
+    if [ -z "$broker_bounced" ] && [ "$n" -ge "$broker_at" ]; then
         log "$n requests served: stopping the broker ($BROKER_STOP) for ${BROKER_DOWN_S}s"
         "${TANSU[@]}" "$BROKER_STOP" "$work/kafka" | diag
-        sleep "$BROKER_DOWN_S"
+        t_down=$SECONDS
+        sleep 1; pause_random
+        kill_shipper "during the broker outage"
+        sleep 1; pause_random
+        kill_shipper "during the broker outage, while it waits to read the partitions' tails"
+        sleep $((BROKER_DOWN_S - (SECONDS - t_down) > 0 ? BROKER_DOWN_S - (SECONDS - t_down) : 0))
         during=$(served)
         "${TANSU[@]}" start "$work/kafka" "$kafka_port" | diag
         log "broker back; $((during - n)) requests served while it was down"
         [ "$during" -gt "$n" ] && kill -0 "$wrk_pid" 2>/dev/null && broker_bounced=1 || broker_bounced=late
         continue
     fi
-    if [ -n "$broker_bounced" ] && [ -z "$shipper_killed" ] && [ "$n" -ge $((REQUESTS * 3 / 5)) ]; then
-        log "$n requests served: SIGKILL to the shipper (pid $shipper_pid)"
-        kill -9 "$shipper_pid"
-        wait "$shipper_pid" 2>/dev/null || true
-        start_shipper
-        shipper_killed=1
-        log "shipper restarted, pid $shipper_pid"
+    if [ "$next_kill" -lt "${#kill_at[@]}" ] && [ "$n" -ge "${kill_at[$next_kill]}" ]; then
+        pause_random
+        kill_shipper "at a random moment"
+        next_kill=$((next_kill + 1))
     fi
+done
+# Kills whose point the load passed too fast (or ended before): now, during the drain.
+while [ "$next_kill" -lt "${#kill_at[@]}" ]; do
+    pause_random
+    kill_shipper "after the load (its point came too late)"
+    next_kill=$((next_kill + 1))
 done
 # wrk's threads stop after their share, but wrk waits out -d: SIGINT makes it print its summary.
 kill -INT "$wrk_pid" 2>/dev/null || true
@@ -193,7 +228,7 @@ wrk_summary "$work/wrk.log" || true
 
 problems=()
 [ "$broker_bounced" = 1 ] || problems+=("the broker was not stopped and restarted during the load (${broker_bounced:-never})")
-[ "$shipper_killed" = 1 ] || problems+=("the shipper was not killed during the load")
+[ "$shipper_kills" -ge "$SHIPPER_KILLS" ] || problems+=("the shipper was killed $shipper_kills times during the load, not $SHIPPER_KILLS")
 [ "$n_served" -ge $((REQUESTS * 99 / 100)) ] || problems+=("only $n_served of $REQUESTS requests served")
 
 # --- drain: nginx stops, the shipper catches up with the ring, SIGTERM
@@ -238,11 +273,14 @@ else
 fi
 log "dump: $(wc -l <"$work/kafka.jsonl") messages in $((SECONDS - t_dump))s"
 
-if python3 "$here/check_kafka.py" "$work/logs/access.log" "$work/kafka.jsonl" "$events" | sed 's/^/# /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
-    echo "ok - kafka: every request's event in Kafka, on its topic, keyed by campaign, with headers"
+if python3 "$here/check_kafka.py" "$work/logs/access.log" "$work/kafka.jsonl" "$events" >"$work/check_kafka.out"; then
+    sed 's/^/# /' "$work/check_kafka.out"
+    echo "ok - kafka: every request's event in Kafka exactly once, on its topic, keyed by campaign, with headers"
 else
+    sed 's/^/# /' "$work/check_kafka.out"
     problems+=("the Kafka messages do not match the requests (check_kafka.py above)")
 fi
+exactly=$(grep -m1 '^exactly-once:' "$work/check_kafka.out" || echo "exactly-once: not counted")
 if python3 "$here/check_events.py" "$work/logs/access.log" "$events" | sed 's/^/# /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
     echo "ok - file sink next to kafka: one event per request"
 else
@@ -264,7 +302,7 @@ if grep -E 'panicked|RUST_BACKTRACE' "$work/shipper.log"; then
     problems+=("the shipper panicked")
 fi
 
-echo "# summary: $n_served requests in ${t_load}s (broker down ${BROKER_DOWN_S}s, shipper killed once), drain ${t_drain}s, total $((SECONDS - t_start))s"
+echo "# summary: $n_served requests in ${t_load}s (broker SIGKILLed and down ${BROKER_DOWN_S}s, shipper SIGKILLed $shipper_kills times, seed $SEED), drain ${t_drain}s, total $((SECONDS - t_start))s; $exactly"
 if [ "${#problems[@]}" -gt 0 ]; then
     for f in "${problems[@]}"; do echo "not ok - kafka e2e: $f"; done
     exit 1

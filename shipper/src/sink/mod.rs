@@ -18,6 +18,8 @@
 //! - A sink may do better by making "delivered" and "acknowledged" one decision it can finish
 //!   after a crash: the file sink does, and is **exactly-once into committed files** (see
 //!   [`file`]).
+//! - Or by finding out, after a crash, what the destination already has: the Kafka sink reads
+//!   the events' positions back from the partitions' tails (see [`kafka`]).
 //! - Events the ring itself did not keep are not the sink's to deliver: they are counted in the
 //!   ring header (`dropped_full`, `dropped_too_large`, `abandoned`) and logged in the summary.
 //! - Records that do not decode are never written as events: they go to the dead letters, are
@@ -30,12 +32,14 @@
 //! ring.
 //!
 //! The sinks, each stating its guarantee: [`file`] (exactly-once into committed files),
-//! [`kafka`] (at-least-once, idempotent producer), [`aggregate`] (hourly rows by campaign,
+//! [`kafka`] (exactly once: idempotent producer, and the partitions' tails read back before
+//! sending again, [`kafka_tail`]), [`aggregate`] (hourly rows by campaign,
 //! publisher and type; exactly-once into committed files).
 
 pub mod aggregate;
 pub mod file;
 pub mod kafka;
+pub mod kafka_tail;
 
 use std::io;
 

@@ -8,6 +8,7 @@
 //! - [`record`]: one campaign's bytes in shared memory and the index over them;
 //! - [`landing`]: landing-URL macros (`{click_id}`, `{campaign}`, `{dim.NAME}`);
 //! - [`limits`]: hard limits on request input (`tracker_limits`) and the reasons a request is refused;
+//! - [`journal`]: the campaign journal (admin changes appended, replayed, compacted), see `docs/admin-api.md`;
 //! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
 //! - [`id`]: 16-byte time-ordered event ids;
 //! - [`privacy`]: the daily-keyed address hash (`tracker_ip hash`), DNT/GPC, visitor ids;
@@ -22,6 +23,7 @@ pub mod dedup;
 pub mod event;
 pub mod id;
 pub mod input;
+pub mod journal;
 pub mod landing;
 pub mod limits;
 pub mod privacy;

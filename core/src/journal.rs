@@ -59,15 +59,30 @@ pub enum Change {
 
 /// Appends the record of `change` to `out`.
 pub fn encode(change: &Change, out: &mut Vec<u8>) {
-    let payload = match change {
-        Change::Upsert(list) => {
-            let list: Vec<Value> = list.iter().map(Campaign::to_json).collect();
-            json!({ "upsert": list })
+    match change {
+        Change::Upsert(list) => encode_upsert(list, out),
+        Change::Delete(ids) => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            encode_delete(&ids, out)
         }
-        Change::Delete(ids) => json!({ "delete": ids }),
-    };
-    let payload = serde_json::to_vec(&payload).unwrap_or_default();
-    frame(&payload, out);
+    }
+}
+
+/// Appends the record of an upsert of `list` (whole campaigns) to `out`.
+pub fn encode_upsert(list: &[Campaign], out: &mut Vec<u8>) {
+    let list: Vec<Value> = list.iter().map(Campaign::to_json).collect();
+    frame(
+        &serde_json::to_vec(&json!({ "upsert": list })).unwrap_or_default(),
+        out,
+    );
+}
+
+/// Appends the record of a delete of `ids` to `out`.
+pub fn encode_delete(ids: &[&str], out: &mut Vec<u8>) {
+    frame(
+        &serde_json::to_vec(&json!({ "delete": ids })).unwrap_or_default(),
+        out,
+    );
 }
 
 /// Frames `payload` as a record.

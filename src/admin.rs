@@ -12,8 +12,10 @@
 //! from the body handler. Bodies are validated with `tracker_core::campaign::parse_object`
 //! before anything changes; a change goes into the zone all or nothing and its record is
 //! appended to the campaign journal under the same lock (`Store::upsert_logged`,
-//! `crate::journal`); the answer waits until the record is durable (fdatasync in nginx's
-//! thread pool, `crate::admin_io`). Every answer is JSON with `Cache-Control: no-store`.
+//! `crate::journal`), then made durable (fdatasync) before the answer. A change (`PUT`,
+//! `DELETE`, bulk `POST`: parsing, the zone's lock, the journal) runs in nginx's thread pool
+//! (`crate::admin_io`), off the worker's event loop; the answer is sent from the event loop
+//! once it is done. Every answer is JSON with `Cache-Control: no-store`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -106,26 +108,62 @@ impl Answer {
     }
 }
 
-/// The outcome of a request: an answer now, or a change made whose journal record must be
-/// durable before the answer.
+/// The outcome of a request: an answer now, or a change to make off the event loop.
 enum Reply {
     Now(Answer),
-    WhenDurable(Pending),
-}
-
-/// A change live in the zone, its record appended to the journal but not yet durable.
-struct Pending {
-    appended: Appended,
-    /// The answer once the record is durable.
-    answer: Answer,
-    /// The change, for the log (`campaign "c1" updated`).
-    what: String,
-    journal: String,
+    Change(Change),
 }
 
 impl From<Answer> for Reply {
     fn from(a: Answer) -> Reply {
         Reply::Now(a)
+    }
+}
+
+/// A change, with what it needs to run in a pool thread (no reference to the request).
+struct Change {
+    store: StoreRef,
+    kind: ChangeKind,
+    body: Vec<u8>,
+}
+
+enum ChangeKind {
+    Put(Vec<u8>),
+    Delete(Vec<u8>),
+    Bulk,
+}
+
+/// The store of this configuration, for a pool thread.
+struct StoreRef(*const Store);
+
+// SAFETY: the Store lives in the http main conf of the cycle, which outlives every request of
+// it; a request whose change runs in the pool stays alive (blocked) until the change is done.
+// What the thread calls takes the zone's mutex (shared memory) or reads immutable fields.
+unsafe impl Send for StoreRef {}
+
+/// What a change gives the event loop: the answer and a line for the request's log.
+struct Outcome {
+    answer: Answer,
+    log: Option<(usize, String)>,
+}
+
+impl From<Answer> for Outcome {
+    fn from(answer: Answer) -> Outcome {
+        Outcome { answer, log: None }
+    }
+}
+
+impl Change {
+    /// In a pool thread (or inline): parses, changes the zone and the journal, makes the
+    /// record durable.
+    fn run(self) -> Outcome {
+        // SAFETY: see StoreRef.
+        let store = unsafe { &*self.store.0 };
+        match self.kind {
+            ChangeKind::Put(id) => put_one(store, &id, &self.body),
+            ChangeKind::Delete(id) => delete_one(store, &id),
+            ChangeKind::Bulk => bulk(store, &self.body),
+        }
     }
 }
 
@@ -354,50 +392,35 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let reply = match look {
         Err(a) => Reply::Now(a),
         // SAFETY: r is live.
-        Ok(_) => unsafe { answer(r, test_clock, &[]) },
+        Ok(_) => unsafe { answer(r, test_clock, Vec::new()) },
     };
     // SAFETY: r is live and in its content handler.
     unsafe { reply_to(r, reply) }
 }
 
-/// Sends the answer now, or once the change is durable (then returns `NGX_DONE`).
+/// Sends the answer now, or runs the change in the thread pool and answers when it is done
+/// (then returns `NGX_DONE`).
 ///
 /// # Safety
 /// `r` is a live request in its content handler or body handler.
 unsafe fn reply_to(r: &mut ngx_http_request_t, reply: Reply) -> ngx_int_t {
-    let p = match reply {
+    let change = match reply {
         // SAFETY: see the function's contract.
         Reply::Now(a) => return unsafe { send(r, a) },
-        Reply::WhenDurable(p) => p,
+        Reply::Change(c) => c,
     };
     let Some(pool) = Module::main_conf(r).map(|m| &m.admin_pool) else {
         return NGX_ERROR as ngx_int_t;
     };
-    let Pending {
-        appended,
-        answer,
-        what,
-        journal,
-    } = p;
-    let job: admin_io::Job = Box::new(move || appended.make_durable());
-    let finish: admin_io::Finish = Box::new(move |r, result| {
-        // SAFETY: the connection of a live request and its log are live.
-        let log = unsafe { (*r.connection).log };
-        let a = match result {
-            Ok(()) => {
-                ngx_log_error!(
-                    NGX_LOG_INFO,
-                    log,
-                    "tracker_admin: {}; durable in \"{}\"",
-                    what,
-                    journal
-                );
-                answer
-            }
-            Err(e) => not_durable(log, &what, &journal, &e),
-        };
+    let job: admin_io::Job<Outcome> = Box::new(move || change.run());
+    let finish: admin_io::Finish<Outcome> = Box::new(|r, outcome| {
+        if let Some((level, line)) = outcome.log {
+            // SAFETY: the connection of a live request and its log are live.
+            let log = unsafe { (*r.connection).log };
+            ngx_log_error!(level, log, "tracker_admin: {}", line);
+        }
         // SAFETY: admin_io calls this with the live request, on the event loop.
-        unsafe { send(r, a) }
+        unsafe { send(r, outcome.answer) }
     });
     // SAFETY: see the function's contract.
     unsafe { admin_io::run(pool, r, job, finish) }
@@ -445,7 +468,7 @@ unsafe extern "C" fn body_handler(r: *mut ngx_http_request_t) {
             // SAFETY: req is live; its body has been read.
             let reply = match unsafe { read_body(req, limit) } {
                 // SAFETY: req is live.
-                Ok(body) => unsafe { answer(req, test_clock, &body) },
+                Ok(body) => unsafe { answer(req, test_clock, body) },
                 Err(a) => Reply::Now(a),
             };
             // SAFETY: req is live, in its body handler.
@@ -560,7 +583,7 @@ unsafe fn send(r: &mut ngx_http_request_t, a: Answer) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` is a live request.
-unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: &[u8]) -> Reply {
+unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: Vec<u8>) -> Reply {
     let Some(store) = Module::main_conf(r).and_then(|m| m.campaigns.as_ref()) else {
         return Answer::error(500, "no tracker_campaigns zone").into();
     };
@@ -571,10 +594,19 @@ unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: &[u8]) -> Reply
     let allow = |methods: &'static str| {
         Answer::error(405, format!("method not allowed here: {methods}")).header(b"Allow", methods)
     };
+    let change = |kind, body| {
+        Reply::Change(Change {
+            store: StoreRef(store),
+            kind,
+            body,
+        })
+    };
     let now = match (a.route, a.method) {
-        (Route::List, Method::Post) => return bulk(store, body),
-        (Route::One(id), Method::Put) => return put_one(store, id, body),
-        (Route::One(id), Method::Delete) => return delete_one(store, id),
+        (Route::List, Method::Post) => return change(ChangeKind::Bulk, body),
+        (Route::One(id), Method::Put) => return change(ChangeKind::Put(id.to_vec()), body),
+        (Route::One(id), Method::Delete) => {
+            return change(ChangeKind::Delete(id.to_vec()), Vec::new())
+        }
         (Route::Nothing, _) => Answer::error(404, "no such resource: the API has the list (the location) and one campaign (the location/ID)"),
         (Route::Clock, _) if !a.test_clock => Answer::error(404, "the test clock is not enabled (\"tracker_admin test_clock;\")"),
         (Route::List, Method::Get | Method::Head) => list(store, args),
@@ -582,7 +614,7 @@ unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: &[u8]) -> Reply
         (Route::One(id), Method::Get | Method::Head) => get_one(store, id),
         (Route::One(_), _) => allow("GET, HEAD, PUT, DELETE"),
         (Route::Clock, Method::Get | Method::Head) => clock(store),
-        (Route::Clock, Method::Put) => set_clock(store, body, log),
+        (Route::Clock, Method::Put) => set_clock(store, &body, log),
         (Route::Clock, _) => allow("GET, HEAD, PUT"),
     };
     Reply::Now(now)
@@ -683,15 +715,6 @@ fn store_error(store: &Store, e: StoreError) -> Answer {
     }
 }
 
-/// The change is in the zone but its record could not be appended or made durable: 500.
-fn not_durable(log: *mut ngx_log_t, what: &str, journal: &str, e: &std::io::Error) -> Answer {
-    let msg = format!(
-        "{what} in the shared zone (every worker sees it), but writing it to the journal \"{journal}\" failed: {e}; the next reload or restart will undo the change (the worker user must be able to write the campaigns file's directory)"
-    );
-    ngx_log_error!(NGX_LOG_ERR, log, "tracker_admin: {}", msg);
-    Answer::error(500, msg)
-}
-
 /// The journal of the store's campaigns file.
 fn journal_of(store: &Store) -> String {
     journal::journal_path(std::path::Path::new(store.path()))
@@ -699,25 +722,31 @@ fn journal_of(store: &Store) -> String {
         .into_owned()
 }
 
-/// The reply to a change made in the zone: wait for its record, or 500 if appending failed.
-fn when_durable(
+/// The outcome of a change made in the zone: its record made durable, then `answer`; or a
+/// 500 if appending or syncing failed (the change is live, not durable).
+fn durable(
     store: &Store,
     appended: std::io::Result<Appended>,
     what: String,
     answer: Answer,
-) -> Reply {
+) -> Outcome {
     let journal = journal_of(store);
-    match appended {
-        Ok(appended) => Reply::WhenDurable(Pending {
-            appended,
+    match appended.and_then(|a| a.make_durable()) {
+        Ok(()) => Outcome {
             answer,
-            what,
-            journal,
-        }),
+            log: Some((
+                NGX_LOG_INFO as usize,
+                format!("{what}; durable in \"{journal}\""),
+            )),
+        },
         Err(e) => {
-            // SAFETY: ngx_cycle is set for the life of the worker.
-            let log = unsafe { (*ngx::ffi::ngx_cycle).log };
-            not_durable(log, &what, &journal, &e).into()
+            let msg = format!(
+                "{what} in the shared zone (every worker sees it), but writing it to the journal \"{journal}\" failed: {e}; the next reload or restart will undo the change (the worker user must be able to write the campaigns file's directory)"
+            );
+            Outcome {
+                answer: Answer::error(500, &msg),
+                log: Some((NGX_LOG_ERR as usize, msg)),
+            }
         }
     }
 }
@@ -733,7 +762,7 @@ fn parse_json(body: &[u8]) -> Result<Value, Answer> {
     serde_json::from_slice(body).map_err(|e| Answer::error(400, format!("invalid JSON: {e}")))
 }
 
-fn put_one(store: &Store, id: &[u8], body: &[u8]) -> Reply {
+fn put_one(store: &Store, id: &[u8], body: &[u8]) -> Outcome {
     let Some(id) = std::str::from_utf8(id)
         .ok()
         .filter(|_| valid_campaign_id(id))
@@ -778,7 +807,7 @@ fn put_parse(id: &str, what: &str, body: &[u8]) -> Result<Campaign, Answer> {
 }
 
 /// Upserts one campaign and appends its record.
-fn put_apply(store: &Store, c: Campaign, what: String) -> Reply {
+fn put_apply(store: &Store, c: Campaign, what: String) -> Outcome {
     let mut record = Vec::new();
     journal::encode_upsert(core::slice::from_ref(&c), &mut record);
     let path = store.path();
@@ -794,10 +823,10 @@ fn put_apply(store: &Store, c: Campaign, what: String) -> Reply {
         None => c.to_json(),
     };
     let answer = Answer::json(if created { 201 } else { 200 }, &v);
-    when_durable(store, appended, what, answer)
+    durable(store, appended, what, answer)
 }
 
-fn delete_one(store: &Store, id: &[u8]) -> Reply {
+fn delete_one(store: &Store, id: &[u8]) -> Outcome {
     let Some(id_text) = std::str::from_utf8(id)
         .ok()
         .filter(|_| valid_campaign_id(id))
@@ -808,7 +837,7 @@ fn delete_one(store: &Store, id: &[u8]) -> Reply {
     journal::encode_delete(&[id_text], &mut record);
     let path = store.path();
     match store.delete_logged(id_text, || crate::journal::append(path, &record)) {
-        Ok(Some(appended)) => when_durable(
+        Ok(Some(appended)) => durable(
             store,
             appended,
             format!("campaign \"{id_text}\" deleted"),
@@ -859,7 +888,7 @@ impl<'de> Visitor<'de> for BulkVisitor<'_> {
     }
 }
 
-fn bulk(store: &Store, body: &[u8]) -> Reply {
+fn bulk(store: &Store, body: &[u8]) -> Outcome {
     let list = match bulk_parse(body) {
         Ok(list) => list,
         Err(a) => return a.into(),
@@ -877,7 +906,7 @@ fn bulk(store: &Store, body: &[u8]) -> Reply {
             Err(e) => return store_error(store, e).into(),
         };
     let updated = list.len() - created;
-    when_durable(
+    durable(
         store,
         appended,
         format!("bulk upsert: {created} campaigns created, {updated} updated"),

@@ -350,3 +350,36 @@ fn compaction_threshold() {
     assert!(!needs_compaction(10, 11));
     assert!(needs_compaction(11, 11));
 }
+
+/// What the fuzz target (fuzz/fuzz_targets/journal.rs) checks, over mutations of a journal:
+/// the records are back to back from the start, and what follows them holds no valid record.
+#[test]
+fn scan_invariants_hold_under_mutation() {
+    let good = journal_of(&sample());
+    let mut state = 0x2545_f491_u32;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state as usize
+    };
+    for round in 0..3000 {
+        let mut b = good.clone();
+        match round % 3 {
+            0 => b.truncate(next() % (good.len() + 1)),
+            1 => {
+                let i = next() % b.len();
+                b[i] ^= 1 << (next() % 8);
+            }
+            _ => {
+                let i = next() % b.len();
+                b.splice(i..i, [MAGIC[0], b'x', 0]);
+            }
+        }
+        let Ok(s) = scan(&b) else { continue };
+        let framed: usize = s.records.iter().map(|r| r.len() + OVERHEAD).sum();
+        assert_eq!(framed, s.valid_end, "round {round}");
+        let tail = scan(&b[s.valid_end..]).expect("a torn tail scans");
+        assert!(tail.records.is_empty() && tail.valid_end == 0, "round {round}");
+    }
+}

@@ -732,13 +732,16 @@ fn durable(
 ) -> Outcome {
     let journal = journal_of(store);
     match appended.and_then(|a| a.make_durable()) {
-        Ok(()) => Outcome {
-            answer,
-            log: Some((
-                NGX_LOG_INFO as usize,
-                format!("{what}; durable in \"{journal}\""),
-            )),
-        },
+        Ok(()) => {
+            crate::journal::compact_when_due(store);
+            Outcome {
+                answer,
+                log: Some((
+                    NGX_LOG_INFO as usize,
+                    format!("{what}; durable in \"{journal}\""),
+                )),
+            }
+        }
         Err(e) => {
             let msg = format!(
                 "{what} in the shared zone (every worker sees it), but writing it to the journal \"{journal}\" failed: {e}; the next reload or restart will undo the change (the worker user must be able to write the campaigns file's directory)"

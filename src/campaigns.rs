@@ -618,6 +618,12 @@ impl Store {
         Ok(found.then(log))
     }
 
+    /// Runs `f` with the zone's writer lock held (the journal's compaction, `crate::journal`).
+    pub fn with_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+        let _w = self.writer()?;
+        Ok(f())
+    }
+
     /// Deletes a campaign. Returns whether it existed.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
         self.writer()?

@@ -14,12 +14,30 @@
 //!
 //! Then, without the lock, [`compact`] writes the list as the new campaigns file and removes
 //! the old journal. The argument for a crash at any step is in `tracker_core::journal`.
+//!
+//! Between reloads, a worker whose change made the journal reach [`COMPACT_BYTES`] compacts
+//! it in a thread of its own ([`compact_when_due`]): rotation under the lock, the new
+//! campaigns file prepared from the files (campaigns file + old journal) without the lock,
+//! committed under the lock only if the old journal is still the one it rotated (else a zone
+//! init finished it meanwhile, with a newer state, and the worker's file is dropped).
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ngx::ffi::{NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::ngx_log_error;
 
 use tracker_core::campaign::Campaign;
 use tracker_core::journal::{self, Appended};
+
+use crate::campaigns::Store;
+
+/// A journal this large is compacted in the background of the worker that grew it.
+pub const COMPACT_BYTES: u64 = 16 << 20;
+
+/// A background compaction of this worker is running.
+static COMPACTING: AtomicBool = AtomicBool::new(false);
 
 /// The campaigns of the file at `path` and its journals, for the configuration.
 pub fn load(path: &str) -> Result<Vec<Campaign>, String> {
@@ -31,14 +49,20 @@ pub fn append(campaigns: &str, record: &[u8]) -> io::Result<Appended> {
     journal::append(&journal::journal_path(Path::new(campaigns)), record)
 }
 
-/// Zone init, step 1 (lock held): applies the journal as it is now over `list`.
+/// Zone init, step 1 (lock held): applies the old journal and the journal as they are now
+/// over `list` (a worker's background compaction may have rotated the journal since the
+/// configuration read it: its records are in the old journal now).
 pub fn catch_up(campaigns: &str, list: Vec<Campaign>) -> Result<Vec<Campaign>, String> {
-    let l = journal::Loaded {
+    let path = Path::new(campaigns);
+    let mut l = journal::Loaded {
         campaigns: list,
         records: 0,
         torn: Vec::new(),
     };
-    journal::apply_journal(l, &journal::journal_path(Path::new(campaigns))).map(|l| l.campaigns)
+    for j in [journal::old_journal_path(path), journal::journal_path(path)] {
+        l = journal::apply_journal(l, &j)?;
+    }
+    Ok(l.campaigns)
 }
 
 /// What [`rotate`] did, for [`compact`].
@@ -71,4 +95,83 @@ pub fn rotate(campaigns: &str, list: &[Campaign]) -> io::Result<Option<Rotation>
 /// Returns false when the old journal was kept (it grew after the rotation).
 pub fn compact(campaigns: &str, list: &[Campaign], r: &Rotation) -> io::Result<bool> {
     journal::finish_compaction(Path::new(campaigns), list, r.old_len)
+}
+
+/// The store, for the compaction thread.
+struct StoreRef(*const Store);
+
+// SAFETY: the Store lives in the http main conf of the worker's cycle, which lasts until the
+// worker exits (the thread dies with it: a compaction cut short is safe, see the module
+// docs). The thread only takes the zone's mutex and reads the store's path.
+unsafe impl Send for StoreRef {}
+
+/// After a durable change: when the journal has reached [`COMPACT_BYTES`] and no compaction of
+/// this worker runs, starts one in a thread of its own.
+pub fn compact_when_due(store: &Store) {
+    let path = Path::new(store.path());
+    let len = std::fs::metadata(journal::journal_path(path)).map_or(0, |m| m.len());
+    if !journal::needs_compaction(len, COMPACT_BYTES) || COMPACTING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let s = StoreRef(store);
+    let spawned = std::thread::Builder::new()
+        .name("tracker-compact".into())
+        .spawn(move || {
+            let s = s;
+            // SAFETY: see StoreRef.
+            let store = unsafe { &*s.0 };
+            let result = compact_in_background(store);
+            COMPACTING.store(false, Ordering::Release);
+            // SAFETY: ngx_cycle is set for the life of the worker; its log is thread-safe
+            // (a write(2) to the log file).
+            let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+            match result {
+                Ok(Some(true)) => {
+                    ngx_log_error!(
+                    NGX_LOG_NOTICE,
+                    log,
+                    "tracker_campaigns: journal compacted into \"{}\" (it had reached {} bytes)",
+                    store.path(),
+                    COMPACT_BYTES
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ngx_log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    "tracker_campaigns: compacting the journal of \"{}\" failed: {}; nothing is lost (the journal is kept), the next reload compacts it",
+                    store.path(),
+                    e
+                    );
+                }
+            }
+        });
+    if spawned.is_err() {
+        COMPACTING.store(false, Ordering::Release);
+    }
+}
+
+/// The compaction: Some(committed) when one was due, None when another one got there first.
+fn compact_in_background(store: &Store) -> Result<Option<bool>, String> {
+    let path = Path::new(store.path());
+    let locked = |what: &str| format!("{what}: the campaign zone is not ready");
+    let rotated = store
+        .with_lock(|| journal::rotate_when_due(path, COMPACT_BYTES))
+        .map_err(|_| locked("rotation"))?
+        .map_err(|e| format!("cannot rotate the journal: {e}"))?;
+    let Some(rotated) = rotated else {
+        return Ok(None);
+    };
+    let tmp = journal::prepare_compaction(path)?;
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory (the parsed campaigns file).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    store
+        .with_lock(|| journal::commit_compaction(path, &tmp, rotated))
+        .map_err(|_| locked("commit"))?
+        .map(Some)
+        .map_err(|e| format!("cannot replace the campaigns file: {e}"))
 }

@@ -5,6 +5,8 @@
 # - kill -9 of the master and the workers, then a start: every change that was answered is
 #   there, and the start compacted the journal into the campaigns file;
 # - a HUP reload compacts the journal too (the file holds the changes, no journal left);
+# - a journal that reaches 16 MiB is compacted in the background by the worker that grew it,
+#   while changes go on;
 # - a torn tail (a record cut short) is dropped at start; a damaged record followed by a valid
 #   one makes `nginx -t` fail naming the journal and the byte offset.
 use strict;
@@ -27,8 +29,8 @@ write_campaigns([
 
 my $ngx = TrackerTest::Nginx->new(workers => 2, log_level => 'info', http => <<'HTTP');
     tracker_ring      @RING@ 4m;
-    tracker_campaigns @CAMPAIGNS@ zone=campaigns:4m;
-    client_max_body_size 10m;
+    tracker_campaigns @CAMPAIGNS@ zone=campaigns:64m;
+    client_max_body_size 20m;
     server {
         listen @LISTEN@;
         location /tracker/campaigns { tracker_admin; }
@@ -51,6 +53,18 @@ sub zone_campaigns {
     my $r = api('GET', '/tracker/campaigns?limit=1000');
     die "GET: $r->{status}" unless $r->{status} == 200;
     return { map { $_->{id} => $_->{landing_url} } @{ $r->{json}{campaigns} } };
+}
+
+# Every campaign through the API (paged), as id => landing_url.
+sub zone_campaigns_all {
+    my (%all, $cursor);
+    while (1) {
+        my $r = api('GET', '/tracker/campaigns?limit=1000' . (defined $cursor ? "&cursor=$cursor" : ''));
+        die "GET: $r->{status}" unless $r->{status} == 200;
+        $all{ $_->{id} } = $_->{landing_url} for @{ $r->{json}{campaigns} };
+        $cursor = $r->{json}{next};
+        return \%all unless defined $cursor;
+    }
 }
 
 sub urls { my $d = shift; return { map { $_ => $d->{$_}{landing_url} } keys %$d } }
@@ -122,8 +136,36 @@ my %expect = (base1 => 'https://base.example.com/1', base2 => 'https://base.exam
     is(scalar @{ journal_records($JOURNAL) }, 1, 'goes to a new journal');
 }
 
+# --- compaction by size, in the background of a worker ------------------------------------------
+{
+    my $pad = 'p' x 180;
+    my $n = 0;
+    my $log_before = length $ngx->error_log_text;
+    # Bulk POSTs of the same 10,000 campaigns with new URLs: about 2.5 MB a record.
+    for my $round (1 .. 8) {
+        my @bulk = map { { id => sprintf('big%05d', $_), status => 'active', landing_url => "https://big.example.com/$pad/$round/$_" } } 1 .. 10000;
+        my $r = api('POST', '/tracker/campaigns', \@bulk);
+        $n++ if $r->{status} == 200;
+        diag "bulk $round: $r->{status} " . substr($r->{body} // "", 0, 200) if $r->{status} != 200;
+        $expect{ $_->{id} } = $_->{landing_url} for @bulk;
+        last if wait_until(0.2, sub { substr($ngx->error_log_text, $log_before) =~ /journal compacted into .*it had reached/ });
+    }
+    ok(wait_until(20, sub { substr($ngx->error_log_text, $log_before) =~ /journal compacted into .*it had reached 16777216 bytes/ }),
+       "after $n bulk POSTs, the worker compacted the journal in the background") or diag substr($ngx->error_log_text, $log_before);
+    ok(wait_until(10, sub { !-e "$JOURNAL.old" }), 'no old journal left');
+    cmp_ok(-s $JOURNAL // 0, '<', 16 << 20, 'the journal is small again');
+    is(api('PUT', '/tracker/campaigns/after-compaction', camp('after-compaction', 1))->{status}, 201, 'a change after the compaction');
+    $expect{'after-compaction'} = 'https://j.example.com/after-compaction/1';
+    is_deeply(urls(durable_campaigns()), \%expect, 'file + journal = every change');
+    kill9();
+    $ngx->start;
+    is_deeply(zone_campaigns_all(), \%expect, 'after kill -9 and a start, every change is there');
+}
+
 # --- a torn tail is dropped; damage before valid records refuses to start --------------------------
 {
+    is(api('PUT', '/tracker/campaigns/t1', camp('t1', 1))->{status}, 201, 'PUT t1: one record in the journal');
+    $expect{t1} = 'https://j.example.com/t1/1';
     $ngx->stop;
     my $j = read_file($JOURNAL);
     my $good = length $j;
@@ -132,7 +174,7 @@ my %expect = (base1 => 'https://base.example.com/1', base2 => 'https://base.exam
     my ($rc, $out) = $ngx->test_conf;
     is($rc, 0, 'nginx -t accepts a journal with a torn tail') or diag $out;
     $ngx->start;
-    is_deeply(zone_campaigns(), \%expect, 'the torn tail is dropped, the rest is there');
+    is_deeply(zone_campaigns_all(), \%expect, 'the torn tail is dropped, the rest is there');
     $ngx->stop;
 
     # Two records, the first damaged: corruption, not a torn write.

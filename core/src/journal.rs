@@ -25,6 +25,10 @@
 //!   journal is renamed to `O` (new appends create a new `J`); then, without the lock, the
 //!   state is written as a new `F` (temporary file, fsync, rename, fsync of the directory)
 //!   and `O` is removed. A crash anywhere leaves `F ⊕ O ⊕ J` equal to the state before it.
+//! - compaction by size, in a worker ([`rotate_when_due`], [`prepare_compaction`],
+//!   [`commit_compaction`]): the same from the files (`F ⊕ O`, not the zone), committed under
+//!   the lock only if `O` is still the file it rotated (same inode and length); otherwise a
+//!   zone init finished `O` meanwhile with a newer state, and the worker's file is dropped.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -506,9 +510,92 @@ pub fn finish_compaction(campaigns: &Path, state: &[Campaign], old_len: u64) -> 
     Ok(true)
 }
 
-/// Whether the journal should be compacted before the next reload: past `max_bytes`.
+/// Whether the journal should be compacted: past `max_bytes` (0: never by size).
 pub fn needs_compaction(journal_len: u64, max_bytes: u64) -> bool {
     max_bytes > 0 && journal_len >= max_bytes
+}
+
+/// The old journal as a rotation left it: a compaction commits only if it is still this file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rotated {
+    ino: u64,
+    len: u64,
+}
+
+fn rotated_now(campaigns: &Path) -> io::Result<Option<Rotated>> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(old_journal_path(campaigns)) {
+        Ok(m) => Ok(Some(Rotated {
+            ino: m.ino(),
+            len: m.len(),
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Compaction in the background of a worker, step 1, under the zone's writer lock: when no
+/// compaction is under way (no old journal) and the journal has reached `max_bytes`, the
+/// journal becomes the old journal. None: nothing to do.
+pub fn rotate_when_due(campaigns: &Path, max_bytes: u64) -> io::Result<Option<Rotated>> {
+    if old_journal_path(campaigns).exists() {
+        return Ok(None);
+    }
+    let len = std::fs::metadata(journal_path(campaigns)).map_or(0, |m| m.len());
+    if !needs_compaction(len, max_bytes) || !rotate(campaigns)? {
+        return Ok(None);
+    }
+    rotated_now(campaigns)
+}
+
+/// Step 2, without the lock: the campaigns file with the old journal applied, written to a
+/// temporary file beside it and fsynced. Returns its path. (The journal's later records are
+/// not needed: they stay in the journal.)
+pub fn prepare_compaction(campaigns: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(campaigns).map_err(|e| e.to_string())?;
+    let list = campaign::parse_file(&text).map_err(|e| e.to_string())?;
+    drop(text);
+    let l = apply_journal(
+        Loaded {
+            campaigns: list,
+            records: 0,
+            torn: Vec::new(),
+        },
+        &old_journal_path(campaigns),
+    )?;
+    let name = campaigns
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = campaigns.with_file_name(format!(".{name}.compact.{}", std::process::id()));
+    let r = File::create(&tmp).and_then(|mut f| {
+        f.write_all(&campaigns_text(&l.campaigns))?;
+        f.sync_all()
+    });
+    match r {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(format!("{}: {e}", tmp.display()))
+        }
+    }
+}
+
+/// Step 3, under the lock: if the old journal is still the one of step 1 (a zone init in the
+/// master may have finished it meanwhile, with a newer state), the temporary file replaces the
+/// campaigns file and the old journal is removed; else the temporary file is dropped. Returns
+/// whether it committed.
+pub fn commit_compaction(campaigns: &Path, tmp: &Path, rotated: Rotated) -> io::Result<bool> {
+    if rotated_now(campaigns)? != Some(rotated) {
+        let _ = std::fs::remove_file(tmp);
+        return Ok(false);
+    }
+    let dir = parent(campaigns);
+    std::fs::rename(tmp, campaigns)?;
+    sync_dir(&dir)?;
+    std::fs::remove_file(old_journal_path(campaigns))?;
+    sync_dir(&dir)?;
+    Ok(true)
 }
 
 #[cfg(test)]

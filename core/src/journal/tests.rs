@@ -380,6 +380,71 @@ fn scan_invariants_hold_under_mutation() {
         let framed: usize = s.records.iter().map(|r| r.len() + OVERHEAD).sum();
         assert_eq!(framed, s.valid_end, "round {round}");
         let tail = scan(&b[s.valid_end..]).expect("a torn tail scans");
-        assert!(tail.records.is_empty() && tail.valid_end == 0, "round {round}");
+        assert!(
+            tail.records.is_empty() && tail.valid_end == 0,
+            "round {round}"
+        );
     }
+}
+
+#[test]
+fn background_compaction_by_size() {
+    let d = dir();
+    let f = d.path().join("campaigns.json");
+    let base = vec![camp("a", "https://a.example/0")];
+    write_file(&f, &base);
+    let list = sample();
+    for c in &list[..3] {
+        append(&journal_path(&f), &rec(c)).unwrap();
+    }
+    let len = std::fs::metadata(journal_path(&f)).unwrap().len();
+    assert_eq!(
+        rotate_when_due(&f, len + 1).unwrap(),
+        None,
+        "not due below the size"
+    );
+    assert!(journal_path(&f).exists());
+    let r = rotate_when_due(&f, len).unwrap().expect("due");
+    assert_eq!(
+        rotate_when_due(&f, 1).unwrap(),
+        None,
+        "one compaction at a time"
+    );
+    // Appends go on meanwhile, into a new journal.
+    append(&journal_path(&f), &rec(&list[3])).unwrap();
+    let tmp = prepare_compaction(&f).unwrap();
+    assert!(commit_compaction(&f, &tmp, r).unwrap());
+    assert!(!tmp.exists() && !old_journal_path(&f).exists());
+    let l = load(&f).unwrap();
+    assert_eq!(
+        l.records, 1,
+        "only the append made after the rotation is left"
+    );
+    assert_eq!(ids(&l.campaigns), ids(&replay(base, list)));
+}
+
+#[test]
+fn background_compaction_gives_way_to_a_newer_one() {
+    // A zone init (the master) finishes the old journal while a worker prepares its
+    // compaction, then rotates again: the worker must not put its older state back.
+    let d = dir();
+    let f = d.path().join("campaigns.json");
+    write_file(&f, &[]);
+    let list = sample();
+    append(&journal_path(&f), &rec(&list[0])).unwrap();
+    let r = rotate_when_due(&f, 1).unwrap().expect("due");
+    let tmp = prepare_compaction(&f).unwrap();
+    // The master: finishes the old journal with the whole state, then rotates the journal.
+    append(&journal_path(&f), &rec(&list[1])).unwrap();
+    let state = load(&f).unwrap().campaigns;
+    finish_compaction(&f, &state, u64::MAX).unwrap();
+    append(&journal_path(&f), &rec(&list[2])).unwrap();
+    assert!(rotate(&f).unwrap());
+    assert!(
+        !commit_compaction(&f, &tmp, r).unwrap(),
+        "the worker gives way"
+    );
+    assert!(!tmp.exists());
+    let l = load(&f).unwrap();
+    assert_eq!(ids(&l.campaigns), ids(&replay(vec![], list[..3].to_vec())));
 }

@@ -17,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 TOOLS_DIR=${NGINX_TRACKER_TOOLS:-/var/cache/nginx-tracker-tools} # as in scripts/lib.sh
 MODE=${1:-short}
-ALL_TARGETS="campaign_file landing sign_verify event_decode args ring_reader"
+ALL_TARGETS="campaign_file landing sign_verify event_decode args ring_reader journal"
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 CARGO_FUZZ_VERSION=0.13.2
 

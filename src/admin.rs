@@ -10,9 +10,12 @@
 //! loopback client when no token is configured), then routed. `PUT` and `POST` read their body
 //! with `ngx_http_read_client_request_body` (in memory or in nginx's temporary file) and answer
 //! from the body handler. Bodies are validated with `tracker_core::campaign::parse_object`
-//! before anything changes; a change goes into the zone all or nothing (`Store::upsert`), then
-//! is written through to the campaigns file (`Store::write_through`) before the answer.
-//! Every answer is JSON with `Cache-Control: no-store`.
+//! before anything changes; a change goes into the zone all or nothing and its record is
+//! appended to the campaign journal under the same lock (`Store::upsert_logged`,
+//! `crate::journal`), then made durable (fdatasync) before the answer. A change (`PUT`,
+//! `DELETE`, bulk `POST`: parsing, the zone's lock, the journal) runs in nginx's thread pool
+//! (`crate::admin_io`), off the worker's event loop; the answer is sent from the event loop
+//! once it is done. Every answer is JSON with `Cache-Control: no-store`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,7 +33,9 @@ use serde_json::{json, Map, Value};
 use tracker_core::banker::Counters;
 use tracker_core::campaign::{self, Campaign};
 use tracker_core::input::valid_campaign_id;
+use tracker_core::journal::{self, Appended};
 
+use crate::admin_io;
 use crate::campaigns::{Store, StoreError};
 use crate::config::LocConf;
 use crate::{response, Module};
@@ -100,6 +105,65 @@ impl Answer {
     fn header(mut self, key: &'static [u8], value: impl Into<Vec<u8>>) -> Answer {
         self.headers.push((key, value.into()));
         self
+    }
+}
+
+/// The outcome of a request: an answer now, or a change to make off the event loop.
+enum Reply {
+    Now(Answer),
+    Change(Change),
+}
+
+impl From<Answer> for Reply {
+    fn from(a: Answer) -> Reply {
+        Reply::Now(a)
+    }
+}
+
+/// A change, with what it needs to run in a pool thread (no reference to the request).
+struct Change {
+    store: StoreRef,
+    kind: ChangeKind,
+    body: Vec<u8>,
+}
+
+enum ChangeKind {
+    Put(Vec<u8>),
+    Delete(Vec<u8>),
+    Bulk,
+}
+
+/// The store of this configuration, for a pool thread.
+struct StoreRef(*const Store);
+
+// SAFETY: the Store lives in the http main conf of the cycle, which outlives every request of
+// it; a request whose change runs in the pool stays alive (blocked) until the change is done.
+// What the thread calls takes the zone's mutex (shared memory) or reads immutable fields.
+unsafe impl Send for StoreRef {}
+
+/// What a change gives the event loop: the answer and a line for the request's log.
+struct Outcome {
+    answer: Answer,
+    log: Option<(usize, String)>,
+}
+
+impl From<Answer> for Outcome {
+    fn from(answer: Answer) -> Outcome {
+        Outcome { answer, log: None }
+    }
+}
+
+impl Change {
+    /// In a pool thread (or inline): parses, changes the zone and the journal, makes the
+    /// record durable.
+    fn run(self) -> Outcome {
+        // SAFETY: see StoreRef.
+        let store = unsafe { &*self.store.0 };
+        match self.kind {
+            ChangeKind::Put(id) => put_one(store, &id, &self.body),
+            ChangeKind::Delete(id) => delete_one(store, &id),
+            ChangeKind::Bulk => bulk(store, &self.body),
+        }
     }
 }
 
@@ -325,13 +389,41 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
-    let answer = match look {
-        Err(a) => a,
+    let reply = match look {
+        Err(a) => Reply::Now(a),
         // SAFETY: r is live.
-        Ok(_) => unsafe { answer(r, test_clock, &[]) },
+        Ok(_) => unsafe { answer(r, test_clock, Vec::new()) },
     };
     // SAFETY: r is live and in its content handler.
-    unsafe { send(r, answer) }
+    unsafe { reply_to(r, reply) }
+}
+
+/// Sends the answer now, or runs the change in the thread pool and answers when it is done
+/// (then returns `NGX_DONE`).
+///
+/// # Safety
+/// `r` is a live request in its content handler or body handler.
+unsafe fn reply_to(r: &mut ngx_http_request_t, reply: Reply) -> ngx_int_t {
+    let change = match reply {
+        // SAFETY: see the function's contract.
+        Reply::Now(a) => return unsafe { send(r, a) },
+        Reply::Change(c) => c,
+    };
+    let Some(pool) = Module::main_conf(r).map(|m| &m.admin_pool) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let job: admin_io::Job<Outcome> = Box::new(move || change.run());
+    let finish: admin_io::Finish<Outcome> = Box::new(|r, outcome| {
+        if let Some((level, line)) = outcome.log {
+            // SAFETY: the connection of a live request and its log are live.
+            let log = unsafe { (*r.connection).log };
+            ngx_log_error!(level, log, "tracker_admin: {}", line);
+        }
+        // SAFETY: admin_io calls this with the live request, on the event loop.
+        unsafe { send(r, outcome.answer) }
+    });
+    // SAFETY: see the function's contract.
+    unsafe { admin_io::run(pool, r, job, finish) }
 }
 
 /// What can be decided before reading a body: an answer at once (access refused, a body that
@@ -374,13 +466,13 @@ unsafe extern "C" fn body_handler(r: *mut ngx_http_request_t) {
             let test_clock = lcf.admin.unwrap_or(false);
             let limit = ask(req, test_clock).body_limit().unwrap_or(MAX_ONE_BODY);
             // SAFETY: req is live; its body has been read.
-            let answer = match unsafe { read_body(req, limit) } {
+            let reply = match unsafe { read_body(req, limit) } {
                 // SAFETY: req is live.
-                Ok(body) => unsafe { answer(req, test_clock, &body) },
-                Err(a) => a,
+                Ok(body) => unsafe { answer(req, test_clock, body) },
+                Err(a) => Reply::Now(a),
             };
             // SAFETY: req is live, in its body handler.
-            unsafe { send(req, answer) }
+            unsafe { reply_to(req, reply) }
         }
         None => NGX_ERROR as ngx_int_t,
     };
@@ -491,9 +583,9 @@ unsafe fn send(r: &mut ngx_http_request_t, a: Answer) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` is a live request.
-unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: &[u8]) -> Answer {
+unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: Vec<u8>) -> Reply {
     let Some(store) = Module::main_conf(r).and_then(|m| m.campaigns.as_ref()) else {
-        return Answer::error(500, "no tracker_campaigns zone");
+        return Answer::error(500, "no tracker_campaigns zone").into();
     };
     let a = ask(r, test_clock);
     // SAFETY: the connection of a live request and its log are live.
@@ -502,20 +594,30 @@ unsafe fn answer(r: &ngx_http_request_t, test_clock: bool, body: &[u8]) -> Answe
     let allow = |methods: &'static str| {
         Answer::error(405, format!("method not allowed here: {methods}")).header(b"Allow", methods)
     };
-    match (a.route, a.method) {
+    let change = |kind, body| {
+        Reply::Change(Change {
+            store: StoreRef(store),
+            kind,
+            body,
+        })
+    };
+    let now = match (a.route, a.method) {
+        (Route::List, Method::Post) => return change(ChangeKind::Bulk, body),
+        (Route::One(id), Method::Put) => return change(ChangeKind::Put(id.to_vec()), body),
+        (Route::One(id), Method::Delete) => {
+            return change(ChangeKind::Delete(id.to_vec()), Vec::new())
+        }
         (Route::Nothing, _) => Answer::error(404, "no such resource: the API has the list (the location) and one campaign (the location/ID)"),
         (Route::Clock, _) if !a.test_clock => Answer::error(404, "the test clock is not enabled (\"tracker_admin test_clock;\")"),
         (Route::List, Method::Get | Method::Head) => list(store, args),
-        (Route::List, Method::Post) => bulk(store, body, log),
         (Route::List, _) => allow("GET, HEAD, POST"),
         (Route::One(id), Method::Get | Method::Head) => get_one(store, id),
-        (Route::One(id), Method::Put) => put_one(store, id, body, log),
-        (Route::One(id), Method::Delete) => delete_one(store, id, log),
         (Route::One(_), _) => allow("GET, HEAD, PUT, DELETE"),
         (Route::Clock, Method::Get | Method::Head) => clock(store),
-        (Route::Clock, Method::Put) => set_clock(store, body, log),
+        (Route::Clock, Method::Put) => set_clock(store, &body, log),
         (Route::Clock, _) => allow("GET, HEAD, PUT"),
-    }
+    };
+    Reply::Now(now)
 }
 
 /// A campaign in the file's form, with its counters.
@@ -613,26 +715,41 @@ fn store_error(store: &Store, e: StoreError) -> Answer {
     }
 }
 
-/// Writes the zone through to the campaigns file; on failure, logs it and answers 500.
-fn persist(store: &Store, log: *mut ngx_log_t, what: &str) -> Result<(), Answer> {
-    match store.write_through() {
+/// The journal of the store's campaigns file.
+fn journal_of(store: &Store) -> String {
+    journal::journal_path(std::path::Path::new(store.path()))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The outcome of a change made in the zone: its record made durable, then `answer`; or a
+/// 500 if appending or syncing failed (the change is live, not durable).
+fn durable(
+    store: &Store,
+    appended: std::io::Result<Appended>,
+    what: String,
+    answer: Answer,
+) -> Outcome {
+    let journal = journal_of(store);
+    match appended.and_then(|a| a.make_durable()) {
         Ok(()) => {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                log,
-                "tracker_admin: {}; written to \"{}\"",
-                what,
-                store.path()
-            );
-            Ok(())
+            crate::journal::compact_when_due(store);
+            Outcome {
+                answer,
+                log: Some((
+                    NGX_LOG_INFO as usize,
+                    format!("{what}; durable in \"{journal}\""),
+                )),
+            }
         }
         Err(e) => {
             let msg = format!(
-                "{what} in the shared zone (every worker sees it), but writing the campaigns file \"{}\" failed: {e}; the next reload or restart will undo the change unless a later change is written (the worker user must be able to write the file's directory)",
-                store.path()
+                "{what} in the shared zone (every worker sees it), but writing it to the journal \"{journal}\" failed: {e}; the next reload or restart will undo the change (the worker user must be able to write the campaigns file's directory)"
             );
-            ngx_log_error!(NGX_LOG_ERR, log, "tracker_admin: {}", msg);
-            Err(Answer::error(500, msg))
+            Outcome {
+                answer: Answer::error(500, &msg),
+                log: Some((NGX_LOG_ERR as usize, msg)),
+            }
         }
     }
 }
@@ -648,7 +765,7 @@ fn parse_json(body: &[u8]) -> Result<Value, Answer> {
     serde_json::from_slice(body).map_err(|e| Answer::error(400, format!("invalid JSON: {e}")))
 }
 
-fn put_one(store: &Store, id: &[u8], body: &[u8], log: *mut ngx_log_t) -> Answer {
+fn put_one(store: &Store, id: &[u8], body: &[u8]) -> Outcome {
     let Some(id) = std::str::from_utf8(id)
         .ok()
         .filter(|_| valid_campaign_id(id))
@@ -659,18 +776,26 @@ fn put_one(store: &Store, id: &[u8], body: &[u8], log: *mut ngx_log_t) -> Answer
                 "invalid id \"{}\": must be 1-64 characters of [A-Za-z0-9_.:-]",
                 String::from_utf8_lossy(id)
             ),
-        );
+        )
+        .into();
     };
     let what = format!("campaign \"{id}\"");
-    let mut obj = match parse_json(body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return Answer::error(
+    match put_parse(id, &what, body) {
+        Ok(c) => put_apply(store, c, what),
+        Err(a) => a.into(),
+    }
+}
+
+/// The campaign of a `PUT` body.
+fn put_parse(id: &str, what: &str, body: &[u8]) -> Result<Campaign, Answer> {
+    let mut obj = match parse_json(body)? {
+        Value::Object(m) => m,
+        _ => {
+            return Err(Answer::error(
                 400,
                 format!("{what}: the body must be a JSON object (one campaign)"),
-            )
+            ))
         }
-        Err(a) => return a,
     };
     match obj.get("id") {
         None => {
@@ -678,46 +803,51 @@ fn put_one(store: &Store, id: &[u8], body: &[u8], log: *mut ngx_log_t) -> Answer
         }
         Some(Value::String(s)) if s == id => {}
         Some(other) => {
-            return Answer::error(400, format!("{what}: id: {other} in the body is not the id of the URL (leave it out or make it \"{id}\")"))
+            return Err(Answer::error(400, format!("{what}: id: {other} in the body is not the id of the URL (leave it out or make it \"{id}\")")))
         }
     }
-    let c = match campaign::parse_object(&obj, &what) {
-        Ok(c) => c,
-        Err(e) => return Answer::error(400, e),
+    campaign::parse_object(&obj, what).map_err(|e| Answer::error(400, e))
+}
+
+/// Upserts one campaign and appends its record.
+fn put_apply(store: &Store, c: Campaign, what: String) -> Outcome {
+    let mut record = Vec::new();
+    journal::encode_upsert(core::slice::from_ref(&c), &mut record);
+    let path = store.path();
+    let (created, appended) = match store.upsert_logged(core::slice::from_ref(&c), || {
+        crate::journal::append(path, &record)
+    }) {
+        Ok((n, appended)) => (n > 0, appended),
+        Err(e) => return store_error(store, e).into(),
     };
-    let created = match store.upsert(core::slice::from_ref(&c)) {
-        Ok(n) => n > 0,
-        Err(e) => return store_error(store, e),
-    };
-    let done = format!("{what} {}", if created { "created" } else { "updated" });
-    if let Err(a) = persist(store, log, &done) {
-        return a;
-    }
-    let v = match store.get(id) {
+    let what = format!("{what} {}", if created { "created" } else { "updated" });
+    let v = match store.get(&c.id) {
         Some((c, k)) => with_counters(&c, &k),
         None => c.to_json(),
     };
-    if created {
-        Answer::json(201, &v)
-    } else {
-        Answer::json(200, &v)
-    }
+    let answer = Answer::json(if created { 201 } else { 200 }, &v);
+    durable(store, appended, what, answer)
 }
 
-fn delete_one(store: &Store, id: &[u8], log: *mut ngx_log_t) -> Answer {
+fn delete_one(store: &Store, id: &[u8]) -> Outcome {
     let Some(id_text) = std::str::from_utf8(id)
         .ok()
         .filter(|_| valid_campaign_id(id))
     else {
-        return no_campaign(id);
+        return no_campaign(id).into();
     };
-    match store.delete(id_text) {
-        Ok(true) => match persist(store, log, &format!("campaign \"{id_text}\" deleted")) {
-            Ok(()) => Answer::empty(204),
-            Err(a) => a,
-        },
-        Ok(false) => no_campaign(id),
-        Err(e) => store_error(store, e),
+    let mut record = Vec::new();
+    journal::encode_delete(&[id_text], &mut record);
+    let path = store.path();
+    match store.delete_logged(id_text, || crate::journal::append(path, &record)) {
+        Ok(Some(appended)) => durable(
+            store,
+            appended,
+            format!("campaign \"{id_text}\" deleted"),
+            Answer::empty(204),
+        ),
+        Ok(None) => no_campaign(id).into(),
+        Err(e) => store_error(store, e).into(),
     }
 }
 
@@ -761,43 +891,59 @@ impl<'de> Visitor<'de> for BulkVisitor<'_> {
     }
 }
 
-fn bulk(store: &Store, body: &[u8], log: *mut ngx_log_t) -> Answer {
+fn bulk(store: &Store, body: &[u8]) -> Outcome {
+    let list = match bulk_parse(body) {
+        Ok(list) => list,
+        Err(a) => return a.into(),
+    };
+    if list.is_empty() {
+        return Answer::json(200, &json!({ "created": 0, "updated": 0 })).into();
+    }
+    // One record for the whole list: one durable write, all or nothing at replay.
+    let mut record = Vec::new();
+    journal::encode_upsert(&list, &mut record);
+    let path = store.path();
+    let (created, appended) =
+        match store.upsert_logged(&list, || crate::journal::append(path, &record)) {
+            Ok(x) => x,
+            Err(e) => return store_error(store, e).into(),
+        };
+    let updated = list.len() - created;
+    durable(
+        store,
+        appended,
+        format!("bulk upsert: {created} campaigns created, {updated} updated"),
+        Answer::json(200, &json!({ "created": created, "updated": updated })),
+    )
+}
+
+/// The campaigns of a bulk `POST` body.
+fn bulk_parse(body: &[u8]) -> Result<Vec<Campaign>, Answer> {
     match body.trim_ascii_start().first() {
         Some(b'[') => {}
         None => {
-            return Answer::error(
+            return Err(Answer::error(
                 400,
                 "the body is empty: send a JSON array of campaign objects",
-            )
+            ))
         }
-        Some(_) => return Answer::error(400, "the body must be a JSON array of campaign objects"),
+        Some(_) => {
+            return Err(Answer::error(
+                400,
+                "the body must be a JSON array of campaign objects",
+            ))
+        }
     }
     let mut error = None;
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = de
         .deserialize_seq(BulkVisitor { error: &mut error })
         .and_then(|list| de.end().map(|()| list));
-    let list = match (parsed, error) {
-        (_, Some(msg)) => return Answer::error(400, msg),
-        (Err(e), None) => return Answer::error(400, format!("invalid JSON: {e}")),
-        (Ok(list), None) => list,
-    };
-    if list.is_empty() {
-        return Answer::json(200, &json!({ "created": 0, "updated": 0 }));
+    match (parsed, error) {
+        (_, Some(msg)) => Err(Answer::error(400, msg)),
+        (Err(e), None) => Err(Answer::error(400, format!("invalid JSON: {e}"))),
+        (Ok(list), None) => Ok(list),
     }
-    let created = match store.upsert(&list) {
-        Ok(n) => n,
-        Err(e) => return store_error(store, e),
-    };
-    let updated = list.len() - created;
-    if let Err(a) = persist(
-        store,
-        log,
-        &format!("bulk upsert: {created} campaigns created, {updated} updated"),
-    ) {
-        return a;
-    }
-    Answer::json(200, &json!({ "created": created, "updated": updated }))
 }
 
 fn clock(store: &Store) -> Answer {

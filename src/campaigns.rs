@@ -12,22 +12,21 @@
 //! ([`Hit::account`] holds the pin; it is dropped with the `Hit`); writers free what they
 //! unlinked only when no live reader pinned before it (`docs/campaign-store.md`).
 //!
-//! A reload re-reads the campaigns file (which the admin API writes through on every change):
-//! zone init makes the zone hold exactly its campaigns, re-putting only those that changed and
-//! keeping the accounts.
+//! A reload re-reads the campaigns file and its journal (the admin API appends every change to
+//! the journal, `crate::journal`): zone init makes the zone hold exactly the campaigns they
+//! hold, re-putting only those that changed and keeping the accounts.
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::io::Write;
 
 use ngx::core::{SlabPool, Status};
 use ngx::ffi::{
     ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc_locked,
-    ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
 use ngx::ngx_log_error;
 use tracker_core::banker::Counters;
-use tracker_core::campaign::{self, Campaign, Caps, Pricing, Status as CampaignStatus};
+use tracker_core::campaign::{Campaign, Caps, Pricing, Status as CampaignStatus};
 use tracker_core::record::RecordView;
 use tracker_core::store::{pid_alive, Chunks, PinnedAccount, Reader, Writer, Zone};
 
@@ -116,9 +115,8 @@ impl Store {
         name: &[u8],
         size: usize,
     ) -> Result<Store, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let list =
-            campaign::parse_file(&text).map_err(|e| format!("line {}: {}", e.line, e.message))?;
+        // The file, then its journals (crate::journal).
+        let list = crate::journal::load(path)?;
         let mut zone_name = ngx_str_t {
             len: name.len(),
             data: name.as_ptr() as *mut u8,
@@ -294,6 +292,36 @@ impl Store {
         self.writer()?.upsert(&list)
     }
 
+    /// Like [`Store::upsert`], then `log` (the journal append) with the lock still held, so
+    /// that the journal's order is the zone's order.
+    pub fn upsert_logged<T>(
+        &self,
+        list: &[Campaign],
+        log: impl FnOnce() -> T,
+    ) -> Result<(usize, T), StoreError> {
+        let list = unique_by_id(list);
+        let mut w = self.writer()?;
+        let created = w.upsert(&list)?;
+        Ok((created, log()))
+    }
+
+    /// Like [`Store::delete`], then `log` with the lock still held when the campaign existed.
+    pub fn delete_logged<T>(
+        &self,
+        id: &str,
+        log: impl FnOnce() -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let mut w = self.writer()?;
+        let found = w.remove(&[id.as_bytes()])? > 0;
+        Ok(found.then(log))
+    }
+
+    /// Runs `f` with the zone's writer lock held (the journal's compaction, `crate::journal`).
+    pub fn with_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+        let _w = self.writer()?;
+        Ok(f())
+    }
+
     /// Deletes a campaign. Returns whether it existed.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
         self.writer()?.remove(&[id.as_bytes()]).map(|n| n > 0)
@@ -372,43 +400,6 @@ impl Store {
         // SAFETY: ngx_pagesize is set once at startup.
         pages * unsafe { ngx::ffi::ngx_pagesize }
     }
-
-    /// Writes every campaign to the campaigns file, atomically (a temporary file in the same
-    /// directory, fsync, rename), under the zone's mutex so that two writers never interleave.
-    pub fn write_through(&self) -> std::io::Result<()> {
-        let w = self
-            .writer()
-            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        let (mut campaigns, _) = w.page(0, usize::MAX, |r, _| r.to_campaign().to_json());
-        campaigns.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-        let path = std::path::Path::new(&self.path);
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp.{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let mut f = std::fs::File::create(&tmp)?;
-        let mut text = b"[\n".to_vec();
-        for (i, c) in campaigns.iter().enumerate() {
-            if i > 0 {
-                text.extend_from_slice(b",\n");
-            }
-            text.extend_from_slice(b"  ");
-            serde_json::to_writer(&mut text, c).map_err(std::io::Error::other)?;
-        }
-        text.extend_from_slice(b"\n]\n");
-        let r = f
-            .write_all(&text)
-            .and_then(|()| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        drop(w);
-        r
-    }
 }
 /// Zone init, in the master at start and at every reload: makes the zone hold exactly the
 /// campaigns of this configuration's file, keeping the accounts of those that were there.
@@ -438,8 +429,36 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         // ourselves, not a [crit] from the allocator.
         (*pool).set_log_nomem(0);
     }
-    let list = std::mem::take(&mut *store.list.lock().unwrap_or_else(|p| p.into_inner()));
-    let result = store.writer().and_then(|mut w| w.sync(&list));
+    let mut list = std::mem::take(&mut *store.list.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut journal_error = None;
+    let mut rotation = None;
+    let result = store.writer().and_then(|mut w| {
+        // Records appended since the configuration was read (crate::journal, step 1).
+        match crate::journal::catch_up(&store.path, std::mem::take(&mut list)) {
+            Ok(l) => list = l,
+            Err(e) => {
+                journal_error = Some(e);
+                return Ok(0);
+            }
+        }
+        let n = w.sync(&list)?;
+        // Step 3: new appends go to a new journal.
+        match crate::journal::rotate(&store.path, &list) {
+            Ok(r) => rotation = r,
+            Err(e) => journal_error = Some(format!("cannot rotate the journal: {e}")),
+        }
+        Ok(n)
+    });
+    if let Some(e) = journal_error {
+        ngx_log_error!(
+            NGX_LOG_EMERG,
+            log,
+            "tracker_campaigns: \"{}\": {}",
+            store.path,
+            e
+        );
+        return Status::NGX_ERROR.into();
+    }
     if let Err(e) = result {
         ngx_log_error!(
             NGX_LOG_EMERG,
@@ -451,6 +470,36 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             e
         );
         return Status::NGX_ERROR.into();
+    }
+    if let Some(r) = rotation {
+        // Compaction (crate::journal): the master serves no requests.
+        match crate::journal::compact(&store.path, &list, &r) {
+            Ok(true) => {
+                ngx_log_error!(
+                    NGX_LOG_NOTICE,
+                    log,
+                    "tracker_campaigns: journal compacted into \"{}\"",
+                    store.path
+                );
+            }
+            Ok(false) => {
+                ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "tracker_campaigns: \"{}\" written; its old journal was appended to meanwhile and is kept (replayed at the next start)",
+                store.path
+            );
+            }
+            Err(e) => {
+                ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "tracker_campaigns: compacting the journal into \"{}\" failed: {}; the journal is kept (nothing is lost), the next reload tries again",
+                store.path,
+                e
+            );
+            }
+        }
     }
     let n = list.len();
     drop(list);

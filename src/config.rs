@@ -38,6 +38,8 @@ pub struct MainConf {
     pub duplicates: Option<crate::dedup::DedupZone>,
     /// Where `tracker_duplicates` is first turned on: `tracker_duplicates_zone` is required.
     pub needs_duplicates: Option<String>,
+    /// nginx's thread pool `default`, where the admin API makes its changes durable.
+    pub admin_pool: crate::admin_io::Pool,
 }
 
 /// `tracker_signed`: what a location does with a request without a valid signature.
@@ -652,6 +654,12 @@ unsafe extern "C" fn set_admin(
         }
     };
     lcf.admin = Some(test_clock);
+    // SAFETY: `cf` is valid; main conf exists for every http context.
+    if let Some(mcf) = Module::main_conf_mut(unsafe { &*cf }) {
+        // SAFETY: cf is the configuration being parsed (thread pools are declared now and
+        // created by nginx in each worker).
+        mcf.admin_pool = unsafe { crate::admin_io::Pool::add(cf) };
+    }
     set_handler(cf, crate::admin::handler)
 }
 

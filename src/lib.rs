@@ -7,10 +7,12 @@
 //! The directive reference is `docs/directives.md`.
 
 mod admin;
+mod admin_io;
 mod campaigns;
 mod config;
 mod dedup;
 mod handler;
+mod journal;
 mod response;
 mod stats;
 mod variables;

@@ -8,8 +8,9 @@
 #   bodies in memory, in nginx's temporary file and chunked;
 # - a change is visible at once on both workers through a click location, and a deleted
 #   campaign's click is flagged unknown_campaign in the ring;
-# - write-through: the campaigns file holds every change, a HUP reload and a restart keep it; a
-#   failed write answers 500 (the zone has the change) and is logged at [error];
+# - persistence: the campaigns file and its journal hold every change (t/200-admin-journal.t
+#   tests the journal itself), a HUP reload and a restart keep it; a failed journal write
+#   answers 500 (the zone has the change) and is logged at [error];
 # - bulk POST of 1000 campaigns, then paging through all of them; a full zone (64k) answers
 #   507 to a bulk of 5000 and nothing changes;
 # - the test clock (tracker_admin test_clock): PUT/GET _clock; 404 without test_clock.
@@ -108,14 +109,8 @@ sub all_campaigns {
     return { campaigns => \%all, pages => $pages, count => $count, dups => $dups };
 }
 
-# The campaigns file, as id => object.
-sub file_campaigns {
-    my ($path) = @_;
-    my $t = read_file($path || $CAMPAIGNS);
-    my $list = eval { $JSON->decode($t) };
-    return undef unless ref $list eq 'ARRAY';
-    return { map { $_->{id} => $_ } @$list };
-}
+# The campaigns file with its journal applied (what a restart loads), as id => object.
+sub file_campaigns { return durable_campaigns($_[0] || $CAMPAIGNS) }
 
 sub click {
     my ($cid, $tag) = @_;
@@ -221,10 +216,11 @@ my $file_before = read_file($CAMPAIGNS);
     is(scalar(keys %by_pid), 2, 'both workers served the updated campaign') or diag explain \%by_pid;
 
     my $f = file_campaigns();
-    ok($f && $f->{x1}, 'written through: the campaigns file has x1');
+    ok($f && $f->{x1}, 'durable: the campaigns file and its journal have x1');
     is($f && $f->{x1}{landing_url}, 'https://x2.example.com/', 'with its new landing URL');
     ok($f && $f->{summer} && $f->{old}, 'and still the campaigns of the file');
-    isnt(read_file($CAMPAIGNS), $file_before, 'the file changed');
+    is(read_file($CAMPAIGNS), $file_before, 'the campaigns file itself is not rewritten');
+    cmp_ok(scalar @{ journal_records("$CAMPAIGNS.journal") }, '>=', 2, 'the journal has a record per PUT');
 
     $r = api('PUT', '/tracker/campaigns/x1/', { %camp_x });
     is($r->{status}, 200, 'PUT with a trailing slash');
@@ -429,27 +425,29 @@ my $file_before = read_file($CAMPAIGNS);
     is(scalar(grep { /^conc-/ } keys %{ all_campaigns()->{campaigns} }), 100, 'the zone too');
 }
 
-# --- write-through: a failed write ------------------------------------------------------------
+# --- persistence: a failed journal write --------------------------------------------------------
 {
-    # The store writes ".campaigns.json.tmp.<worker pid>" then renames it: a directory there
-    # makes the write fail.
-    my @tmp = map { "$WORK/.campaigns.json.tmp.$_" } @{ $ngx->worker_pids };
-    mkdir $_ for @tmp;
+    # A directory where the journal should be makes the append fail.
+    my $journal = "$CAMPAIGNS.journal";
+    rename $journal, "$journal.saved" or die "rename $journal: $!";
+    mkdir $journal or die "mkdir $journal: $!";
     my $file = read_file($CAMPAIGNS);
     my $log_before = length $ngx->error_log_text;
     my $r = api('PUT', '/tracker/campaigns/unwritten', { %camp_x });
-    is($r->{status}, 500, 'a change whose write-through fails: 500');
-    like(err_of($r), qr/campaign "unwritten" created in the shared zone.*writing the campaigns file ".*campaigns\.json" failed/,
-         'the error says the zone has the change and the file write failed');
+    is($r->{status}, 500, 'a change whose journal write fails: 500');
+    like(err_of($r), qr/campaign "unwritten" created in the shared zone.*writing it to the journal ".*campaigns\.json\.journal" failed/,
+         'the error says the zone has the change and the journal write failed');
     is(read_file($CAMPAIGNS), $file, 'the file is unchanged');
     is(api('GET', '/tracker/campaigns/unwritten')->{status}, 200, 'the zone has the change');
     like(substr($ngx->error_log_text, $log_before), qr/\[error\].*tracker_admin: campaign "unwritten" created.*failed/,
          'the failure is in the error log at [error]');
-    rmdir $_ for @tmp;
+    rmdir $journal;
+    rename "$journal.saved", $journal or die "rename $journal.saved: $!";
     $r = api('PUT', '/tracker/campaigns/written', { %camp_x });
-    is($r->{status}, 201, 'once the directory is writable again, a change succeeds');
+    is($r->{status}, 201, 'once the journal is writable again, a change succeeds');
     my $f = file_campaigns();
-    ok($f && $f->{unwritten} && $f->{written}, 'and the file has both changes');
+    ok($f && $f->{written}, 'and the journal has it');
+    ok($f && !$f->{unwritten}, 'not the one whose write failed (answered 500)');
 }
 
 # --- the test clock -----------------------------------------------------------------------------
@@ -482,6 +480,9 @@ my $file_before = read_file($CAMPAIGNS);
     is($r->{status}, 201, 'PUT before the reload');
     is(api('DELETE', '/tracker/campaigns/old')->{status}, 204, 'DELETE a campaign of the original file');
     my $snap = all_campaigns();
+    # The change answered 500 (its journal write failed) is live but not durable: the reload
+    # undoes it, as its answer said.
+    ok(delete $snap->{campaigns}{unwritten}, 'the zone has the change answered 500 before the reload');
     my %old = map { $_ => 1 } @{ $ngx->worker_pids };
     $ngx->reload;
     my $new = wait_until(15, sub {
@@ -493,6 +494,7 @@ my $file_before = read_file($CAMPAIGNS);
     is_deeply($after->{campaigns}, $snap->{campaigns}, 'after the reload (the file re-read), every campaign is as before');
     is(api('GET', '/tracker/campaigns/kept')->{json}{total_budget}, 100, 'the PUT survived');
     is(api('GET', '/tracker/campaigns/old')->{status}, 404, 'the DELETE survived');
+    is(api('GET', '/tracker/campaigns/unwritten')->{status}, 404, 'the change answered 500 did not');
     is(click('kept', 'after-reload')->{headers}{location}, 'https://kept.example.com/', 'and the tracker uses it');
     unlike($ngx->error_log_text, qr/\[emerg\]/, 'no emerg in the log (the written file loads)');
 

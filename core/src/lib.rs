@@ -10,6 +10,7 @@
 //! - [`store`]: the campaign store's concurrency (index publication, reader pins, retirement), see `docs/campaign-store.md`;
 //! - [`landing`]: landing-URL macros (`{click_id}`, `{campaign}`, `{dim.NAME}`);
 //! - [`limits`]: hard limits on request input (`tracker_limits`) and the reasons a request is refused;
+//! - [`journal`]: the campaign journal (admin changes appended, replayed, compacted), see `docs/admin-api.md`;
 //! - [`input`]: request input handling (percent-decoding, IP anonymization, campaign ids);
 //! - [`id`]: 16-byte time-ordered event ids;
 //! - [`privacy`]: the daily-keyed address hash (`tracker_ip hash`), DNT/GPC, visitor ids;
@@ -25,6 +26,7 @@ pub mod event;
 pub mod filespace;
 pub mod id;
 pub mod input;
+pub mod journal;
 pub mod landing;
 pub mod limits;
 pub mod privacy;

@@ -47,6 +47,7 @@ our @EXPORT = qw(
     write_file read_file write_campaigns drain shipper_stats ring_header
     events_tagged one_tagged dim has_flag flags_of read_log free_port wait_until
     gif_bytes kind_index browser_ua $BROWSER_UA
+    journal_records durable_campaigns
 );
 
 # The User-Agent the test clients send unless told otherwise: a browser's, so that
@@ -189,6 +190,45 @@ sub write_campaigns {
     my $text = "[\n" . join(",\n", map { '  ' . $json->encode($_) } @$list) . "\n]\n";
     write_file($path, $text);
     return $path;
+}
+
+# The records of a campaign journal (core/src/journal.rs): a list of decoded payloads
+# ({upsert => [...]} or {delete => [...]}); a torn tail is dropped, a bad record followed by a
+# valid one dies (the tests expect none). Absent file: none.
+sub journal_records {
+    my ($path) = @_;
+    my $b = read_file($path);
+    return [] unless defined $b;
+    require Compress::Zlib;
+    my ($at, @out) = (0);
+    while ($at + 20 <= length $b) {
+        last unless substr($b, $at, 4) eq "\xF7TJ1";
+        my ($len, $crc) = unpack('VV', substr($b, $at + 4, 8));
+        last if $at + 20 + $len > length $b;
+        my $payload = substr($b, $at + 12, $len);
+        my ($len2) = unpack('V', substr($b, $at + 12 + $len, 4));
+        last unless $len2 == $len && substr($b, $at + 16 + $len, 4) eq "\xF7tj1"
+            && Compress::Zlib::crc32($payload) == $crc;
+        push @out, JSON::PP->new->utf8->decode($payload);
+        $at += 20 + $len;
+    }
+    return \@out;
+}
+
+# The campaigns as they are durable on disk: the campaigns file, then the records of its old
+# journal and its journal, as id => object (what the next start loads). undef if the file is
+# not a JSON array.
+sub durable_campaigns {
+    my ($path) = @_;
+    $path ||= $ENV{TEST_NGINX_CAMPAIGNS};
+    my $list = eval { JSON::PP->new->utf8->decode(read_file($path) // '') };
+    return undef unless ref $list eq 'ARRAY';
+    my %all = map { $_->{id} => $_ } @$list;
+    for my $rec (map { @{ journal_records($_) } } "$path.journal.old", "$path.journal") {
+        $all{ $_->{id} } = $_ for @{ $rec->{upsert} || [] };
+        delete $all{$_} for @{ $rec->{delete} || [] };
+    }
+    return \%all;
 }
 
 sub shipper {

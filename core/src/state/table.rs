@@ -170,7 +170,7 @@ impl<'m> Table<'m> {
                 }
                 Err(_) => {
                     spins += 1;
-                    if spins % 64 == 0 {
+                    if spins.is_multiple_of(64) {
                         std::thread::yield_now();
                     }
                     core::hint::spin_loop();
@@ -401,7 +401,6 @@ mod tests {
             let hs: Vec<_> = (1..=4u32)
                 .map(|p| {
                     let ids = &ids;
-                    let t = t;
                     s.spawn(move || {
                         ids.iter()
                             .map(|id| t.find_or_insert(id.as_bytes(), p, &alive).unwrap())

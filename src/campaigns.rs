@@ -57,6 +57,9 @@ pub struct Store {
     /// This process's reader slot: `pid << 32 | slot` (0: none yet; a value inherited across
     /// fork has another pid and is replaced).
     reader: AtomicU64,
+    /// `tracker_state`: the state file the accounts live in (None: in the zone). It is in the
+    /// same MainConf as this store, so it lives as long.
+    state: Option<*const tracker_core::state::StateFile>,
 }
 
 const SHARED_SLOT: u64 = 0xffff_ffff;
@@ -147,6 +150,7 @@ impl Store {
             list: std::sync::Mutex::new(list),
             path: path.to_owned(),
             reader: AtomicU64::new(0),
+            state: None,
         })
     }
 
@@ -157,6 +161,19 @@ impl Store {
             (*self.zone).init = Some(init_zone);
             (*self.zone).data = (self as *const Store).cast_mut().cast();
         }
+    }
+
+    /// Keeps the accounts in `state` (`tracker_state`), which lives in the same MainConf.
+    pub fn keep_accounts_in(&mut self, state: &tracker_core::state::StateFile) {
+        self.state = Some(state);
+    }
+
+    /// The state file's table and id, when the accounts live there.
+    fn accounts(&self) -> Option<(tracker_core::state::Table<'static>, u64)> {
+        // SAFETY: the StateFile is in the MainConf that holds this store (keep_accounts_in):
+        // it lives, mapped, as long as this store does.
+        let f: &'static tracker_core::state::StateFile = unsafe { &*self.state? };
+        Some((f.table(), f.file_id()))
     }
 
     /// The campaigns file (the admin API writes it through).
@@ -176,7 +193,11 @@ impl Store {
                 return None;
             }
             let header_off = (*pool).data as usize - base as usize;
-            Some(Zone::new(base, (*self.zone).shm.size, header_off))
+            let zone = Zone::new(base, (*self.zone).shm.size, header_off);
+            Some(match self.accounts() {
+                Some((table, id)) => zone.with_accounts(table, id),
+                None => zone,
+            })
         }
     }
 
@@ -410,6 +431,54 @@ impl Store {
         r
     }
 }
+/// Zone init's part for the accounts: the zone's records must point where this configuration
+/// keeps accounts (a reload that adds, removes or changes `tracker_state` is refused while the
+/// zone has campaigns); at a start alone with the state file (no other nginx has it, not
+/// `nginx -t`), accounts of campaigns no longer in `list` and of deleted ones are dropped.
+fn bind_accounts(
+    store: &Store,
+    fresh: bool,
+    list: &[Campaign],
+    log: *mut ngx::ffi::ngx_log_t,
+) -> Result<(), ()> {
+    let Some(zone) = store.zone() else {
+        return Ok(());
+    };
+    if let Err(have) = zone.bind_accounts() {
+        ngx_log_error!(
+            NGX_LOG_EMERG,
+            log,
+            "tracker_campaigns: the zone's campaigns keep their accounts in {}, this configuration in {}: \"tracker_state\" cannot be added, removed or changed by a reload; restart nginx (nginx -s quit, then start it)",
+            if have == 0 { "the zone" } else { "a state file" },
+            if store.state.is_some() { "the \"tracker_state\" file" } else { "the zone" }
+        );
+        return Err(());
+    }
+    let Some(state) = store.state else {
+        return Ok(());
+    };
+    // SAFETY: as in Store::accounts; ngx_test_config and ngx_pid are set before zone init.
+    let (state, testing, pid) = unsafe {
+        (
+            &*state,
+            ngx::ffi::ngx_test_config != 0,
+            ngx::ffi::ngx_pid as u32,
+        )
+    };
+    if fresh && state.was_alone() && !testing {
+        let keep: std::collections::HashSet<&[u8]> = list.iter().map(|c| c.id.as_bytes()).collect();
+        let freed = state.table().prune(|id| keep.contains(id), pid);
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "tracker_state: {} accounts dropped (campaigns deleted), {} kept",
+            freed,
+            state.table().live().len()
+        );
+    }
+    Ok(())
+}
+
 /// Zone init, in the master at start and at every reload: makes the zone hold exactly the
 /// campaigns of this configuration's file, keeping the accounts of those that were there.
 unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> ngx_int_t {
@@ -420,6 +489,8 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     let log = zone.shm.log;
     // SAFETY: the slab pool header sits at the start of every shared zone; its `data` field is
     // ours and survives reloads when the zone is reused. The master is alone here.
+    // SAFETY: as below.
+    let fresh = unsafe { (*pool).data.is_null() };
     unsafe {
         if (*pool).data.is_null() {
             // Zeroed: an empty store. Slab chunks of this size are page-aligned.
@@ -439,6 +510,9 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         (*pool).set_log_nomem(0);
     }
     let list = std::mem::take(&mut *store.list.lock().unwrap_or_else(|p| p.into_inner()));
+    if bind_accounts(store, fresh, &list, log).is_err() {
+        return Status::NGX_ERROR.into();
+    }
     let result = store.writer().and_then(|mut w| w.sync(&list));
     if let Err(e) = result {
         ngx_log_error!(

@@ -9,8 +9,9 @@ use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
-    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    NGX_CONF_TAKE123, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    NGX_LOG_NOTICE,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -38,6 +39,8 @@ pub struct MainConf {
     pub duplicates: Option<crate::dedup::DedupZone>,
     /// Where `tracker_duplicates` is first turned on: `tracker_duplicates_zone` is required.
     pub needs_duplicates: Option<String>,
+    /// `tracker_state`: the file the campaign accounts live in (else the campaign zone).
+    pub state: Option<crate::state::State>,
 }
 
 /// `tracker_signed`: what a location does with a request without a valid signature.
@@ -224,7 +227,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 32] = [
+pub static mut COMMANDS: [ngx_command_t; 33] = [
     command(
         ngx_string!("tracker_ring"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
@@ -235,6 +238,12 @@ pub static mut COMMANDS: [ngx_command_t; 32] = [
         ngx_string!("tracker_campaigns"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
         set_campaigns,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_state"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE123,
+        crate::state::set_state,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
@@ -418,7 +427,7 @@ pub static mut COMMANDS: [ngx_command_t; 32] = [
 ///
 /// # Safety
 /// `cf` is the configuration nginx passes to a directive handler.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+pub(crate) unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
     // SAFETY: nginx sets `cf.args` to the array of the directive's words before calling it.
     unsafe { (*(*cf).args).as_slice() }
 }
@@ -427,11 +436,11 @@ fn bytes(s: &ngx_str_t) -> &[u8] {
     s.as_bytes()
 }
 
-fn text(s: &ngx_str_t) -> String {
+pub(crate) fn text(s: &ngx_str_t) -> String {
     String::from_utf8_lossy(s.as_bytes()).into_owned()
 }
 
-fn fail(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
+pub(crate) fn fail(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
     ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
     NGX_CONF_ERROR
 }
@@ -1464,6 +1473,17 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
         );
         return Err(());
     }
+    match (&mcf.state, &mut mcf.campaigns) {
+        (Some(state), Some(store)) => store.keep_accounts_in(&state.file),
+        (None, Some(store)) => {
+            ngx_conf_log_error!(
+            NGX_LOG_NOTICE, cf,
+            "\"tracker_campaigns\" \"{}\": the campaigns' counters (spend, caps) live in the shared zone and will not survive a restart; set \"tracker_state\" to keep them in a file",
+            store.path()
+        );
+        }
+        _ => {}
+    }
     if let (None, Some(at)) = (&mcf.campaigns, &mcf.needs_campaigns) {
         ngx_conf_log_error!(
             NGX_LOG_EMERG, cf,
@@ -1474,16 +1494,14 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
     Ok(())
 }
 
-/// `init_module`: when the master runs as root, gives the ring file to the workers' user and
+/// `init_module`: when the master runs as root, gives the ring file and the state file
+/// (`tracker_state`) to the workers' user and
 /// group (the `user` directive; nginx's default `nobody` and its group otherwise) so that a
 /// shipper in that group can open it. As `ngx_create_paths` does: only when the user is set
 /// and the owner differs.
-pub fn give_ring_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
+pub fn give_files_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
     use ngx::core::{CoreModuleMainConf, NgxCoreModule};
     let Some(mcf) = crate::Module::main_conf(cycle) else {
-        return Status::NGX_OK;
-    };
-    let Some(ring) = mcf.ring.as_ref() else {
         return Status::NGX_OK;
     };
     let Some(ccf) = NgxCoreModule::main_conf(cycle) else {
@@ -1494,18 +1512,34 @@ pub fn give_ring_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
     if unsafe { libc::geteuid() } != 0 || ccf.user == ngx::ffi::ngx_uid_t::MAX {
         return Status::NGX_OK;
     }
-    match ring.give_to(ccf.user, ccf.group) {
-        Ok(_) => Status::NGX_OK,
-        Err(e) => {
+    let files = [
+        (
+            "tracker_ring",
+            "ring",
+            mcf.ring.as_ref().map(|r| r.give_to(ccf.user, ccf.group)),
+        ),
+        (
+            "tracker_state",
+            "state",
+            mcf.state
+                .as_ref()
+                .map(|s| s.file.give_to(ccf.user, ccf.group)),
+        ),
+    ];
+    for (directive, what, r) in files {
+        if let Some(Err(e)) = r {
             ngx::ngx_log_error!(
                 ngx::ffi::NGX_LOG_EMERG,
                 cycle.log,
-                "\"tracker_ring\": cannot give the ring file to the worker user {}:{}: {}",
+                "\"{}\": cannot give the {} file to the worker user {}:{}: {}",
+                directive,
+                what,
                 ccf.user,
                 ccf.group,
                 e
             );
-            Status::NGX_ERROR
+            return Status::NGX_ERROR;
         }
     }
+    Status::NGX_OK
 }

@@ -368,11 +368,15 @@ impl StateFile {
     /// Writes the mapping's dirty pages to the file and waits for it (bounds what a power
     /// loss can take).
     pub fn sync(&self) -> io::Result<()> {
-        // SAFETY: exactly our mapping.
-        if unsafe { libc::msync(self.base.cast(), self.map_len, libc::MS_SYNC) } != 0 {
-            return Err(io::Error::last_os_error());
+        self.sync_handle().sync()
+    }
+
+    /// What [`SyncHandle::sync`] needs, to call from a thread that may outlive this value.
+    pub fn sync_handle(&self) -> SyncHandle {
+        SyncHandle {
+            addr: self.base as usize,
+            len: self.map_len,
         }
-        Ok(())
     }
 
     /// Gives the file to `uid:gid` if it is not theirs (the master, as root, for the worker
@@ -385,6 +389,25 @@ impl StateFile {
         }
         std::os::unix::fs::fchown(&self.file, Some(uid), Some(gid))?;
         Ok(true)
+    }
+}
+
+/// The address range of a state file's mapping, for msync only.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncHandle {
+    addr: usize,
+    len: usize,
+}
+
+impl SyncHandle {
+    /// msync(MS_SYNC) of the range: writes its dirty pages and waits. After the mapping is
+    /// gone it fails (ENOMEM) without touching memory.
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: msync reads no memory of ours; on a range that is not mapped it fails.
+        if unsafe { libc::msync(self.addr as *mut libc::c_void, self.len, libc::MS_SYNC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
@@ -482,6 +505,17 @@ mod tests {
             assert!(s.table().live().is_empty());
             std::fs::remove_file(&to).unwrap();
         }
+    }
+
+    #[test]
+    fn sync_writes_and_fails_harmlessly_after_unmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let (s, _) = StateFile::open_or_create(&p, 1 << 20).unwrap();
+        let h = s.sync_handle();
+        h.sync().unwrap();
+        drop(s);
+        assert!(h.sync().is_err());
     }
 
     #[test]

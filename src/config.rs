@@ -1473,6 +1473,24 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
         );
         return Err(());
     }
+    if let (Some(state), Some(dups)) = (&mcf.state, &mut mcf.duplicates) {
+        let mut path = state.path.clone().into_os_string();
+        path.push(".duplicates");
+        let path = PathBuf::from(path);
+        match dups.use_file(&path) {
+            Ok(opened) => crate::state::log_opened(cf, "tracker_duplicates_zone", &path, &opened),
+            Err(e) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"tracker_duplicates_zone\" with \"tracker_state\": \"{}\": {}",
+                    path.display(),
+                    e
+                );
+                return Err(());
+            }
+        }
+    }
     match (&mcf.state, &mut mcf.campaigns) {
         (Some(state), Some(store)) => store.keep_accounts_in(&state.file),
         (None, Some(store)) => {
@@ -1524,6 +1542,14 @@ pub fn give_files_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
             mcf.state
                 .as_ref()
                 .map(|s| s.file.give_to(ccf.user, ccf.group)),
+        ),
+        (
+            "tracker_duplicates_zone",
+            "duplicates",
+            mcf.duplicates
+                .as_ref()
+                .and_then(|d| d.file())
+                .map(|f| f.give_to(ccf.user, ccf.group)),
         ),
     ];
     for (directive, what, r) in files {

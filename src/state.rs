@@ -4,13 +4,13 @@
 //! start alone with the file does.
 
 use core::ffi::{c_char, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ngx::core::NGX_CONF_OK;
 use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_WARN};
 use ngx::ngx_conf_log_error;
-use tracker_core::state::{Opened, StateFile};
+use tracker_core::state::{Kind, Opened, StateFile};
 
 use crate::config::{args, fail, text, MainConf};
 
@@ -81,8 +81,7 @@ pub unsafe extern "C" fn set_state(
             }
             continue;
         }
-        let min = tracker_core::state::HEADER_SIZE as u64
-            + tracker_core::state::MIN_ENTRIES * tracker_core::state::ENTRY_SIZE as u64;
+        let min = Kind::Accounts.min_size();
         match std::str::from_utf8(p.as_bytes())
             .ok()
             .and_then(tracker_core::limits::parse_size)
@@ -102,23 +101,7 @@ pub unsafe extern "C" fn set_state(
     }
     match StateFile::open_or_create(&path, size) {
         Ok((file, opened)) => {
-            match opened {
-                Opened::KeptOtherSize(n) => {
-                    ngx_conf_log_error!(
-                    NGX_LOG_WARN, cf,
-                    "\"tracker_state\" \"{}\" holds {} accounts, not the {} of this size: keeping it as it is",
-                    path.display(), n, tracker_core::state::entries_for(size)
-                );
-                }
-                Opened::MovedAside { to, why } => {
-                    ngx_conf_log_error!(
-                    NGX_LOG_ERR, cf,
-                    "\"tracker_state\" \"{}\" is not a valid state file ({}): moved aside to \"{}\", a new one started with every account at zero; restore the counters with \"tracker-shipper accounts rebuild\" (docs/stats.md)",
-                    path.display(), why, to.display()
-                );
-                }
-                Opened::Created | Opened::Reused => {}
-            }
+            log_opened(cf, "tracker_state", &path, &opened);
             mcf.state = Some(State {
                 file,
                 path,
@@ -133,7 +116,29 @@ pub unsafe extern "C" fn set_state(
     }
 }
 
-/// In worker 0 (of each master): msyncs the state file every `sync=` seconds from a thread of
+/// Logs what opening a state file found, when it is worth saying: a size kept (`[warn]`), a
+/// file moved aside (`[error]`, naming both paths).
+pub fn log_opened(cf: *mut ngx_conf_t, directive: &str, path: &Path, opened: &Opened) {
+    match opened {
+        Opened::KeptOtherSize(n) => {
+            ngx_conf_log_error!(
+                NGX_LOG_WARN, cf,
+                "\"{}\" \"{}\" holds {} entries, not the number this size gives: keeping it as it is (a state file is never resized)",
+                directive, path.display(), n
+            );
+        }
+        Opened::MovedAside { to, why } => {
+            ngx_conf_log_error!(
+                NGX_LOG_ERR, cf,
+                "\"{}\" \"{}\" is not a valid state file ({}): moved aside to \"{}\", a new one started empty; docs/stats.md (what survives what) says how to restore the counters",
+                directive, path.display(), why, to.display()
+            );
+        }
+        Opened::Created | Opened::Reused => {}
+    }
+}
+
+/// In worker 0 (of each master): msyncs the state file (and the duplicates file) every `sync=` seconds from a thread of
 /// its own, so that a power loss takes at most that much of the counters' changes (the
 /// kernel's own writeback bounds it otherwise, about 30 s by default). The thread only calls
 /// msync on a mapping that lives as long as the process.
@@ -145,7 +150,13 @@ pub fn start_sync(mcf: &MainConf, worker: usize) {
         return;
     }
     let every = Duration::from_secs(state.sync_secs);
-    let handle = state.file.sync_handle();
+    let mut handles = vec![state.file.sync_handle()];
+    handles.extend(
+        mcf.duplicates
+            .as_ref()
+            .and_then(|d| d.file())
+            .map(|f| f.sync_handle()),
+    );
     // The thread must never take nginx's signals (they would not wake the event loop): it is
     // created with every signal blocked (it inherits the mask), then the mask is restored.
     // SAFETY: sigfillset and pthread_sigmask only write the sets we pass.
@@ -158,7 +169,9 @@ pub fn start_sync(mcf: &MainConf, worker: usize) {
             .name("tracker-msync".into())
             .spawn(move || loop {
                 std::thread::sleep(every);
-                let _ = handle.sync();
+                for h in &handles {
+                    let _ = h.sync();
+                }
             });
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }

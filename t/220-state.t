@@ -10,7 +10,9 @@
 # - a campaign deleted while nginx was down has its account dropped (back at zero later);
 # - a reload that adds or removes tracker_state is refused (restart needed), nginx -t says at
 #   notice level that counters will not survive a restart without it;
-# - a corrupt state file: nginx starts, says so at [error] naming both paths, moves it aside.
+# - a corrupt state file: nginx starts, says so at [error] naming both paths, moves it aside;
+# - the duplicates set (tracker_duplicates_zone) lives in PATH.duplicates: a conversion seen
+#   before a restart is a duplicate after it (flagged, not charged).
 use strict;
 use warnings;
 use FindBin;
@@ -27,19 +29,23 @@ mkdir "$WORK/state";
 sub capped { my $id = shift; return { id => $id, status => 'active', landing_url => "https://$id.example.com/l",
     price_per_click => 0.01, total_clicks => 100 } }
 
-write_campaigns([ capped('a'), capped('k'), capped('up'), capped('gone') ]);
+my $conv = { id => 'conv', status => 'active', landing_url => 'https://conv.example.com/',
+    price_per_conversion => 2 };
+write_campaigns([ capped('a'), capped('k'), capped('up'), capped('gone'), $conv ]);
 
 sub http_conf {
     my ($state) = @_;
     return <<"HTTP";
     tracker_ring      \@RING\@ 8m;
     tracker_campaigns \@CAMPAIGNS\@ zone=campaigns:1m;
+    tracker_duplicates_zone 1m window=1h;
     $state
     server {
         listen \@LISTEN\@;
         tracker_dimension t \$arg_t;
         tracker_fallback_url "https://fallback.example.com/?c={campaign}";
         location = /c { tracker click; }
+        location = /cv { tracker conversion response=empty; tracker_duplicates flag; }
         location /tracker/campaigns { tracker_admin; tracker_admin_token off; }
     }
 HTTP
@@ -48,6 +54,7 @@ HTTP
 my $ngx = TrackerTest::Nginx->new(workers => 2, http => http_conf("tracker_state $STATE 1m sync=1s;"));
 $ngx->start;
 is(sprintf('%o', (stat $STATE)[2] & 07777), '660', 'nginx created the state file with mode 0660');
+is(sprintf('%o', (stat "$STATE.duplicates")[2] & 07777), '660', 'and the duplicates file, beside it');
 
 # Clicks on `cid`; returns how many went to the landing URL (charged).
 sub clicks {
@@ -70,10 +77,13 @@ sub counters {
 # --- (a) nginx -s quit, then start ---------------------------------------------------------------
 is(clicks('a', 80, 'a1'), 80, '80 clicks charged');
 is(counters('a')->{spend_micros}, 800_000, 'spend 0.80');
+is($ngx->get('/cv?cid=conv&click_id=X&t=cv-before')->{status}, 204, 'conversion X');
 ok($ngx->stop('QUIT'), 'nginx -s quit');
 $ngx->start;
 is(counters('a')->{spend_micros}, 800_000, 'after the restart: the same spend');
 is(counters('a')->{clicks}, 80, 'after the restart: the same clicks');
+is($ngx->get('/cv?cid=conv&click_id=X&t=cv-after')->{status}, 204, 'conversion X again after the restart');
+is(counters('conv')->{spend_micros}, 2_000_000, 'charged once');
 is(clicks('a', 80, 'a2'), 20, 'after the restart: 20 of 80 more clicks charged (cap 100)');
 is(counters('a')->{spend_micros}, 1_000_000, 'spend 1.00: the cap, not 1.60');
 
@@ -128,15 +138,19 @@ $cost{ $_->{campaign} } += $_->{cost_micros} // 0 for @$events;
 is($cost{a}, 1_000_000, 'campaign a: the events cost exactly the cap');
 is($cost{k}, 1_000_000, 'campaign k: the events cost exactly the cap');
 is($cost{up}, 1_000_000, 'campaign up: the events cost exactly the cap (two masters)');
+my ($before) = grep { (dim($_, 't') // '') eq 'cv-before' } @$events;
+my ($after) = grep { (dim($_, 't') // '') eq 'cv-after' } @$events;
+ok($before && !has_flag($before, 'duplicate') && $before->{cost_micros} == 2_000_000, 'conversion X before the restart: charged');
+ok($after && has_flag($after, 'duplicate') && !defined $after->{cost_micros}, 'after it: a duplicate, not charged');
 
 # --- a campaign deleted while nginx was down -----------------------------------------------------
 $ngx->start;
 is(clicks('gone', 10, 'g1'), 10, 'gone: 10 clicks charged');
 $ngx->stop('QUIT');
-write_campaigns([ capped('a'), capped('k'), capped('up') ]);
+write_campaigns([ capped('a'), capped('k'), capped('up'), $conv ]);
 $ngx->start;
 like($ngx->error_log_text, qr/tracker_state: 1 accounts dropped/, 'the start alone drops the deleted campaign');
-write_campaigns([ capped('a'), capped('k'), capped('up'), capped('gone') ]);
+write_campaigns([ capped('a'), capped('k'), capped('up'), capped('gone'), $conv ]);
 $ngx->reload;
 TrackerTest::wait_until(5, sub { defined counters('gone')->{spend_micros} });
 is(counters('gone')->{spend_micros}, 0, 'created again: it starts at zero');

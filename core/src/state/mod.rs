@@ -1,9 +1,15 @@
 //! The state file (`tracker_state`): the counters that decide money, in a file-backed shared
 //! mapping that outlives nginx, as the ring does (`docs/stats.md`: what survives what).
 //!
-//! Layout: a 4096-byte header (magic, layout version, header size, number of entries, a random
-//! file id, a checksum of those, then the accounts table's lock word), then the accounts table
-//! ([`table`]): fixed-size entries keyed by campaign id.
+//! Two kinds of file ([`Kind`]) share the layout and the rules: the accounts file
+//! ([`StateFile::open_or_create`]) and the duplicates file ([`StateFile::open_duplicates`], the
+//! recently-seen set of [`crate::dedup`], so that a conversion seen before a restart is a
+//! duplicate after it).
+//!
+//! Layout: a 4096-byte header (magic (one per kind), layout version, header size, number of
+//! entries, a random file id and a random salt, a checksum of those, then the accounts table's
+//! lock word), then the entries: the accounts table ([`table`], fixed-size entries keyed by
+//! campaign id), or the duplicates set's 8-byte slots (its hash key is the id and the salt).
 //!
 //! The file follows the ring's rules (`core/src/ring.rs`): created mode 0660 by the master at
 //! configuration time, every block reserved before it is mapped ([`crate::filespace`]), a
@@ -28,6 +34,7 @@ use crate::filespace::{self, Fallback};
 pub use table::{Table, TableFull, ENTRY_SIZE};
 
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"TRKSTAT1");
+pub const MAGIC_DUPLICATES: u64 = u64::from_ne_bytes(*b"TRKSDUP1");
 pub const LAYOUT_VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 4096;
 const OFF_MAGIC: usize = 0;
@@ -35,12 +42,52 @@ const OFF_VERSION: usize = 8;
 const OFF_HEADER_SIZE: usize = 12;
 const OFF_ENTRIES: usize = 16;
 const OFF_FILE_ID: usize = 24;
-const OFF_CHECKSUM: usize = 32;
+const OFF_SALT: usize = 32;
+const OFF_CHECKSUM: usize = 40;
 /// Bytes the checksum covers (everything before it; never changed after creation).
 const CHECKED: usize = OFF_CHECKSUM;
 const OFF_LOCK: usize = 64;
 /// The fewest entries a state file has.
 pub const MIN_ENTRIES: u64 = 16;
+
+/// What a state file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The campaign accounts ([`Table`]).
+    Accounts,
+    /// The duplicates set's slots ([`crate::dedup::Seen`]).
+    Duplicates,
+}
+
+impl Kind {
+    fn magic(self) -> u64 {
+        match self {
+            Kind::Accounts => MAGIC,
+            Kind::Duplicates => MAGIC_DUPLICATES,
+        }
+    }
+
+    /// Bytes per entry.
+    pub fn unit(self) -> u64 {
+        match self {
+            Kind::Accounts => ENTRY_SIZE as u64,
+            Kind::Duplicates => 8,
+        }
+    }
+
+    /// Entries come in multiples of this.
+    fn multiple(self) -> u64 {
+        match self {
+            Kind::Accounts => 1,
+            Kind::Duplicates => crate::dedup::BUCKET as u64,
+        }
+    }
+
+    /// The smallest file of this kind.
+    pub fn min_size(self) -> u64 {
+        file_len(self, MIN_ENTRIES)
+    }
+}
 
 /// What [`StateFile::open_or_create`] did.
 #[derive(Debug, PartialEq)]
@@ -61,8 +108,10 @@ pub enum Opened {
 pub struct StateFile {
     base: *mut u8,
     map_len: usize,
+    kind: Kind,
     entries: u64,
     file_id: u64,
+    salt: u64,
     alone: bool,
     /// Holds the fd and the shared flock.
     file: File,
@@ -73,13 +122,14 @@ unsafe impl Send for StateFile {}
 // SAFETY: as for Send.
 unsafe impl Sync for StateFile {}
 
-/// The entries a file of `size` bytes holds.
-pub fn entries_for(size: u64) -> u64 {
-    (size.saturating_sub(HEADER_SIZE as u64) / ENTRY_SIZE as u64).max(MIN_ENTRIES)
+/// The entries a file of `kind` and `size` bytes holds.
+pub fn entries_for(kind: Kind, size: u64) -> u64 {
+    let n = size.saturating_sub(HEADER_SIZE as u64) / kind.unit();
+    (n - n % kind.multiple()).max(MIN_ENTRIES)
 }
 
-fn file_len(entries: u64) -> u64 {
-    HEADER_SIZE as u64 + entries * ENTRY_SIZE as u64
+fn file_len(kind: Kind, entries: u64) -> u64 {
+    HEADER_SIZE as u64 + entries * kind.unit()
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
@@ -107,12 +157,16 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
 #[derive(Debug)]
 enum Found {
     Blank,
-    Valid { entries: u64, file_id: u64 },
+    Valid {
+        entries: u64,
+        file_id: u64,
+        salt: u64,
+    },
     Invalid(String),
 }
 
 /// Reads and checks the header; never modifies the file.
-fn inspect(file: &File) -> io::Result<Found> {
+fn inspect(file: &File, kind: Kind) -> io::Result<Found> {
     let len = file.metadata()?.len();
     if len == 0 {
         return Ok(Found::Blank);
@@ -130,10 +184,14 @@ fn inspect(file: &File) -> io::Result<Found> {
             "{len} bytes, shorter than a state header"
         )));
     }
-    if u64_at(OFF_MAGIC) != MAGIC {
-        return Ok(Found::Invalid(
-            "not a tracker state file (bad magic)".into(),
-        ));
+    let magic = u64_at(OFF_MAGIC);
+    if magic != kind.magic() {
+        let what = if magic == MAGIC || magic == MAGIC_DUPLICATES {
+            "a tracker state file of another kind (accounts / duplicates)"
+        } else {
+            "not a tracker state file (bad magic)"
+        };
+        return Ok(Found::Invalid(what.into()));
     }
     let version = u32_at(OFF_VERSION);
     if version != LAYOUT_VERSION || u32_at(OFF_HEADER_SIZE) as usize != HEADER_SIZE {
@@ -147,15 +205,21 @@ fn inspect(file: &File) -> io::Result<Found> {
         ));
     }
     let entries = u64_at(OFF_ENTRIES);
-    if entries < MIN_ENTRIES || entries > u64::from(u32::MAX) - 1 || len < file_len(entries) {
+    let max = u64::from(u32::MAX) - 1;
+    if entries < MIN_ENTRIES
+        || entries > max
+        || entries % kind.multiple() != 0
+        || len < file_len(kind, entries)
+    {
         return Ok(Found::Invalid(format!(
             "{len} bytes, its header says {entries} entries ({} bytes)",
-            file_len(entries.min(u64::from(u32::MAX)))
+            file_len(kind, entries.min(max))
         )));
     }
     Ok(Found::Valid {
         entries,
         file_id: u64_at(OFF_FILE_ID),
+        salt: u64_at(OFF_SALT),
     })
 }
 
@@ -185,9 +249,10 @@ fn open_file(path: &Path) -> io::Result<File> {
     }
 }
 
-/// Under the exclusive lock: makes a blank file a new state file of `entries` entries.
-fn init(file: &File, path: &Path, entries: u64) -> io::Result<u64> {
-    let full = file_len(entries);
+/// Under the exclusive lock: makes a blank file a new state file of `entries` entries; returns
+/// its (file id, salt).
+fn init(file: &File, path: &Path, kind: Kind, entries: u64) -> io::Result<(u64, u64)> {
+    let full = file_len(kind, entries);
     file.set_len(0)?;
     file.set_len(full)?;
     if let Err(e) = filespace::reserve(file, full, Fallback::Rewrite) {
@@ -195,17 +260,19 @@ fn init(file: &File, path: &Path, entries: u64) -> io::Result<u64> {
         return Err(filespace::no_space(file, path, full, e));
     }
     let file_id = crate::id::os_random_u64() | 1;
+    let salt = crate::id::os_random_u64();
     let mut h = [0u8; CHECKED + 8];
-    h[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC.to_ne_bytes());
+    h[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&kind.magic().to_ne_bytes());
     h[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&LAYOUT_VERSION.to_ne_bytes());
     h[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].copy_from_slice(&(HEADER_SIZE as u32).to_ne_bytes());
     h[OFF_ENTRIES..OFF_ENTRIES + 8].copy_from_slice(&entries.to_ne_bytes());
     h[OFF_FILE_ID..OFF_FILE_ID + 8].copy_from_slice(&file_id.to_ne_bytes());
+    h[OFF_SALT..OFF_SALT + 8].copy_from_slice(&salt.to_ne_bytes());
     let sum = checksum(&h[..CHECKED]);
     h[OFF_CHECKSUM..OFF_CHECKSUM + 8].copy_from_slice(&sum.to_ne_bytes());
     file.write_all_at(&h, 0)?;
     file.sync_all()?;
-    Ok(file_id)
+    Ok((file_id, salt))
 }
 
 /// The name a corrupt file is moved to.
@@ -224,7 +291,17 @@ impl StateFile {
     /// invalid one is moved aside and a new one created, if no other process has it open
     /// (else an error that says so). See the module docs.
     pub fn open_or_create(path: &Path, size: u64) -> io::Result<(StateFile, Opened)> {
-        let entries = entries_for(size);
+        Self::open_kind(path, Kind::Accounts, size)
+    }
+
+    /// Like [`StateFile::open_or_create`], for the duplicates set: `size` bytes of slots
+    /// (whole buckets), see [`StateFile::slots`] and [`StateFile::key`].
+    pub fn open_duplicates(path: &Path, size: u64) -> io::Result<(StateFile, Opened)> {
+        Self::open_kind(path, Kind::Duplicates, size)
+    }
+
+    fn open_kind(path: &Path, kind: Kind, size: u64) -> io::Result<(StateFile, Opened)> {
+        let entries = entries_for(kind, size);
         let mut file = open_file(path).map_err(|e| ctx("open", path, e))?;
         let mut moved = None;
         let mut waits = 0;
@@ -237,12 +314,13 @@ impl StateFile {
             if !exclusive {
                 flock(&file, libc::LOCK_SH).map_err(|e| ctx("flock", path, e))?;
             }
-            let found = inspect(&file).map_err(|e| ctx("read of the header", path, e))?;
+            let found = inspect(&file, kind).map_err(|e| ctx("read of the header", path, e))?;
             match (found, exclusive) {
                 (
                     Found::Valid {
                         entries: have,
                         file_id,
+                        salt,
                     },
                     _,
                 ) => {
@@ -254,11 +332,13 @@ impl StateFile {
                     } else {
                         Fallback::Refuse
                     };
-                    filespace::reserve(&file, file_len(have), fallback)
-                        .map_err(|e| filespace::no_space(&file, path, file_len(have), e))?;
-                    let sf = StateFile::map(file, have, file_id, exclusive)
+                    let len = file_len(kind, have);
+                    filespace::reserve(&file, len, fallback)
+                        .map_err(|e| filespace::no_space(&file, path, len, e))?;
+                    let ids = (file_id, salt);
+                    let sf = StateFile::map(file, kind, have, ids, exclusive)
                         .map_err(|e| ctx("mmap", path, e))?;
-                    if exclusive {
+                    if exclusive && kind == Kind::Accounts {
                         sf.table().reset_lock();
                     }
                     let opened = match moved {
@@ -269,9 +349,9 @@ impl StateFile {
                     return Ok((sf, opened));
                 }
                 (Found::Blank, true) => {
-                    let file_id = init(&file, path, entries).map_err(|e| ctx("init", path, e))?;
+                    let ids = init(&file, path, kind, entries).map_err(|e| ctx("init", path, e))?;
                     flock(&file, libc::LOCK_SH).map_err(|e| ctx("flock", path, e))?;
-                    let sf = StateFile::map(file, entries, file_id, true)
+                    let sf = StateFile::map(file, kind, entries, ids, true)
                         .map_err(|e| ctx("mmap", path, e))?;
                     let opened = match moved {
                         Some((to, why)) => Opened::MovedAside { to, why },
@@ -310,8 +390,14 @@ impl StateFile {
         }
     }
 
-    fn map(file: File, entries: u64, file_id: u64, alone: bool) -> io::Result<StateFile> {
-        let map_len = usize::try_from(file_len(entries)).map_err(io::Error::other)?;
+    fn map(
+        file: File,
+        kind: Kind,
+        entries: u64,
+        (file_id, salt): (u64, u64),
+        alone: bool,
+    ) -> io::Result<StateFile> {
+        let map_len = usize::try_from(file_len(kind, entries)).map_err(io::Error::other)?;
         // SAFETY: a new shared mapping of map_len bytes of a file at least that long (checked
         // by inspect or made by init); the kernel picks the address.
         let addr = unsafe {
@@ -330,15 +416,21 @@ impl StateFile {
         Ok(StateFile {
             base: addr.cast(),
             map_len,
+            kind,
             entries,
             file_id,
+            salt,
             alone,
             file,
         })
     }
 
-    /// The accounts table.
+    /// The accounts table (an accounts file; a duplicates file has none: an empty table).
     pub fn table(&self) -> Table<'_> {
+        let entries = match self.kind {
+            Kind::Accounts => self.entries as usize,
+            Kind::Duplicates => 0,
+        };
         // SAFETY: the mapping holds the header (lock word at OFF_LOCK, 8-aligned) and
         // `entries` entries after it, for as long as self lives; others change it only
         // through Table and Account atomics.
@@ -346,9 +438,26 @@ impl StateFile {
             Table::new(
                 self.base.add(OFF_LOCK).cast::<AtomicU64>(),
                 self.base.add(HEADER_SIZE),
-                self.entries as usize,
+                entries,
             )
         }
+    }
+
+    /// The duplicates set's slots (a duplicates file; an accounts file has none: empty).
+    pub fn slots(&self) -> &[AtomicU64] {
+        let n = match self.kind {
+            Kind::Duplicates => self.entries as usize,
+            Kind::Accounts => 0,
+        };
+        // SAFETY: a duplicates file maps `entries` 8-byte slots after the header (8-aligned),
+        // changed by others only through atomics, for as long as self lives.
+        unsafe { core::slice::from_raw_parts(self.base.add(HEADER_SIZE).cast::<AtomicU64>(), n) }
+    }
+
+    /// The duplicates set's hash key: random, made with the file (kept across restarts, as the
+    /// entries hashed with it are).
+    pub fn key(&self) -> [u64; 2] {
+        [self.file_id, self.salt]
     }
 
     /// The random id of this file (made at creation): tells two files apart.
@@ -505,6 +614,39 @@ mod tests {
             assert!(s.table().live().is_empty());
             std::fs::remove_file(&to).unwrap();
         }
+    }
+
+    #[test]
+    fn the_duplicates_set_survives_reopen_and_the_kinds_are_told_apart() {
+        use crate::dedup::{Outcome, Seen};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dups");
+        let (d, o) = StateFile::open_duplicates(&p, 64 * 1024).unwrap();
+        assert_eq!(o, Opened::Created);
+        assert_eq!(d.slots().len() % crate::dedup::BUCKET, 0);
+        assert!(d.table().is_empty());
+        let key = d.key();
+        let h = crate::dedup::key_hash(&key, &[b"conv", b"click-1"]);
+        assert!(matches!(
+            Seen::new(d.slots()).check_and_insert(h, 1000, 3600),
+            Outcome::First { .. }
+        ));
+        drop(d);
+        let (d, o) = StateFile::open_duplicates(&p, 64 * 1024).unwrap();
+        assert_eq!(o, Opened::Reused);
+        assert_eq!(d.key(), key);
+        assert_eq!(
+            Seen::new(d.slots()).check_and_insert(h, 1010, 3600),
+            Outcome::Duplicate
+        );
+        drop(d);
+        // An accounts file where a duplicates file was: moved aside, never read as slots.
+        let (a, o) = StateFile::open_or_create(&p, 1 << 20).unwrap();
+        let Opened::MovedAside { why, .. } = o else {
+            panic!("{o:?}")
+        };
+        assert!(why.contains("another kind"), "{why}");
+        assert!(a.slots().is_empty());
     }
 
     #[test]

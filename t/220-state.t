@@ -11,6 +11,7 @@
 # - a reload that adds or removes tracker_state is refused (restart needed), nginx -t says at
 #   notice level that counters will not survive a restart without it;
 # - a corrupt state file: nginx starts, says so at [error] naming both paths, moves it aside;
+#   `tracker-shipper accounts rebuild` then restores the counters from the stored events;
 # - the duplicates set (tracker_duplicates_zone) lives in PATH.duplicates: a conversion seen
 #   before a restart is a duplicate after it (flagged, not charged).
 use strict;
@@ -187,6 +188,27 @@ is(scalar @aside, 1, 'moved aside');
 is(TrackerTest::read_file($aside[0]), "this is not a state file\n" x 400, 'its bytes kept');
 is(counters('a')->{spend_micros}, 0, 'a new state file: counters at zero (rebuild: docs/stats.md)');
 is(clicks('a', 3, 'new'), 3, 'and charging works');
+$ngx->stop('QUIT');
+
+# --- the recovery: accounts rebuilt from the stored events ----------------------------------------
+my $more = drain();
+$cost{ $_->{campaign} } += $_->{cost_micros} // 0 for @$more;
+my $out;
+my @dirs = map { ('--events', $_) } sort glob("$WORK/drain-*");
+($rc, $out) = TrackerTest::run_cmd(TrackerTest::shipper(), 'accounts', 'rebuild', '--state', $STATE,
+    '--campaigns', $ENV{TEST_NGINX_CAMPAIGNS}, @dirs);
+is($rc, 0, 'tracker-shipper accounts rebuild') or diag $out;
+like($out, qr/^\d+ accounts written to \Q$STATE\E from \d+ events$/m, 'it says what it wrote');
+$ngx->start;
+is(counters('a')->{spend_micros}, $cost{a}, 'a: the spend of every stored event (the cap, plus the 3 charged on the new file)');
+is($cost{a}, 1_030_000, '(that is 1.03)');
+is(counters('a')->{clicks}, 80 + 80 + 3, 'a: the clicks seen');
+is(counters('k')->{spend_micros}, 1_000_000, 'k: back at its cap');
+is(counters('conv')->{spend_micros}, 2_000_000, 'conv: one conversion');
+is(clicks('k', 5, 'k-after-rebuild'), 0, 'k: the cap holds after the rebuild');
+($rc, $out) = TrackerTest::run_cmd(TrackerTest::shipper(), 'accounts', 'rebuild', '--state', $STATE, @dirs);
+isnt($rc, 0, 'rebuild refused while nginx has the file');
+like($out, qr/open in another process \(nginx\): stop nginx/, 'and says why');
 $ngx->stop('QUIT');
 
 done_testing();

@@ -21,6 +21,7 @@
 //! `PATH.corrupt-UNIXTIME` and a new file started ([`Opened::MovedAside`]); only when the file is
 //! not open elsewhere (else: an error, nothing touched).
 
+pub mod rebuild;
 pub mod table;
 
 use std::fs::{File, OpenOptions, Permissions};

@@ -56,6 +56,20 @@ my $ngx = TrackerTest::Nginx->new(workers => 2, http => http_conf("tracker_state
 $ngx->start;
 is(sprintf('%o', (stat $STATE)[2] & 07777), '660', 'nginx created the state file with mode 0660');
 is(sprintf('%o', (stat "$STATE.duplicates")[2] & 07777), '660', 'and the duplicates file, beside it');
+# sync=1s: one worker (worker 0) has the msync thread.
+my @msync = grep {
+    my $w = $_;
+    grep { (TrackerTest::read_file($_) // '') =~ /^tracker-msync/ } glob("/proc/$w/task/*/comm");
+} @{ $ngx->worker_pids };
+is(scalar @msync, 1, 'one worker runs the msync thread');
+{
+    my ($task) = grep { (TrackerTest::read_file("$_/comm") // '') =~ /^tracker-msync/ }
+        glob("/proc/$msync[0]/task/*");
+    my ($blk) = (TrackerTest::read_file("$task/status") // '') =~ /^SigBlk:\s*([0-9a-f]+)/m;
+    my $mask = hex(substr($blk // '0', -8));
+    is(scalar(grep { $mask & (1 << ($_ - 1)) } 1, 3, 10, 12, 14, 15, 17), 7,
+        'the msync thread blocks nginx\'s signals (HUP QUIT USR1 USR2 ALRM TERM CHLD)');
+}
 
 # Clicks on `cid`; returns how many went to the landing URL (charged).
 sub clicks {

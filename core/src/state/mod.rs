@@ -286,6 +286,36 @@ fn aside_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Maps a valid file of `have` entries. Alone with it (`exclusive`, the exclusive lock held):
+/// first completes its blocks (rewriting where there is no fallocate: no one else maps it) and
+/// clears the accounts table's lock word (a pid left there may be any process's after a
+/// reboot), then takes the shared lock. Else only allocates (never rewrites: others map it).
+fn open_valid(
+    file: File,
+    path: &Path,
+    kind: Kind,
+    have: u64,
+    ids: (u64, u64),
+    exclusive: bool,
+) -> io::Result<StateFile> {
+    let len = file_len(kind, have);
+    let fallback = if exclusive {
+        Fallback::Rewrite
+    } else {
+        Fallback::Refuse
+    };
+    filespace::reserve(&file, len, fallback)
+        .map_err(|e| filespace::no_space(&file, path, len, e))?;
+    if exclusive {
+        if kind == Kind::Accounts {
+            file.write_all_at(&0u64.to_ne_bytes(), OFF_LOCK as u64)
+                .map_err(|e| ctx("write of the lock word", path, e))?;
+        }
+        flock(&file, libc::LOCK_SH).map_err(|e| ctx("flock", path, e))?;
+    }
+    StateFile::map(file, kind, have, ids, exclusive).map_err(|e| ctx("mmap", path, e))
+}
+
 impl StateFile {
     /// Opens the state file at `path`, creating it with room for [`entries_for`]`(size)`
     /// accounts when absent or blank. A valid file is kept as it is (its size too). An
@@ -325,23 +355,7 @@ impl StateFile {
                     },
                     _,
                 ) => {
-                    if exclusive {
-                        flock(&file, libc::LOCK_SH).map_err(|e| ctx("flock", path, e))?;
-                    }
-                    let fallback = if exclusive {
-                        Fallback::Rewrite
-                    } else {
-                        Fallback::Refuse
-                    };
-                    let len = file_len(kind, have);
-                    filespace::reserve(&file, len, fallback)
-                        .map_err(|e| filespace::no_space(&file, path, len, e))?;
-                    let ids = (file_id, salt);
-                    let sf = StateFile::map(file, kind, have, ids, exclusive)
-                        .map_err(|e| ctx("mmap", path, e))?;
-                    if exclusive && kind == Kind::Accounts {
-                        sf.table().reset_lock();
-                    }
+                    let sf = open_valid(file, path, kind, have, (file_id, salt), exclusive)?;
                     let opened = match moved {
                         Some((to, why)) => Opened::MovedAside { to, why },
                         None if have == entries => Opened::Reused,

@@ -285,12 +285,6 @@ impl<'m> Table<'m> {
             })
             .collect()
     }
-
-    /// Releases a lock held by anyone (a start where no other process has the file: a pid
-    /// left in the word may belong to an unrelated process after a reboot).
-    pub fn reset_lock(&self) {
-        self.lock.store(0, Release);
-    }
 }
 
 #[cfg(test)]

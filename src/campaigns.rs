@@ -176,6 +176,18 @@ impl Store {
         Some((f.table(), f.file_id()))
     }
 
+    /// For a "no room" message with `tracker_state`: how full its accounts table is.
+    fn state_usage(&self) -> String {
+        match self.accounts() {
+            Some((t, _)) => format!(
+                ", or the \"tracker_state\" file is full ({} of its {} accounts used: a state file keeps its size, see docs/directives.md)",
+                t.live().len(),
+                t.len()
+            ),
+            None => String::new(),
+        }
+    }
+
     /// The campaigns file (the admin API writes it through).
     pub fn path(&self) -> &str {
         &self.path
@@ -518,11 +530,12 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         ngx_log_error!(
             NGX_LOG_EMERG,
             log,
-            "tracker_campaigns: zone \"{}\" ({} bytes) has no room for {} campaigns ({:?}); make it larger",
+            "tracker_campaigns: zone \"{}\" ({} bytes) has no room for {} campaigns ({:?}); make it larger{}",
             String::from_utf8_lossy(zone.shm.name.as_bytes()),
             zone.shm.size,
             list.len(),
-            e
+            e,
+            store.state_usage()
         );
         return Status::NGX_ERROR.into();
     }

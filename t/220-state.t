@@ -225,4 +225,14 @@ isnt($rc, 0, 'rebuild refused while nginx has the file');
 like($out, qr/open in another process \(nginx\): stop nginx/, 'and says why');
 $ngx->stop('QUIT');
 
+# --- a full accounts table ------------------------------------------------------------------------
+{
+    my $small = TrackerTest::Nginx->new(http => http_conf("tracker_state $WORK/state/small 7k;"));
+    write_campaigns([ map { capped("c$_") } 1 .. 17 ]);
+    my ($rc) = $small->test_conf;
+    isnt($rc, 0, 'nginx -t: 17 campaigns do not fit a state file of 16 accounts');
+    like($small->error_log_text, qr/\[emerg\].*"tracker_state" file is full \(16 of its 16 accounts used/,
+        'and the [emerg] says the state file is full');
+}
+
 done_testing();

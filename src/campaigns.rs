@@ -56,6 +56,9 @@ pub struct Store {
     /// This process's reader slot: `pid << 32 | slot` (0: none yet; a value inherited across
     /// fork has another pid and is replaced).
     reader: AtomicU64,
+    /// `tracker_state`: the state file the accounts live in (None: in the zone). It is in the
+    /// same MainConf as this store, so it lives as long.
+    state: Option<*const tracker_core::state::StateFile>,
 }
 
 const SHARED_SLOT: u64 = 0xffff_ffff;
@@ -145,6 +148,7 @@ impl Store {
             list: std::sync::Mutex::new(list),
             path: path.to_owned(),
             reader: AtomicU64::new(0),
+            state: None,
         })
     }
 
@@ -154,6 +158,31 @@ impl Store {
         unsafe {
             (*self.zone).init = Some(init_zone);
             (*self.zone).data = (self as *const Store).cast_mut().cast();
+        }
+    }
+
+    /// Keeps the accounts in `state` (`tracker_state`), which lives in the same MainConf.
+    pub fn keep_accounts_in(&mut self, state: &tracker_core::state::StateFile) {
+        self.state = Some(state);
+    }
+
+    /// The state file's table and id, when the accounts live there.
+    fn accounts(&self) -> Option<(tracker_core::state::Table<'static>, u64)> {
+        // SAFETY: the StateFile is in the MainConf that holds this store (keep_accounts_in):
+        // it lives, mapped, as long as this store does.
+        let f: &'static tracker_core::state::StateFile = unsafe { &*self.state? };
+        Some((f.table(), f.file_id()))
+    }
+
+    /// For a "no room" message with `tracker_state`: how full its accounts table is.
+    fn state_usage(&self) -> String {
+        match self.accounts() {
+            Some((t, _)) => format!(
+                ", or the \"tracker_state\" file is full ({} of its {} accounts used: a state file keeps its size, see docs/directives.md)",
+                t.live().len(),
+                t.len()
+            ),
+            None => String::new(),
         }
     }
 
@@ -174,7 +203,11 @@ impl Store {
                 return None;
             }
             let header_off = (*pool).data as usize - base as usize;
-            Some(Zone::new(base, (*self.zone).shm.size, header_off))
+            let zone = Zone::new(base, (*self.zone).shm.size, header_off);
+            Some(match self.accounts() {
+                Some((table, id)) => zone.with_accounts(table, id),
+                None => zone,
+            })
         }
     }
 
@@ -401,6 +434,54 @@ impl Store {
         pages * unsafe { ngx::ffi::ngx_pagesize }
     }
 }
+/// Zone init's part for the accounts: the zone's records must point where this configuration
+/// keeps accounts (a reload that adds, removes or changes `tracker_state` is refused while the
+/// zone has campaigns); at a start alone with the state file (no other nginx has it, not
+/// `nginx -t`), accounts of campaigns no longer in `list` and of deleted ones are dropped.
+fn bind_accounts(
+    store: &Store,
+    fresh: bool,
+    list: &[Campaign],
+    log: *mut ngx::ffi::ngx_log_t,
+) -> Result<(), ()> {
+    let Some(zone) = store.zone() else {
+        return Ok(());
+    };
+    if let Err(have) = zone.bind_accounts() {
+        ngx_log_error!(
+            NGX_LOG_EMERG,
+            log,
+            "tracker_campaigns: the zone's campaigns keep their accounts in {}, this configuration in {}: \"tracker_state\" cannot be added, removed or changed by a reload; restart nginx (nginx -s quit, then start it)",
+            if have == 0 { "the zone" } else { "a state file" },
+            if store.state.is_some() { "the \"tracker_state\" file" } else { "the zone" }
+        );
+        return Err(());
+    }
+    let Some(state) = store.state else {
+        return Ok(());
+    };
+    // SAFETY: as in Store::accounts; ngx_test_config and ngx_pid are set before zone init.
+    let (state, testing, pid) = unsafe {
+        (
+            &*state,
+            ngx::ffi::ngx_test_config != 0,
+            ngx::ffi::ngx_pid as u32,
+        )
+    };
+    if fresh && state.was_alone() && !testing {
+        let keep: std::collections::HashSet<&[u8]> = list.iter().map(|c| c.id.as_bytes()).collect();
+        let freed = state.table().prune(|id| keep.contains(id), pid);
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "tracker_state: {} accounts dropped (campaigns deleted), {} kept",
+            freed,
+            state.table().live().len()
+        );
+    }
+    Ok(())
+}
+
 /// Zone init, in the master at start and at every reload: makes the zone hold exactly the
 /// campaigns of this configuration's file, keeping the accounts of those that were there.
 unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> ngx_int_t {
@@ -411,6 +492,8 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     let log = zone.shm.log;
     // SAFETY: the slab pool header sits at the start of every shared zone; its `data` field is
     // ours and survives reloads when the zone is reused. The master is alone here.
+    // SAFETY: as below.
+    let fresh = unsafe { (*pool).data.is_null() };
     unsafe {
         if (*pool).data.is_null() {
             // Zeroed: an empty store. Slab chunks of this size are page-aligned.
@@ -432,6 +515,7 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     let mut list = std::mem::take(&mut *store.list.lock().unwrap_or_else(|p| p.into_inner()));
     let mut journal_error = None;
     let mut rotation = None;
+    let mut unbound = false;
     let result = store.writer().and_then(|mut w| {
         // Records appended since the configuration was read (crate::journal, step 1).
         match crate::journal::catch_up(&store.path, std::mem::take(&mut list)) {
@@ -441,6 +525,10 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
                 return Ok(0);
             }
         }
+        if bind_accounts(store, fresh, &list, log).is_err() {
+            unbound = true;
+            return Ok(0);
+        }
         let n = w.sync(&list)?;
         // Step 3: new appends go to a new journal.
         match crate::journal::rotate(&store.path, &list) {
@@ -449,6 +537,9 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         }
         Ok(n)
     });
+    if unbound {
+        return Status::NGX_ERROR.into();
+    }
     if let Some(e) = journal_error {
         ngx_log_error!(
             NGX_LOG_EMERG,
@@ -463,11 +554,12 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         ngx_log_error!(
             NGX_LOG_EMERG,
             log,
-            "tracker_campaigns: zone \"{}\" ({} bytes) has no room for {} campaigns ({:?}); make it larger",
+            "tracker_campaigns: zone \"{}\" ({} bytes) has no room for {} campaigns ({:?}); make it larger{}",
             String::from_utf8_lossy(zone.shm.name.as_bytes()),
             zone.shm.size,
             list.len(),
-            e
+            e,
+            store.state_usage()
         );
         return Status::NGX_ERROR.into();
     }

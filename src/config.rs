@@ -9,8 +9,9 @@ use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
-    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    NGX_CONF_TAKE123, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    NGX_LOG_NOTICE,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -40,6 +41,8 @@ pub struct MainConf {
     pub needs_duplicates: Option<String>,
     /// nginx's thread pool `default`, where the admin API makes its changes durable.
     pub admin_pool: crate::admin_io::Pool,
+    /// `tracker_state`: the file the campaign accounts live in (else the campaign zone).
+    pub state: Option<crate::state::State>,
 }
 
 /// `tracker_signed`: what a location does with a request without a valid signature.
@@ -226,7 +229,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 32] = [
+pub static mut COMMANDS: [ngx_command_t; 33] = [
     command(
         ngx_string!("tracker_ring"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
@@ -237,6 +240,12 @@ pub static mut COMMANDS: [ngx_command_t; 32] = [
         ngx_string!("tracker_campaigns"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
         set_campaigns,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("tracker_state"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE123,
+        crate::state::set_state,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
@@ -420,7 +429,7 @@ pub static mut COMMANDS: [ngx_command_t; 32] = [
 ///
 /// # Safety
 /// `cf` is the configuration nginx passes to a directive handler.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+pub(crate) unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
     // SAFETY: nginx sets `cf.args` to the array of the directive's words before calling it.
     unsafe { (*(*cf).args).as_slice() }
 }
@@ -429,11 +438,11 @@ fn bytes(s: &ngx_str_t) -> &[u8] {
     s.as_bytes()
 }
 
-fn text(s: &ngx_str_t) -> String {
+pub(crate) fn text(s: &ngx_str_t) -> String {
     String::from_utf8_lossy(s.as_bytes()).into_owned()
 }
 
-fn fail(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
+pub(crate) fn fail(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
     ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
     NGX_CONF_ERROR
 }
@@ -1472,6 +1481,35 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
         );
         return Err(());
     }
+    if let (Some(state), Some(dups)) = (&mcf.state, &mut mcf.duplicates) {
+        let mut path = state.path.clone().into_os_string();
+        path.push(".duplicates");
+        let path = PathBuf::from(path);
+        match dups.use_file(&path) {
+            Ok(opened) => crate::state::log_opened(cf, "tracker_duplicates_zone", &path, &opened),
+            Err(e) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"tracker_duplicates_zone\" with \"tracker_state\": \"{}\": {}",
+                    path.display(),
+                    e
+                );
+                return Err(());
+            }
+        }
+    }
+    match (&mcf.state, &mut mcf.campaigns) {
+        (Some(state), Some(store)) => store.keep_accounts_in(&state.file),
+        (None, Some(store)) => {
+            ngx_conf_log_error!(
+            NGX_LOG_NOTICE, cf,
+            "\"tracker_campaigns\" \"{}\": the campaigns' counters (spend, caps) live in the shared zone and will not survive a restart; set \"tracker_state\" to keep them in a file",
+            store.path()
+        );
+        }
+        _ => {}
+    }
     if let (None, Some(at)) = (&mcf.campaigns, &mcf.needs_campaigns) {
         ngx_conf_log_error!(
             NGX_LOG_EMERG, cf,
@@ -1482,16 +1520,14 @@ pub unsafe fn check_main(cf: *mut ngx_conf_t) -> Result<(), ()> {
     Ok(())
 }
 
-/// `init_module`: when the master runs as root, gives the ring file to the workers' user and
+/// `init_module`: when the master runs as root, gives the ring file and the state file
+/// (`tracker_state`) to the workers' user and
 /// group (the `user` directive; nginx's default `nobody` and its group otherwise) so that a
 /// shipper in that group can open it. As `ngx_create_paths` does: only when the user is set
 /// and the owner differs.
-pub fn give_ring_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
+pub fn give_files_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
     use ngx::core::{CoreModuleMainConf, NgxCoreModule};
     let Some(mcf) = crate::Module::main_conf(cycle) else {
-        return Status::NGX_OK;
-    };
-    let Some(ring) = mcf.ring.as_ref() else {
         return Status::NGX_OK;
     };
     let Some(ccf) = NgxCoreModule::main_conf(cycle) else {
@@ -1502,18 +1538,42 @@ pub fn give_ring_to_workers(cycle: &ngx::ffi::ngx_cycle_t) -> Status {
     if unsafe { libc::geteuid() } != 0 || ccf.user == ngx::ffi::ngx_uid_t::MAX {
         return Status::NGX_OK;
     }
-    match ring.give_to(ccf.user, ccf.group) {
-        Ok(_) => Status::NGX_OK,
-        Err(e) => {
+    let files = [
+        (
+            "tracker_ring",
+            "ring",
+            mcf.ring.as_ref().map(|r| r.give_to(ccf.user, ccf.group)),
+        ),
+        (
+            "tracker_state",
+            "state",
+            mcf.state
+                .as_ref()
+                .map(|s| s.file.give_to(ccf.user, ccf.group)),
+        ),
+        (
+            "tracker_duplicates_zone",
+            "duplicates",
+            mcf.duplicates
+                .as_ref()
+                .and_then(|d| d.file())
+                .map(|f| f.give_to(ccf.user, ccf.group)),
+        ),
+    ];
+    for (directive, what, r) in files {
+        if let Some(Err(e)) = r {
             ngx::ngx_log_error!(
                 ngx::ffi::NGX_LOG_EMERG,
                 cycle.log,
-                "\"tracker_ring\": cannot give the ring file to the worker user {}:{}: {}",
+                "\"{}\": cannot give the {} file to the worker user {}:{}: {}",
+                directive,
+                what,
                 ccf.user,
                 ccf.group,
                 e
             );
-            Status::NGX_ERROR
+            return Status::NGX_ERROR;
         }
     }
+    Status::NGX_OK
 }

@@ -8,6 +8,11 @@
 //! `data` points at the header. Nothing is allocated afterwards: workers only touch the slots,
 //! with atomics.
 //!
+//! With `tracker_state`, the set lives in a file instead (`PATH.duplicates`, a
+//! `tracker_core::state` duplicates file: slots and hash key kept across restarts, so a
+//! conversion seen before a restart is a duplicate after it); the zone is then declared at its
+//! smallest size and unused.
+//!
 //! Reload: nginx maps the same memory again when the zone keeps its size (and tag), and zone
 //! init finds the header: the set (and the hash key its entries were made with) is kept, so a
 //! reload forgets nothing. A new size is a new, zeroed mapping: the set starts empty, with a
@@ -46,6 +51,8 @@ struct Header {
 pub struct DedupZone {
     zone: *mut ngx_shm_zone_t,
     window_s: u32,
+    /// The set's file when `tracker_state` is set (then the zone is unused).
+    file: Option<tracker_core::state::StateFile>,
 }
 
 impl DedupZone {
@@ -97,12 +104,46 @@ impl DedupZone {
             // nginx only hands it back to the next cycle's init, which does not use it).
             (*zone).data = zone.cast();
         }
-        Ok(DedupZone { zone, window_s })
+        Ok(DedupZone {
+            zone,
+            window_s,
+            file: None,
+        })
+    }
+
+    /// Keeps the set in the file at `path` (`tracker_state`'s path + `.duplicates`) instead of
+    /// the zone, of the zone's size; the zone shrinks to its minimum (it is mapped but unused).
+    /// Called after the http block is parsed, before nginx maps the zones.
+    pub fn use_file(
+        &mut self,
+        path: &std::path::Path,
+    ) -> std::io::Result<tracker_core::state::Opened> {
+        // SAFETY: the zone was declared by `add` in this configuration; nginx maps it only
+        // after the configuration is parsed, with the size it then has.
+        let size = unsafe { (*self.zone).shm.size };
+        let (file, opened) = tracker_core::state::StateFile::open_duplicates(path, size as u64)?;
+        self.file = Some(file);
+        // SAFETY: as above.
+        unsafe { (*self.zone).shm.size = MIN_SIZE };
+        Ok(opened)
+    }
+
+    /// The set's file, if it has one (to give it to the workers' user).
+    pub fn file(&self) -> Option<&tracker_core::state::StateFile> {
+        self.file.as_ref()
     }
 
     /// The window, in seconds.
     pub fn window_s(&self) -> u32 {
         self.window_s
+    }
+
+    /// The set's hash key and slots: the file's, or the zone's.
+    fn parts(&self) -> Option<([u64; 2], &[AtomicU64])> {
+        match &self.file {
+            Some(f) => Some((f.key(), f.slots())),
+            None => self.header().map(|(h, slots)| (h.key, slots)),
+        }
     }
 
     fn header(&self) -> Option<(&Header, &[AtomicU64])> {
@@ -134,12 +175,12 @@ impl DedupZone {
 
     /// The recently-seen set (None until the zone is mapped and initialized).
     pub fn seen(&self) -> Option<Seen<'_>> {
-        self.header().map(|(_, slots)| Seen::new(slots))
+        self.parts().map(|(_, slots)| Seen::new(slots))
     }
 
     /// The zone's hash key (random per zone, kept across reloads that keep the size).
     pub fn key(&self) -> Option<[u64; 2]> {
-        self.header().map(|(h, _)| h.key)
+        self.parts().map(|(key, _)| key)
     }
 
     /// `tracker_core::dedup::key_hash` of `parts` under the zone's key.

@@ -3,7 +3,8 @@
 //! A thin FFI skin over `tracker-core`: directives and configuration (`config`), the campaign
 //! store in a shared zone (`campaigns`), the content handlers (`handler` for tracking, `admin`
 //! for the campaign API, `stats` for counters and the dashboard), the responses (`response`),
-//! the `$tracker_*` variables (`variables`) and per-worker state (`worker`).
+//! the `$tracker_*` variables (`variables`), per-worker state (`worker`) and the state file
+//! that keeps the campaign accounts across restarts (`state`).
 //! The directive reference is `docs/directives.md`.
 
 mod admin;
@@ -14,6 +15,7 @@ mod dedup;
 mod handler;
 mod journal;
 mod response;
+mod state;
 mod stats;
 mod variables;
 mod worker;
@@ -57,13 +59,22 @@ unsafe extern "C" fn merge_loc_conf(
 }
 
 /// In the master, once the configuration is complete (the `user` directive is known): hands
-/// the ring file to the worker user and group, as nginx does with its temp paths.
+/// the ring and state files to the worker user and group, as nginx does with its temp paths.
 unsafe extern "C" fn init_module(cycle: *mut ngx::ffi::ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the cycle being initialized, valid for this call.
     match unsafe { cycle.as_ref() } {
-        Some(c) => config::give_ring_to_workers(c).into(),
+        Some(c) => config::give_files_to_workers(c).into(),
         None => Status::NGX_OK.into(),
     }
+}
+
+/// In each worker: worker 0 starts the state file's periodic msync (`tracker_state sync=`).
+unsafe extern "C" fn init_process(cycle: *mut ngx::ffi::ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the worker's cycle; ngx_worker is set before init_process.
+    if let Some(mcf) = unsafe { cycle.as_ref() }.and_then(Module::main_conf) {
+        state::start_sync(mcf, unsafe { ngx::ffi::ngx_worker });
+    }
+    Status::NGX_OK.into()
 }
 
 // SAFETY: MainConf is the type create_main_conf allocates for this module.
@@ -98,5 +109,6 @@ pub static mut ngx_http_tracker_module: ngx_module_t = ngx_module_t {
     commands: unsafe { &raw mut config::COMMANDS[0] },
     type_: NGX_HTTP_MODULE as _,
     init_module: Some(init_module),
+    init_process: Some(init_process),
     ..ngx_module_t::default()
 };

@@ -16,6 +16,7 @@
 //! - [`privacy`]: the daily-keyed address hash (`tracker_ip hash`), DNT/GPC, visitor ids;
 //! - [`sign`]: signed tracking URLs (HMAC-SHA256 over campaign, expiry and dimensions);
 //! - [`bots`]: bot User-Agents and prefetch headers (`tracker_bots`);
+//! - [`state`]: the state file (`tracker_state`): campaign accounts that survive restarts;
 //! - [`dedup`]: the recently-seen set (duplicate detection) over shared-memory atomics;
 //! - [`useragent`]: User-Agent families (browser, OS, device class, crawler flag) and their per-worker cache.
 pub mod banker;
@@ -33,5 +34,6 @@ pub mod privacy;
 pub mod record;
 pub mod ring;
 pub mod sign;
+pub mod state;
 pub mod store;
 pub mod useragent;

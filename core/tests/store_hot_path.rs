@@ -61,3 +61,38 @@ fn a_lookup_and_charge_allocate_nothing() {
     assert_eq!(allocs() - before, 0);
     assert_eq!(found, 10_000);
 }
+
+#[test]
+fn with_accounts_in_a_state_file_a_lookup_and_charge_allocate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _) =
+        tracker_core::state::StateFile::open_or_create(&dir.path().join("s"), 1 << 20).unwrap();
+    let tz = TestZone::new(1 << 20);
+    let zone = tz.zone().with_accounts(state.table(), state.file_id());
+    let list: Vec<_> = (0..50).map(|i| campaign(&format!("c{i}"), 1)).collect();
+    tz.lock();
+    tz.writer_on(zone).upsert(&list).unwrap();
+    tz.unlock();
+    let reader = tz.reader(2);
+    let caps = tracker_core::campaign::Caps::default();
+    let mut found = 0;
+    let before = allocs();
+    for i in 0..10_000 {
+        let id = [b'c', b'0' + (i % 10) as u8];
+        if let Some((_, account)) = zone.lookup(reader, &id, |r| r.pricing()) {
+            account.charge(&caps, Kind::Click, 10, 20_000);
+            found += 1;
+        }
+        assert!(zone.lookup(reader, b"absent", |_| ()).is_none());
+    }
+    assert_eq!(allocs() - before, 0);
+    assert_eq!(found, 10_000);
+    let i = state.table().find(b"c3").unwrap();
+    let clicks = state
+        .table()
+        .account(i)
+        .unwrap()
+        .clicks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(clicks, 1_000, "the charges went to the state file");
+}

@@ -226,6 +226,37 @@ pub enum Command {
     /// Print a signed tracking URL (`tracker_signed`): BASE with exp, kid and sig appended,
     /// signed with the newest key of the key file (docs/signing.md).
     SignUrl(SignUrlArgs),
+    /// The campaign accounts of nginx's state file (`tracker_state`).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+}
+
+/// `accounts ...`.
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Write the state file's accounts from the stored events (the sums of their cost_micros
+    /// and counts): the recovery after a power loss or a corrupt state file. nginx must be
+    /// stopped (docs/stats.md, "What survives what").
+    Rebuild(RebuildArgs),
+}
+
+/// `accounts rebuild`.
+#[derive(Debug, clap::Args)]
+pub struct RebuildArgs {
+    /// The state file (the path of `tracker_state`); created if absent.
+    #[arg(long, value_name = "FILE")]
+    pub state: PathBuf,
+    /// Its size when it is created (as `tracker_state`'s; bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub size: u64,
+    /// A directory of the file sink's output (type=*/date=*/hour=*/*.ndjson.gz); repeat for
+    /// each. Every event the campaigns ever had must be there.
+    #[arg(long = "events", value_name = "DIR", required = true)]
+    pub events: Vec<PathBuf>,
+    /// The campaigns file (`tracker_campaigns`): only its campaigns, each in its time zone for
+    /// the daily counters (without it: every campaign of the events, days in UTC).
+    #[arg(long, value_name = "FILE")]
+    pub campaigns: Option<PathBuf>,
 }
 
 /// `sign-url`: what a publisher's signed URL covers.

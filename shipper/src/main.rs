@@ -14,6 +14,7 @@
 //! - [`lock`]: one shipper per ring and per directory;
 //! - [`logging`], [`notify`]: log lines, systemd readiness.
 
+mod accounts;
 mod aggregate;
 mod batch;
 mod commit;
@@ -70,6 +71,20 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("tracker-shipper sign-url: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Some(config::Command::Accounts(config::AccountsCommand::Rebuild(a))) =
+        Cli::parse_from(&args).command
+    {
+        return match accounts::rebuild(&a) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tracker-shipper accounts rebuild: {e}");
                 ExitCode::from(2)
             }
         };

@@ -36,6 +36,7 @@ use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use crate::banker::Account;
 use crate::record::{self, RecordView, DELETED, EMPTY};
+use crate::state::Table;
 
 mod pins;
 mod writer;
@@ -75,6 +76,11 @@ pub struct Header {
     clock_offset: AtomicI64,
     /// Offset of the first retired node (0: none). Writers only.
     retired: AtomicU64,
+    /// Where the records' account fields point: 0, chunks of the region (offset >> 3); else
+    /// the id of the state file whose accounts table they index (entry + 1).
+    accounts_file: AtomicU64,
+    /// Keeps the reader slots on cache lines of their own (the header is 64-aligned).
+    _pad: [u64; 7],
     pins: pins::Pins,
 }
 
@@ -92,6 +98,8 @@ pub struct Zone<'z> {
     base: *mut u8,
     size: usize,
     h: &'z Header,
+    /// The state file's accounts table and its file id, when accounts live there.
+    accounts: Option<(Table<'z>, u64)>,
     _region: PhantomData<&'z [u8]>,
 }
 
@@ -139,8 +147,37 @@ impl<'z> Zone<'z> {
             base,
             size,
             h,
+            accounts: None,
             _region: PhantomData,
         }
+    }
+
+    /// The same zone with its accounts in `table`, the accounts table of the state file
+    /// `file_id` (records then hold entry + 1; every process passes its own mapping).
+    pub fn with_accounts(mut self, table: Table<'z>, file_id: u64) -> Zone<'z> {
+        self.accounts = Some((table, file_id));
+        self
+    }
+
+    /// Makes the records' account fields this zone's kind (region chunks, or the state file
+    /// given by [`Zone::with_accounts`]): Ok when they are, or when the store has no campaign
+    /// (then records to come are of this kind); else Err(the file id they are of, 0: chunks).
+    /// A reload that adds, removes or changes `tracker_state` meets Err: it needs a restart.
+    pub fn bind_accounts(&self) -> Result<(), u64> {
+        let want = self.accounts.map_or(0, |(_, id)| id);
+        let have = self.h.accounts_file.load(Ordering::Relaxed);
+        if have == want {
+            return Ok(());
+        }
+        if self.count() == 0 {
+            self.h.accounts_file.store(want, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(have)
+    }
+
+    pub(crate) fn accounts_table(&self) -> Option<Table<'z>> {
+        self.accounts.map(|(t, _)| t)
     }
 
     /// The bytes the header needs (zeroed, 8-aligned; 64-aligned keeps reader slots apart).
@@ -241,8 +278,12 @@ impl<'z> Zone<'z> {
         RecordView::new(bytes)
     }
 
-    /// The account at `a` (a record's account field), if it lies inside the region.
+    /// The account at `a` (a record's account field): in the state file's table (entry + 1), or
+    /// a chunk of the region (offset >> 3) if it lies inside it.
     pub(crate) fn account_at(&self, a: u32) -> Option<&'z Account> {
+        if let Some((t, _)) = self.accounts {
+            return t.account((a as usize).checked_sub(1)?);
+        }
         let off = (a as usize) << 3;
         if off == 0 || off.checked_add(core::mem::size_of::<Account>())? > self.size {
             return None;

@@ -15,7 +15,7 @@ use super::Zone;
 
 /// Reader slots in the header: more than nginx's workers on any machine it runs on; a reader
 /// beyond them still works (see `overflow`).
-pub const READER_SLOTS: usize = 127;
+pub const READER_SLOTS: usize = 126;
 
 /// One reader process's slot, 64 bytes: alone on its cache line when the header is 64-aligned
 /// (each worker stores to its own at every request).

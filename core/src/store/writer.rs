@@ -231,7 +231,7 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
         for (c, account) in plan {
             let account = match account {
                 Some(a) => a,
-                None => (self.alloc(mem::size_of::<Account>())? >> 3) as u32,
+                None => self.new_account(c.id.as_bytes())?,
             };
             record::encode(c, account, &mut buf);
             let p = self.alloc(buf.len())?;
@@ -273,6 +273,19 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
         Ok(created)
     }
 
+    /// A new campaign's account field: its entry in the state file's table (found by id: the
+    /// counters it had before a restart; + 1), or a zeroed chunk of the region (>> 3).
+    /// An entry inserted here stays when the change fails: it is found again by id.
+    fn new_account(&mut self, id: &[u8]) -> Result<u32, StoreError> {
+        match self.zone.accounts_table() {
+            Some(t) => t
+                .find_or_insert(id, std::process::id(), self.alive)
+                .map(|i| (i + 1) as u32)
+                .map_err(|_| StoreError::Full),
+            None => Ok((self.alloc(mem::size_of::<Account>())? >> 3) as u32),
+        }
+    }
+
     /// Fills the new index at `p` (`n` slots) from the current one and publishes it.
     fn publish_index(&mut self, p: usize, n: usize) {
         // SAFETY: p has n * 4 zeroed bytes, aligned for u32 (chunks are 8-aligned).
@@ -310,8 +323,12 @@ impl<'z, 'h, A: Chunks> Writer<'z, 'h, A> {
             self.step(Step::SlotStored);
             self.zone.header().count().fetch_sub(1, Ordering::Relaxed);
             self.retire((v as usize) << 3);
-            if let Some(a) = account {
-                self.retire((a as usize) << 3);
+            match (account, self.zone.accounts_table()) {
+                (Some(a), Some(t)) => {
+                    t.release((a as usize).wrapping_sub(1), std::process::id(), self.alive)
+                }
+                (Some(a), None) => self.retire((a as usize) << 3),
+                (None, _) => {}
             }
         }
         Ok(found.len())

@@ -171,6 +171,11 @@ impl TestZone {
         Writer::new(self.zone(), TestChunks(self), &alive)
     }
 
+    /// A writer of `zone`, this region with its accounts elsewhere (the caller holds the lock).
+    pub fn writer_on<'a>(&'a self, zone: Zone<'a>) -> Writer<'a, 'a, TestChunks<'a>> {
+        Writer::new(zone, TestChunks(self), &alive)
+    }
+
     /// Runs `f` with a writer, under the lock.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_, '_, TestChunks<'_>>) -> T) -> T {
         self.lock();

@@ -5,6 +5,7 @@
 #   CG_REQUESTS=500 bash bench/callgrind.sh  # quicker
 #   BENCH_MODULE=/path/to/libngx_http_tracker_module.so bash bench/callgrind.sh   # another build
 #   CG_DIMS=20 bash bench/callgrind.sh       # 20 dimensions d1..d20 instead of publisher+placement
+#   CG_STATE=1 bash bench/callgrind.sh       # the accounts in a tracker_state file, not the zone
 #
 # Runs Debian's /usr/sbin/nginx with `master_process off; daemon off;` (one process that
 # serves requests) under `valgrind --tool=callgrind` on 127.0.0.1:${BENCH_PORT:-18081}, with
@@ -30,6 +31,7 @@ MODULE_SO=${BENCH_MODULE:-$MODULE_SO}   # another build of the module, e.g. to c
 N=${CG_REQUESTS:-2000}
 WARMUP=${CG_WARMUP:-200}
 DIMS=${CG_DIMS:-}   # empty: publisher and placement; K: dimensions d1..dK from args d1..dK
+STATE=${CG_STATE:-0}   # 1: tracker_state (accounts in a file-backed mapping)
 PORT=${BENCH_PORT:-18081}
 NGINX=/usr/sbin/nginx
 CAMPAIGNS="$ROOT/nginx-conf/campaigns.demo.json"
@@ -78,6 +80,7 @@ http {
 
     tracker_ring       $TMP/ring 64m;
     tracker_campaigns  $CAMPAIGNS zone=campaigns:16m;
+$([ "$STATE" = 1 ] && echo "    tracker_state      $TMP/state;")
 
     server {
         listen 127.0.0.1:$PORT;

@@ -37,6 +37,7 @@
 //! publisher and type; exactly-once into committed files).
 
 pub mod aggregate;
+pub mod aggregate_topic;
 pub mod file;
 pub mod kafka;
 pub mod kafka_tail;

@@ -913,3 +913,55 @@ fn topic_sigkill_before_the_ack_publishes_each_batch_once() {
         "{log}"
     );
 }
+
+/// The brokers go away after a batch was decided: the sink waits (its files and cursor too);
+/// a SIGTERM then keeps the decided batch for the next start, which publishes it once before
+/// applying it.
+#[test]
+fn topic_outage_then_sigterm_keeps_the_decided_batch_for_the_next_start() {
+    use std::time::Duration;
+    let cluster = mock_cluster();
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(8 << 20);
+    let ring = f.ring();
+    let mut events = write_agg_events(&f, 0, 400, T0, HOUR_US / 400);
+    let mut child = topic_cmd(&f, &b, &["--aggregate-flush-interval-ms", "200"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ok = wait_until(Duration::from_secs(30), || {
+        ring.consumer_pos() == ring.producer_pos()
+    });
+    if !ok {
+        let _ = child.kill();
+        panic!("first batch not committed");
+    }
+    let committed = ring.consumer_pos();
+    for broker in 1..=3 {
+        cluster.broker_down(broker).unwrap();
+    }
+    events.extend(write_agg_events(&f, 400, 600, T0, HOUR_US / 600));
+    let manifest = agg_dir(&f).join("_shipper/manifest.json");
+    let decided = wait_until(Duration::from_secs(30), || manifest.exists());
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGTERM);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let log = stderr_of(&mut child);
+    assert!(decided, "no batch decided during the outage: {log}");
+    assert!(st.success(), "{st}: {log}");
+    assert_eq!(ring.consumer_pos(), committed, "applied unpublished: {log}");
+    assert!(manifest.exists(), "the decided batch was not kept: {log}");
+    assert!(log.contains("it is published at the next start"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    for broker in 1..=3 {
+        cluster.broker_up(broker).unwrap();
+    }
+    let out = topic_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    check_topic(&b, &f, &events, &log);
+    assert!(
+        log.contains("publishing the rows of the decided batch"),
+        "{log}"
+    );
+}

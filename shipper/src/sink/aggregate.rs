@@ -213,9 +213,12 @@ impl Sink for AggregateSink {
     fn abort(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
         self.rows = Aggregates::default();
         self.events = 0;
-        // The abort applies a decided batch: its rows go to the topic first (when stopping,
-        // this fails and the manifest waits for the next start).
-        self.publish_pending(cursor)?;
+        // The abort applies a decided batch: its rows go to the topic first. When stopping
+        // meanwhile, the manifest is left as it is, for the next start to publish and apply.
+        match self.publish_pending(cursor) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            r => r?,
+        }
         self.out.abort(cursor)
     }
 }

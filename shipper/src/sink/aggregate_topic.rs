@@ -44,6 +44,8 @@ pub const HEADER_BATCH_START: &str = "batch_start";
 const RETRY: Duration = Duration::from_secs(2);
 /// How long one `poll` of the producer blocks while waiting.
 const POLL: Duration = Duration::from_millis(50);
+/// Waiting this long for acknowledgements is logged (once per batch).
+const SLOW: Duration = Duration::from_secs(10);
 
 /// Delivery reports of the batch being published.
 #[derive(Default)]
@@ -63,8 +65,13 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    // librdkafka repeats connection errors every few seconds: the sink's own lines say it once.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         debug!("librdkafka (aggregate topic) {level:?} {fac}: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!("kafka client error (aggregate topic): {error}: {reason}");
     }
 }
 
@@ -327,14 +334,26 @@ impl AggregateTopic {
         let Some(producer) = &self.producer else {
             return Ok(());
         };
+        let since = Instant::now();
+        let mut said = false;
         loop {
             producer.poll(POLL);
             if let Some((code, reason)) = producer.client().fatal_error() {
                 self.drop_producer();
                 return Err(format!("fatal producer error {code:?}: {reason}"));
             }
-            if producer.context().lock().outstanding == 0 {
+            let outstanding = producer.context().lock().outstanding;
+            if outstanding == 0 {
                 break;
+            }
+            if !said && since.elapsed() >= SLOW {
+                said = true;
+                warn!(
+                    "aggregate topic {}: no acknowledgement for {}s, {outstanding} rows waiting (brokers \
+                     away?); the batch's files and the ring wait",
+                    self.cfg.topic,
+                    SLOW.as_secs()
+                );
             }
             if self.stop.load(Relaxed) {
                 return Err("stopping".into());

@@ -131,7 +131,8 @@ static CRASH_AT: OnceLock<Option<(String, AtomicU32)>> = OnceLock::new();
 /// Kills the process with SIGKILL when `TRACKER_SHIPPER_CRASH_AT` names this point (at its
 /// n-th hit). Points: `tmp-written`, `manifest-written`, `renamed-one`, `renamed`,
 /// `ring-committed`, `recovery-renamed-one`; the kafka sink's `kafka-acked` (every event of a
-/// batch acknowledged by the broker, the cursor not moved yet).
+/// batch acknowledged by the broker, the cursor not moved yet); the aggregate topic's
+/// `aggregate-published` (a batch's rows acknowledged, its manifest not applied yet).
 pub fn crash_point(name: &str) {
     let hook = CRASH_AT.get_or_init(|| {
         let v = std::env::var(CRASH_ENV).ok()?;

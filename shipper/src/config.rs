@@ -338,6 +338,15 @@ pub struct AggregateFile {
     pub flush_interval_ms: Option<u64>,
     /// Only `ndjson`.
     pub format: Option<Format>,
+    /// Also publish the rows to this Kafka topic.
+    pub topic: Option<String>,
+    /// The aggregate topic's brokers.
+    pub brokers: Option<String>,
+    /// The most messages read back per partition of the aggregate topic at start.
+    pub tail_scan_messages: Option<u64>,
+    /// librdkafka properties of the aggregate topic's clients.
+    #[serde(default)]
+    pub properties: BTreeMap<String, toml::Value>,
 }
 
 /// The aggregate sink's settings.
@@ -348,6 +357,18 @@ pub struct AggregateConfig {
     pub publisher_dimension: String,
     /// The aggregate sink's flush interval (instead of the other sinks').
     pub flush_interval: Duration,
+    /// Also publish the rows to a Kafka topic.
+    pub topic: Option<AggregateTopicConfig>,
+}
+
+/// The aggregate topic: where the aggregate sink also publishes its rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggregateTopicConfig {
+    pub topic: String,
+    pub brokers: String,
+    /// The most messages read back per partition when reading its tail.
+    pub tail_scan_messages: u64,
+    pub properties: BTreeMap<String, String>,
 }
 
 /// The `[kafka]` table of the TOML file.
@@ -670,10 +691,11 @@ impl Config {
 fn aggregate_config(
     cli_dir: Option<PathBuf>,
     cli_flush_ms: Option<u64>,
-    a: AggregateFile,
+    mut a: AggregateFile,
     dir: &Path,
     with_file: bool,
 ) -> Result<AggregateConfig, String> {
+    let topic = aggregate_topic_config(&mut a)?;
     let agg_dir =
         match cli_dir.or(a.dir) {
             Some(d) => d,
@@ -711,7 +733,83 @@ fn aggregate_config(
         dir: agg_dir,
         publisher_dimension,
         flush_interval: Duration::from_millis(flush_ms),
+        topic,
     })
+}
+
+/// Checks a Kafka topic name given as `[section] what`.
+fn check_topic_name(section: &str, what: &str, t: &str) -> Result<(), String> {
+    let ok = !t.is_empty()
+        && t.len() <= 249
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && t != "."
+        && t != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "[{section}] {what}: {t:?} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+        ))
+    }
+}
+
+/// The librdkafka properties of `[section.properties]` as strings.
+fn librdkafka_properties(
+    section: &str,
+    props: BTreeMap<String, toml::Value>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, v) in props {
+        let v = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "[{section}.properties] {name}: {other} is not a string, number or boolean"
+                ))
+            }
+        };
+        out.insert(name, v);
+    }
+    Ok(out)
+}
+
+/// The aggregate topic's settings (`topic`, `brokers`, `tail_scan_messages`, `properties` in
+/// `[aggregate]`); None without a topic.
+fn aggregate_topic_config(a: &mut AggregateFile) -> Result<Option<AggregateTopicConfig>, String> {
+    let Some(topic) = a.topic.take() else {
+        if a.brokers.is_some() || !a.properties.is_empty() || a.tail_scan_messages.is_some() {
+            return Err(
+                "[aggregate] brokers, tail_scan_messages and properties are the aggregate topic's: \
+                 set `topic` too, or remove them"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    };
+    check_topic_name("aggregate", "topic", &topic)?;
+    let brokers = a
+        .brokers
+        .take()
+        .ok_or("[aggregate] topic needs `brokers = \"HOST:PORT,...\"` in [aggregate]")?;
+    if brokers.trim().is_empty() || brokers.split(',').any(|b| b.trim().is_empty()) {
+        return Err(format!(
+            "[aggregate] brokers: bad {brokers:?}: expected \"HOST:PORT,...\""
+        ));
+    }
+    let tail_scan_messages = a.tail_scan_messages.unwrap_or(DEFAULT_TAIL_SCAN_MESSAGES);
+    if tail_scan_messages == 0 {
+        return Err("[aggregate] tail_scan_messages must be at least 1".into());
+    }
+    Ok(Some(AggregateTopicConfig {
+        topic,
+        brokers,
+        tail_scan_messages,
+        properties: librdkafka_properties("aggregate", std::mem::take(&mut a.properties))?,
+    }))
 }
 
 /// The command-line options of the Kafka sink.
@@ -750,21 +848,7 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
                 .into(),
         );
     }
-    let check_topic = |what: &str, t: &str| -> Result<(), String> {
-        let ok = !t.is_empty()
-            && t.len() <= 249
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            && t != "."
-            && t != "..";
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "[kafka] {what}: {t:?} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
-            ))
-        }
-    };
+    let check_topic = |what: &str, t: &str| check_topic_name("kafka", what, t);
     let topic_prefix = k
         .topic_prefix
         .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.to_string());
@@ -779,21 +863,7 @@ fn kafka_config(cli: &KafkaCli, k: KafkaFile) -> Result<KafkaConfig, String> {
     if let Some(t) = &k.dead_letter_topic {
         check_topic("dead_letter_topic", t)?;
     }
-    let mut properties = BTreeMap::new();
-    for (name, v) in k.properties {
-        let v = match v {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(x) => x.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
-                return Err(format!(
-                    "[kafka.properties] {name}: {other} is not a string, number or boolean"
-                ))
-            }
-        };
-        properties.insert(name, v);
-    }
+    let properties = librdkafka_properties("kafka", k.properties)?;
     Ok(KafkaConfig {
         brokers,
         format: cli.format.or(k.format).unwrap_or(Format::Msgpack),
@@ -998,6 +1068,52 @@ mod tests {
     }
 
     #[test]
+    fn aggregate_topic() {
+        let resolve = |toml_text: &str| {
+            let f: FileConfig = toml::from_str(toml_text).unwrap();
+            Config::resolve(
+                cli(&["--ring", "/r", "--sink", "aggregate", "--dir", "/d"]),
+                Some(f),
+                None,
+            )
+        };
+        let c = resolve(
+            "[aggregate]\ntopic = 'tracker.aggregates'\nbrokers = 'k1:9092,k2:9092'\n\
+             [aggregate.properties]\n'security.protocol' = 'ssl'\n'socket.timeout.ms' = 30000\n",
+        )
+        .unwrap();
+        let t = c.aggregate.unwrap().topic.unwrap();
+        assert_eq!(t.topic, "tracker.aggregates");
+        assert_eq!(t.brokers, "k1:9092,k2:9092");
+        assert_eq!(t.tail_scan_messages, DEFAULT_TAIL_SCAN_MESSAGES);
+        assert_eq!(t.properties["security.protocol"], "ssl");
+        assert_eq!(t.properties["socket.timeout.ms"], "30000");
+        assert_eq!(
+            resolve("[aggregate]\n").unwrap().aggregate.unwrap().topic,
+            None
+        );
+        for (text, want) in [
+            ("[aggregate]\ntopic = 'a'\n", "needs `brokers"),
+            (
+                "[aggregate]\ntopic = 'a b'\nbrokers = 'k:1'\n",
+                "not a valid Kafka topic",
+            ),
+            ("[aggregate]\nbrokers = 'k:1'\n", "set `topic` too"),
+            (
+                "[aggregate]\ntopic = 'a'\nbrokers = 'k:1,'\n",
+                "[aggregate] brokers",
+            ),
+            (
+                "[aggregate]\ntopic = 'a'\nbrokers = 'k:1'\ntail_scan_messages = 0\n",
+                "at least 1",
+            ),
+        ] {
+            let e = resolve(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn aggregate_sink() {
         // With --dir: DIR/_aggregates, the publisher dimension "publisher".
         let c = Config::resolve(
@@ -1025,6 +1141,7 @@ mod tests {
                 dir: PathBuf::from("/d/_aggregates"),
                 publisher_dimension: "publisher".into(),
                 flush_interval: Duration::from_secs(60),
+                topic: None,
             })
         );
         // --aggregate-dir over [aggregate] dir; the table's other keys.

@@ -306,8 +306,14 @@ fn make_sinks(cfg: &Config, signals: &Signals) -> Result<Vec<SinkRun>, String> {
                 let dim: &'static str = Box::leak(a.publisher_dimension.clone().into_boxed_str());
                 (
                     Box::new(
-                        AggregateSink::new(&a.dir, dim)
-                            .map_err(|e| format!("aggregate directory: {e}"))?,
+                        AggregateSink::new(
+                            &a.dir,
+                            dim,
+                            a.topic.clone().map(|t| {
+                                sink::aggregate_topic::AggregateTopic::new(t, signals.stop.clone())
+                            }),
+                        )
+                        .map_err(|e| format!("aggregate directory: {e}"))?,
                     ),
                     Encoding::Aggregates(dim),
                 )

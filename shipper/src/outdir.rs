@@ -183,10 +183,25 @@ impl OutDir {
     /// On success the directory is ready for the next batch.
     pub fn commit(
         &mut self,
-        mut renames: Vec<Rename>,
+        renames: Vec<Rename>,
         end: u64,
         cursor: &Cursor<'_>,
     ) -> io::Result<Option<Applied>> {
+        match self.decide(renames, end, cursor)? {
+            Some(m) => self.apply(&m, cursor).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Steps 0 and 1 of [`OutDir::commit`]: the batch's files made durable and the durable
+    /// decision (the manifest) written; returns it, for [`OutDir::apply`]. From here on an
+    /// abort or a start finishes the batch, never undoes it. `None` as in `commit`.
+    pub fn decide(
+        &mut self,
+        mut renames: Vec<Rename>,
+        end: u64,
+        cursor: &Cursor<'_>,
+    ) -> io::Result<Option<Manifest>> {
         if renames.is_empty() && self.dead.is_empty() {
             commit::advance_ring(cursor, end);
             self.clear_batch();
@@ -209,10 +224,15 @@ impl OutDir {
         let m = Manifest::new(end, renames);
         commit::write_manifest(&self.dir, &m)?;
         crash_point("manifest-written");
-        // Steps 2-4: renames, ring commit, manifest removal.
-        let a = commit::apply(&self.dir, &m, cursor, false)?;
+        // The tmps are the manifest's now: an abort applies it, it never deletes them.
         self.clear_batch();
-        Ok(Some(a))
+        Ok(Some(m))
+    }
+
+    /// Steps 2 to 4 of a manifest [`OutDir::decide`] wrote: renames, ring commit, manifest
+    /// removal.
+    pub fn apply(&mut self, m: &Manifest, cursor: &Cursor<'_>) -> io::Result<Applied> {
+        commit::apply(&self.dir, m, cursor, false)
     }
 
     /// After an error (the sink's files of the batch closed): finishes a manifest that was

@@ -624,3 +624,344 @@ fn daemon_flushes_aggregates_on_their_own_interval_and_at_sigterm() {
     let written: Vec<Written> = events.iter().map(|e| e.written.clone()).collect();
     check_exactly_once(&f.out, &written);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The aggregate topic (librdkafka's mock cluster): rows published once, across SIGKILLs
+// ---------------------------------------------------------------------------------------------
+
+const AGG_TOPIC: &str = "tracker.aggregates";
+
+/// A row as read from the topic.
+#[derive(Debug)]
+struct TopicRow {
+    key: String,
+    ring_id: String,
+    /// (ring_pos, batch_row): the row's identity.
+    id: (u64, u64),
+    batch_start: u64,
+    value: Vec<u8>,
+}
+
+fn mock_cluster(
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    rdkafka::mocking::MockCluster::new(3).expect("librdkafka mock cluster")
+}
+
+/// The shipper with the aggregate sink only, its rows also to AGG_TOPIC on `bootstrap`.
+fn topic_cmd(f: &Fixture, bootstrap: &str, args: &[&str]) -> Command {
+    let conf = f.tmp.path().join("agg-topic.toml");
+    fs::write(
+        &conf,
+        format!("[aggregate]\ntopic = '{AGG_TOPIC}'\nbrokers = '{bootstrap}'\n"),
+    )
+    .unwrap();
+    let mut c = cmd(f, "aggregate", &["--config"]);
+    c.arg(&conf).args(args).env("RUST_LOG", "info");
+    c
+}
+
+/// Every message of AGG_TOPIC.
+fn consume_rows(bootstrap: &str) -> Vec<TopicRow> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::time::{Duration, Instant};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "aggregate-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(AGG_TOPIC), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut total = 0;
+    for p in md.topics()[0].partitions() {
+        let (_, high) = c
+            .fetch_watermarks(AGG_TOPIC, p.id(), Duration::from_secs(10))
+            .unwrap();
+        total += high;
+        tpl.add_partition_offset(AGG_TOPIC, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    if total == 0 {
+        return out;
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < total && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.expect("consumer");
+            let h: BTreeMap<String, String> = m
+                .headers()
+                .expect("headers")
+                .iter()
+                .map(|x| {
+                    (
+                        x.key.to_string(),
+                        String::from_utf8_lossy(x.value.unwrap()).into_owned(),
+                    )
+                })
+                .collect();
+            out.push(TopicRow {
+                key: String::from_utf8_lossy(m.key().unwrap()).into_owned(),
+                ring_id: h["ring_id"].clone(),
+                id: (
+                    h["ring_pos"].parse().unwrap(),
+                    h["batch_row"].parse().unwrap(),
+                ),
+                batch_start: h["batch_start"].parse().unwrap(),
+                value: m.payload().unwrap().to_vec(),
+            });
+        }
+    }
+    assert_eq!(out.len() as i64, total, "could not read every row back");
+    out
+}
+
+/// The rows of the committed files, as lines.
+fn file_rows(agg: &Path) -> Vec<Vec<u8>> {
+    let mut rows = Vec::new();
+    for (f, _, _) in aggregate_files(agg) {
+        for line in fs::read(agg.join(&f)).unwrap().split(|&b| b == b'\n') {
+            if !line.is_empty() {
+                rows.push(line.to_vec());
+            }
+        }
+    }
+    rows
+}
+
+/// The topic holds each row of the committed files once (same bytes), no other, each named
+/// by its ring range and number, keyed by campaign/hour; so its sums are the files' (and the
+/// events').
+fn check_topic(bootstrap: &str, f: &Fixture, events: &[AggEvent], log: &str) {
+    let agg = agg_dir(f);
+    check_sums(&agg, events);
+    let rows = consume_rows(bootstrap);
+    let ids: std::collections::HashSet<(u64, u64)> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), rows.len(), "a row published twice: {log}");
+    let mut got: Vec<&[u8]> = rows.iter().map(|r| r.value.as_slice()).collect();
+    let want_rows = file_rows(&agg);
+    let mut want: Vec<&[u8]> = want_rows.iter().map(Vec::as_slice).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "rows in the topic vs the files: {log}"
+    );
+    assert!(
+        got == want,
+        "the topic's rows are not the files' rows: {log}"
+    );
+    let ring_id = format!("{:032x}", f.ring().id());
+    for r in &rows {
+        assert_eq!(r.ring_id, ring_id);
+        assert!(r.batch_start < r.id.0, "{r:?}");
+        let j: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(
+            r.key,
+            format!(
+                "{}/{}",
+                j["campaign"].as_str().unwrap(),
+                j["hour"].as_str().unwrap()
+            )
+        );
+    }
+    // The topic's sums (what a console computes) are the events'.
+    let mut sums: BTreeMap<RowKey, u64> = BTreeMap::new();
+    for r in &rows {
+        let j: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        let k = (
+            j["hour"].as_str().unwrap().into(),
+            j["campaign"].as_str().unwrap().into(),
+            j["publisher"].as_str().unwrap().into(),
+            j["type"].as_str().unwrap().into(),
+        );
+        *sums.entry(k).or_default() += j["events"].as_u64().unwrap();
+    }
+    let want: BTreeMap<RowKey, u64> = expected(events, publisher_dim)
+        .into_iter()
+        .map(|(k, s)| (k, s.events))
+        .collect();
+    assert_eq!(sums, want, "{log}");
+}
+
+#[test]
+fn topic_rows_once_and_their_sums_are_the_files() {
+    let cluster = mock_cluster();
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(8 << 20);
+    let events = write_agg_events(&f, 0, 2000, T0, 3 * HOUR_US / 2000);
+    let out = topic_cmd(&f, &b, &["--once", "--max-batch-events", "400"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("rows also to the Kafka topic tracker.aggregates"),
+        "{log}"
+    );
+    check_topic(&b, &f, &events, &log);
+    let rows = consume_rows(&b);
+    let batches: std::collections::HashSet<u64> = rows.iter().map(|r| r.id.0).collect();
+    assert_eq!(batches.len(), 5, "five batches of 400 events");
+    // More events, another run: only their rows are added.
+    let mut events = events;
+    events.extend(write_agg_events(&f, 2000, 100, T0, HOUR_US / 100));
+    let out = topic_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    check_topic(&b, &f, &events, &log);
+}
+
+/// Killed after the broker acknowledged a batch's rows, before its files and cursor were
+/// committed; and (another run) after its manifest was written, before anything was sent.
+#[test]
+fn topic_sigkill_after_the_ack_or_before_the_send_publishes_each_batch_once() {
+    for point in ["manifest-written:2", "aggregate-published:2"] {
+        let cluster = mock_cluster();
+        let b = cluster.bootstrap_servers();
+        let f = Fixture::new(8 << 20);
+        let events = write_agg_events(&f, 0, 1600, T0, 2 * HOUR_US / 1600);
+        let out = topic_cmd(&f, &b, &["--once", "--max-batch-events", "400"])
+            .env(CRASH_ENV, point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let before = consume_rows(&b).len();
+        assert!(before > 0, "{point}: nothing published before the kill");
+        let out = topic_cmd(&f, &b, &["--once", "--max-batch-events", "400"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{point}: {log}");
+        check_topic(&b, &f, &events, &format!("{point}: {log}"));
+        assert!(
+            log.contains("publishing the rows of the decided batch"),
+            "{point}: {log}"
+        );
+    }
+}
+
+/// Killed while the broker has stored the rows of a batch but its acknowledgements are on
+/// their way: nothing acknowledged, the cursor not moved; the next start sends none again.
+#[test]
+fn topic_sigkill_before_the_ack_publishes_each_batch_once() {
+    use std::time::Duration;
+    let cluster = mock_cluster();
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(8 << 20);
+    let ring = f.ring();
+    let mut events = write_agg_events(&f, 0, 400, T0, HOUR_US / 400);
+    let mut child = topic_cmd(
+        &f,
+        &b,
+        &[
+            "--aggregate-flush-interval-ms",
+            "200",
+            "--max-batch-events",
+            "400",
+        ],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let ok = wait_until(Duration::from_secs(30), || {
+        ring.consumer_pos() == ring.producer_pos()
+    });
+    if !ok {
+        let _ = child.kill();
+        panic!("first batch not committed");
+    }
+    let committed = ring.consumer_pos();
+    let first = consume_rows(&b).len();
+    for broker in 1..=3 {
+        cluster
+            .broker_round_trip_time(broker, Duration::from_secs(4))
+            .unwrap();
+    }
+    events.extend(write_agg_events(&f, 400, 1200, T0, 2 * HOUR_US / 1200));
+    std::thread::sleep(Duration::from_millis(2000));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(ring.consumer_pos(), committed, "acknowledged already");
+    for broker in 1..=3 {
+        cluster
+            .broker_round_trip_time(broker, Duration::from_millis(0))
+            .unwrap();
+    }
+    let stored = consume_rows(&b).len();
+    assert!(
+        stored > first,
+        "the broker got no row after the first batch before the kill: the test proves nothing"
+    );
+    let out = topic_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    check_topic(&b, &f, &events, &log);
+    assert!(
+        log.contains("publishing the rows of the decided batch"),
+        "{log}"
+    );
+}
+
+/// The brokers go away after a batch was decided: the sink waits (its files and cursor too);
+/// a SIGTERM then keeps the decided batch for the next start, which publishes it once before
+/// applying it.
+#[test]
+fn topic_outage_then_sigterm_keeps_the_decided_batch_for_the_next_start() {
+    use std::time::Duration;
+    let cluster = mock_cluster();
+    let b = cluster.bootstrap_servers();
+    let f = Fixture::new(8 << 20);
+    let ring = f.ring();
+    let mut events = write_agg_events(&f, 0, 400, T0, HOUR_US / 400);
+    let mut child = topic_cmd(&f, &b, &["--aggregate-flush-interval-ms", "200"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ok = wait_until(Duration::from_secs(30), || {
+        ring.consumer_pos() == ring.producer_pos()
+    });
+    if !ok {
+        let _ = child.kill();
+        panic!("first batch not committed");
+    }
+    let committed = ring.consumer_pos();
+    for broker in 1..=3 {
+        cluster.broker_down(broker).unwrap();
+    }
+    events.extend(write_agg_events(&f, 400, 600, T0, HOUR_US / 600));
+    let manifest = agg_dir(&f).join("_shipper/manifest.json");
+    let decided = wait_until(Duration::from_secs(30), || manifest.exists());
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGTERM);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let log = stderr_of(&mut child);
+    assert!(decided, "no batch decided during the outage: {log}");
+    assert!(st.success(), "{st}: {log}");
+    assert_eq!(ring.consumer_pos(), committed, "applied unpublished: {log}");
+    assert!(manifest.exists(), "the decided batch was not kept: {log}");
+    assert!(log.contains("it is published at the next start"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    for broker in 1..=3 {
+        cluster.broker_up(broker).unwrap();
+    }
+    let out = topic_cmd(&f, &b, &["--once"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    check_topic(&b, &f, &events, &log);
+    assert!(
+        log.contains("publishing the rows of the decided batch"),
+        "{log}"
+    );
+}

@@ -23,18 +23,25 @@
 //! killed at: a batch whose files were not decided is read again (its tmps deleted), a decided
 //! one is finished and not read again. Replaying never doubles a sum.
 //!
+//! With a topic (`topic` in `[aggregate]`), the rows of each batch are also published to Kafka,
+//! exactly once ([`super::aggregate_topic`]): after the manifest is durable and before it is
+//! applied; a start or an abort that finds a manifest not applied publishes it first.
+//!
 //! Undecodable records cannot be aggregated: they go to `AGGDIR/_dead_letter/<pos>.bin` (as in
 //! the file sink, exactly once; the `reasons.log` line best effort).
 
+use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
-use log::debug;
+use log::{debug, info};
 use tracker_core::ring::Cursor;
 
+use super::aggregate_topic::{self, AggregateTopic};
+use super::kafka_tail::ring_id_hex;
 use super::{Committed, Sink};
 use crate::aggregate::{hour_dir, write_row, Aggregates};
-use crate::commit::ctx;
+use crate::commit::{self, crash_point, ctx, Manifest, DEAD_LETTER_DIR};
 use crate::encode::EncodedChunk;
 use crate::outdir::OutDir;
 
@@ -48,30 +55,102 @@ pub struct AggregateSink {
     rows: Aggregates,
     /// Events in the current batch.
     events: u64,
+    /// Where the rows are also published, if anywhere.
+    topic: Option<AggregateTopic>,
 }
 
 impl AggregateSink {
     /// A sink writing under `dir` (created if needed, with `_shipper/`).
-    pub fn new(dir: &Path, publisher_dimension: &str) -> io::Result<AggregateSink> {
+    pub fn new(
+        dir: &Path,
+        publisher_dimension: &str,
+        topic: Option<AggregateTopic>,
+    ) -> io::Result<AggregateSink> {
         Ok(AggregateSink {
             out: OutDir::new(dir)?,
             publisher_dimension: publisher_dimension.to_string(),
             rows: Aggregates::default(),
             events: 0,
+            topic,
         })
+    }
+
+    /// Publishes the rows of the decided batch `m` to the topic, if there is one (the batch
+    /// covers the ring from `cursor` to `m.end`; nothing to do when the cursor is past it: the
+    /// batch was published before the cursor moved).
+    /// `fresh`: decided just now (see [`aggregate_topic::Batch::fresh`]).
+    fn publish(&mut self, m: &Manifest, cursor: &Cursor<'_>, fresh: bool) -> io::Result<()> {
+        let Some(topic) = &mut self.topic else {
+            return Ok(());
+        };
+        let start = cursor.position();
+        if start >= m.end {
+            return Ok(());
+        }
+        let mut files = Vec::new();
+        for r in &m.renames {
+            if r.to.starts_with(DEAD_LETTER_DIR) || !r.to.ends_with(EXTENSION) {
+                continue;
+            }
+            let from = self.out.path().join(&r.from);
+            let to = self.out.path().join(&r.to);
+            // Renamed already (a start finishing a manifest), or not yet.
+            let data = match fs::read(&from) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::read(&to).map_err(|e| ctx("cannot read", &to, e))?
+                }
+                Err(e) => return Err(ctx("cannot read", &from, e)),
+            };
+            files.push(data);
+        }
+        let ring_id = ring_id_hex(cursor.ring().id());
+        topic.publish(&aggregate_topic::Batch {
+            ring_id: &ring_id,
+            start,
+            end: m.end,
+            files: &files,
+            fresh,
+        })?;
+        crash_point("aggregate-published");
+        Ok(())
+    }
+
+    /// Publishes a manifest left on disk (by a crash, or a commit that failed or was stopped
+    /// after its decision) before it is applied.
+    fn publish_pending(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
+        if self.topic.is_none() {
+            return Ok(());
+        }
+        if let Some(m) = commit::read_manifest(self.out.path())? {
+            if cursor.position() < m.end {
+                info!(
+                    "aggregate: publishing the rows of the decided batch ending at ring position {} \
+                     (those the topic has already are not sent again)",
+                    m.end
+                );
+            }
+            self.publish(&m, cursor, false)?;
+        }
+        Ok(())
     }
 }
 
 impl Sink for AggregateSink {
     fn describe(&self) -> String {
         format!(
-            "aggregate sink: {}, hourly rows by campaign, publisher (dimension {:?}) and type, ndjson",
+            "aggregate sink: {}, hourly rows by campaign, publisher (dimension {:?}) and type, ndjson{}",
             self.out.path().display(),
-            self.publisher_dimension
+            self.publisher_dimension,
+            self.topic
+                .as_ref()
+                .map(|t| format!("; {}", t.describe()))
+                .unwrap_or_default()
         )
     }
 
     fn recover(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
+        self.publish_pending(cursor)?;
         self.out.recover(cursor)
     }
 
@@ -112,10 +191,12 @@ impl Sink for AggregateSink {
             out.files += 1;
             renames.push(rename);
         }
-        let Some(a) = self.out.commit(renames, end, cursor)? else {
+        let Some(m) = self.out.decide(renames, end, cursor)? else {
             // Only skipped records (or nothing): no file was written.
             return Ok(out);
         };
+        self.publish(&m, cursor, true)?;
+        let a = self.out.apply(&m, cursor)?;
         out.events = events;
         let ms = started.elapsed().as_millis();
         debug!(
@@ -132,6 +213,12 @@ impl Sink for AggregateSink {
     fn abort(&mut self, cursor: &Cursor<'_>) -> io::Result<()> {
         self.rows = Aggregates::default();
         self.events = 0;
+        // The abort applies a decided batch: its rows go to the topic first. When stopping
+        // meanwhile, the manifest is left as it is, for the next start to publish and apply.
+        match self.publish_pending(cursor) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            r => r?,
+        }
         self.out.abort(cursor)
     }
 }

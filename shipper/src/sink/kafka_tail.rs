@@ -27,6 +27,9 @@ use rdkafka::{Offset, TopicPartitionList};
 pub const HEADER_RING_ID: &str = "ring_id";
 /// The header holding the event's position in the ring (decimal).
 pub const HEADER_RING_POS: &str = "ring_pos";
+/// The header numbering a message among those of one ring position (decimal): the aggregate
+/// topic's rows, several per batch, all with the batch's end as `ring_pos`.
+pub const HEADER_BATCH_ROW: &str = "batch_row";
 
 /// How long one metadata or watermark request may take (also how long a SIGTERM may wait
 /// while the brokers are away).
@@ -46,6 +49,8 @@ pub fn ring_id_hex(id: u128) -> String {
 pub struct Tail {
     /// Positions (at or after the cursor) of this ring's events found stored.
     pub stored: HashSet<u64>,
+    /// (position, `batch_row`) of the messages of [`Tail::stored`] carrying a `batch_row`.
+    pub rows: HashSet<(u64, u64)>,
     /// Partitions looked at (of existing topics).
     pub partitions: usize,
     pub messages_read: u64,
@@ -216,9 +221,12 @@ fn read_round(
                     continue;
                 }
                 tail.messages_read += 1;
-                if let Some(pos) = ring_pos(&m, scan.ring_id) {
+                if let Some((pos, row)) = ring_pos(&m, scan.ring_id) {
                     if pos >= scan.cursor {
                         tail.stored.insert(pos);
+                        if let Some(row) = row {
+                            tail.rows.insert((pos, row));
+                        }
                     } else {
                         p.boundary = true;
                     }
@@ -234,22 +242,27 @@ fn read_round(
         .map_err(|e| format!("reading {topic}: {e}"))
 }
 
-/// The `ring_pos` of a message of the ring `ring_id`; None for other messages.
-fn ring_pos(m: &BorrowedMessage<'_>, ring_id: &str) -> Option<u64> {
+/// The `ring_pos` (and `batch_row`, if any) of a message of the ring `ring_id`; None for
+/// other messages.
+fn ring_pos(m: &BorrowedMessage<'_>, ring_id: &str) -> Option<(u64, Option<u64>)> {
     let headers = m.headers()?;
     let mut id = None;
     let mut pos = None;
+    let mut row = None;
     for h in headers.iter() {
         match h.key {
             HEADER_RING_ID => id = h.value,
             HEADER_RING_POS => pos = h.value,
+            HEADER_BATCH_ROW => row = h.value,
             _ => {}
         }
     }
     if id? != ring_id.as_bytes() {
         return None;
     }
-    std::str::from_utf8(pos?).ok()?.parse().ok()
+    let pos = std::str::from_utf8(pos?).ok()?.parse().ok()?;
+    let row = row.and_then(|r| std::str::from_utf8(r).ok()?.parse().ok());
+    Some((pos, row))
 }
 
 #[cfg(test)]

@@ -34,9 +34,11 @@
 //! The sinks, each stating its guarantee: [`file`] (exactly-once into committed files),
 //! [`kafka`] (exactly once: idempotent producer, and the partitions' tails read back before
 //! sending again, [`kafka_tail`]), [`aggregate`] (hourly rows by campaign,
-//! publisher and type; exactly-once into committed files).
+//! publisher and type; exactly-once into committed files, and optionally into a Kafka topic:
+//! [`aggregate_topic`]).
 
 pub mod aggregate;
+pub mod aggregate_topic;
 pub mod file;
 pub mod kafka;
 pub mod kafka_tail;

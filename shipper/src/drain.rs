@@ -69,8 +69,10 @@ pub enum Exit {
     RingReplaced,
 }
 
+/// The reader's error when the writer thread has ended (its channel is closed): `BrokenPipe`,
+/// so that [`run`] can tell it from other errors.
 fn writer_gone() -> io::Error {
-    io::Error::other("the writer thread stopped")
+    io::Error::new(io::ErrorKind::BrokenPipe, "the writer thread stopped")
 }
 
 /// Drains the ring into `sink` from the sink's `cursor` until stopped (or, with `once`, until
@@ -133,6 +135,14 @@ pub fn run(
             (Ok(exit), Ok(())) => Ok(exit),
             // The writer's error says more than "the writer thread stopped".
             (_, Err(e)) => Err(e),
+            // Stopping: the writer may end (having committed, or left a decided batch for the
+            // next start) before the reader sees the signal and finds its channel closed.
+            (Err(e), Ok(()))
+                if e.kind() == io::ErrorKind::BrokenPipe
+                    && signals.stop.load(Ordering::Relaxed) =>
+            {
+                Ok(Exit::Stopped)
+            }
             (Err(e), Ok(())) => Err(e),
         }
     })

@@ -1,6 +1,14 @@
 //! Passes the nginx configuration that nginx-sys detected (OS, features, version)
 //! to the module as cfg values, as ngx-rust documents for out-of-tree modules.
+//!
+//! The module is linked `-z nodelete`: nginx `dlclose`s its modules when a worker exits (it
+//! destroys the cycle's pool), which would unmap the library while the process-lifetime data
+//! of its dependencies (woothee's lazily built regexes and tables) still points into it; valgrind
+//! then reports that data as "definitely lost" at every worker exit. With `nodelete` the library
+//! stays mapped until the process ends, as it does anyway while nginx runs (a reload loads the
+//! new configuration's module before the old cycle lets go of it).
 fn main() {
+    println!("cargo::rustc-cdylib-link-arg=-Wl,-z,nodelete");
     println!("cargo::rerun-if-env-changed=DEP_NGINX_FEATURES_CHECK");
     println!(
         "cargo::rustc-check-cfg=cfg(ngx_feature, values({}))",
